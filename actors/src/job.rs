@@ -1,0 +1,92 @@
+//! What a job is: its identity, schedule and policies. Plain data, shared by
+//! the config loader, the store and the actors.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::schedule::Schedule;
+
+/// What to do with ticks missed while herald was down or offline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MisfirePolicy {
+    /// Drop missed ticks; fire at the next one.
+    #[default]
+    Skip,
+    /// One catch-up run for however many ticks were missed.
+    FireOnce,
+    /// A run per missed tick, up to the job's `misfire_limit`.
+    FireAll,
+}
+
+/// What to do when a tick comes while the previous run is still going.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OverlapPolicy {
+    /// Start another run alongside.
+    Allow,
+    /// Drop the tick (recorded as skipped).
+    #[default]
+    Skip,
+    /// Keep at most one tick waiting; it starts when the running one ends.
+    QueueOne,
+}
+
+/// Default bound on catch-up runs under [`MisfirePolicy::FireAll`]: enough to
+/// cover a long outage of an hourly job, small enough that a per-second job
+/// coming back from a day down does not flood the queue.
+pub const DEFAULT_MISFIRE_LIMIT: u32 = 100;
+/// Default per-run timeout.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
+/// Default attempts per run (first try plus retries).
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+
+/// A job as the scheduler sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobSpec {
+    pub id: String,
+    pub schedule: Schedule,
+    pub enabled: bool,
+    pub misfire: MisfirePolicy,
+    pub misfire_limit: u32,
+    pub overlap: OverlapPolicy,
+    pub timeout: Duration,
+    pub max_attempts: u32,
+    pub kind: JobKind,
+}
+
+/// What a run of the job does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobKind {
+    /// Render a template and send it to the job's targets.
+    Message { template: String },
+}
+
+/// Why a job id was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JobIdError {
+    #[error("job id is empty")]
+    Empty,
+    #[error("job id {0:?} is longer than 64 characters")]
+    TooLong(String),
+    #[error("job id {0:?} may only contain a-z, A-Z, 0-9, '_', '-' and '.'")]
+    BadCharacter(String),
+}
+
+/// Job ids appear in Redis keys, URLs and metric labels, so they are short
+/// and plain.
+pub fn check_job_id(id: &str) -> Result<(), JobIdError> {
+    if id.is_empty() {
+        Err(JobIdError::Empty)
+    } else if id.chars().count() > 64 {
+        Err(JobIdError::TooLong(id.to_string()))
+    } else if !id
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+    {
+        Err(JobIdError::BadCharacter(id.to_string()))
+    } else {
+        Ok(())
+    }
+}

@@ -1,0 +1,899 @@
+//! herald's configuration: one TOML file, overridden by environment
+//! variables, validated all at once.
+//!
+//! [`Config`] is the file as written (plain serde data, defaults filled in);
+//! [`load`] reads it, applies the environment and validates it into
+//! [`Settings`], the typed values the daemon runs on. Every problem is
+//! collected with its location (`file:line:column: key.path: message`, or
+//! the environment variable at fault) so an operator fixes them in one pass.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use chrono_tz::Tz;
+use herald_actors::job::{
+    DEFAULT_MAX_ATTEMPTS, DEFAULT_MISFIRE_LIMIT, DEFAULT_TIMEOUT, JobKind, JobSpec, MisfirePolicy,
+    OverlapPolicy, check_job_id,
+};
+use herald_actors::schedule::{CronExpr, Schedule, parse_zone};
+use herald_actors::template;
+use serde::Deserialize;
+use toml::de::{DeTable, DeValue};
+use url::Url;
+
+/// The default config file, relative to the working directory.
+pub const DEFAULT_PATH: &str = "config/herald.toml";
+/// The admin API listens on loopback unless told otherwise: it is an
+/// operator's tool, not a public endpoint.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Redis on its standard local port; when it is not there herald runs in
+/// offline mode and keeps trying.
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
+/// Every Redis key starts with this.
+pub const DEFAULT_REDIS_PREFIX: &str = "herald";
+pub const DEFAULT_TELEGRAM_API_URL: &str = "https://api.telegram.org";
+
+/// The config file as written.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    pub scheduler: SchedulerSection,
+    pub http: HttpSection,
+    pub redis: RedisSection,
+    pub telegram: TelegramSection,
+    pub jobs: Vec<JobSection>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct SchedulerSection {
+    /// Zone of jobs that name none.
+    pub timezone: String,
+}
+
+impl Default for SchedulerSection {
+    fn default() -> Self {
+        SchedulerSection {
+            timezone: "UTC".to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct HttpSection {
+    pub listen: String,
+    pub admin_token: Option<Secret>,
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        HttpSection {
+            listen: DEFAULT_LISTEN.to_string(),
+            admin_token: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct RedisSection {
+    pub url: String,
+    pub prefix: String,
+}
+
+impl Default for RedisSection {
+    fn default() -> Self {
+        RedisSection {
+            url: DEFAULT_REDIS_URL.to_string(),
+            prefix: DEFAULT_REDIS_PREFIX.to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct TelegramSection {
+    /// No token: dry-run delivery (messages are logged, not sent).
+    pub token: Option<Secret>,
+    pub api_url: String,
+}
+
+impl Default for TelegramSection {
+    fn default() -> Self {
+        TelegramSection {
+            token: None,
+            api_url: DEFAULT_TELEGRAM_API_URL.to_string(),
+        }
+    }
+}
+
+/// A message job defined in the config file.
+#[derive(Debug, Clone, Deserialize)]
+pub struct JobSection {
+    pub id: String,
+    pub schedule: String,
+    pub timezone: Option<String>,
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    pub template: String,
+    #[serde(default)]
+    pub misfire: MisfirePolicy,
+    #[serde(default = "default_misfire_limit")]
+    pub misfire_limit: u32,
+    #[serde(default)]
+    pub overlap: OverlapPolicy,
+    #[serde(default = "default_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_misfire_limit() -> u32 {
+    DEFAULT_MISFIRE_LIMIT
+}
+fn default_timeout() -> Duration {
+    DEFAULT_TIMEOUT
+}
+fn default_max_attempts() -> u32 {
+    DEFAULT_MAX_ATTEMPTS
+}
+
+/// A secret (token, password): never shown by `Debug` or `Display`.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+/// The validated configuration the daemon runs on. `Debug` hides secrets,
+/// including a password inside the Redis URL.
+#[derive(Clone)]
+pub struct Settings {
+    pub source: PathBuf,
+    pub default_tz: Tz,
+    pub http_listen: SocketAddr,
+    pub admin_token: Option<Secret>,
+    pub redis_url: Url,
+    pub redis_prefix: String,
+    pub telegram_token: Option<Secret>,
+    pub telegram_api_url: Url,
+    pub jobs: Vec<JobSpec>,
+}
+
+impl fmt::Debug for Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Settings")
+            .field("source", &self.source)
+            .field("default_tz", &self.default_tz)
+            .field("http_listen", &self.http_listen)
+            .field("admin_token", &self.admin_token)
+            .field("redis_url", &redacted_url(&self.redis_url))
+            .field("redis_prefix", &self.redis_prefix)
+            .field("telegram_token", &self.telegram_token)
+            .field("telegram_api_url", &self.telegram_api_url)
+            .field("jobs", &self.jobs)
+            .finish()
+    }
+}
+
+impl Settings {
+    /// One line saying what was loaded, secrets left out.
+    pub fn summary(&self) -> String {
+        let jobs: Vec<&str> = self.jobs.iter().map(|j| j.id.as_str()).collect();
+        let job_list = if jobs.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", jobs.join(", "))
+        };
+        format!(
+            "{}: ok: {} job{}{}, default zone {}, redis {} prefix {:?}, telegram {}, admin API on {}{}",
+            self.source.display(),
+            self.jobs.len(),
+            if self.jobs.len() == 1 { "" } else { "s" },
+            job_list,
+            self.default_tz,
+            redacted_url(&self.redis_url),
+            self.redis_prefix,
+            if self.telegram_token.is_some() {
+                format!("via {}", self.telegram_api_url)
+            } else {
+                "dry-run (no token)".to_string()
+            },
+            self.http_listen,
+            if self.admin_token.is_some() {
+                " with token"
+            } else {
+                " without token"
+            },
+        )
+    }
+}
+
+/// A URL with any password replaced, for logs and summaries.
+pub fn redacted_url(url: &Url) -> String {
+    let mut shown = url.clone();
+    if shown.password().is_some() {
+        // Only fails for URLs that cannot have a password, which this has.
+        let _ = shown.set_password(Some("***"));
+    }
+    shown.to_string()
+}
+
+/// Where a problem is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// In the file: line and column (1-based) when known, and the key path.
+    File {
+        line: Option<(usize, usize)>,
+        key: String,
+    },
+    /// In an environment variable.
+    Env(&'static str),
+}
+
+/// One thing wrong with the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub location: Location,
+    pub message: String,
+}
+
+/// Everything wrong with a configuration, or why it could not be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problems {
+    pub source: PathBuf,
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for Problems {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for p in &self.problems {
+            match &p.location {
+                Location::File {
+                    line: Some((line, col)),
+                    key,
+                } if !key.is_empty() => writeln!(
+                    f,
+                    "{}:{line}:{col}: {key}: {}",
+                    self.source.display(),
+                    p.message
+                )?,
+                Location::File {
+                    line: Some((line, col)),
+                    ..
+                } => writeln!(f, "{}:{line}:{col}: {}", self.source.display(), p.message)?,
+                Location::File { line: None, key } if !key.is_empty() => {
+                    writeln!(f, "{}: {key}: {}", self.source.display(), p.message)?
+                }
+                Location::File { line: None, .. } => {
+                    writeln!(f, "{}: {}", self.source.display(), p.message)?
+                }
+                Location::Env(var) => writeln!(f, "environment {var}: {}", p.message)?,
+            }
+        }
+        let n = self.problems.len();
+        write!(
+            f,
+            "{n} problem{} in {}",
+            if n == 1 { "" } else { "s" },
+            self.source.display()
+        )
+    }
+}
+
+impl std::error::Error for Problems {}
+
+/// Reads, overrides from the process environment, and validates.
+pub fn load(path: &Path) -> Result<Settings, Problems> {
+    load_with_env(path, |name| std::env::var(name).ok())
+}
+
+/// [`load`] with the environment supplied, for tests.
+pub fn load_with_env(
+    path: &Path,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Settings, Problems> {
+    let text = std::fs::read_to_string(path).map_err(|e| Problems {
+        source: path.to_path_buf(),
+        problems: vec![Problem {
+            location: Location::File {
+                line: None,
+                key: String::new(),
+            },
+            message: format!("cannot read config file: {e}"),
+        }],
+    })?;
+    parse(path, &text, env)
+}
+
+/// Parses and validates config text; `path` is only used in messages.
+pub fn parse(
+    path: &Path,
+    text: &str,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Settings, Problems> {
+    let doc = Document { text };
+    let fail = |problems: Vec<Problem>| Problems {
+        source: path.to_path_buf(),
+        problems,
+    };
+    let root = DeTable::parse(text).map_err(|e| fail(vec![doc.toml_error(&e)]))?;
+    let deserializer =
+        toml::de::Deserializer::parse(text).map_err(|e| fail(vec![doc.toml_error(&e)]))?;
+
+    let mut unknown: Vec<Vec<Seg>> = Vec::new();
+    let config: Result<Config, _> = serde_ignored::deserialize(deserializer, |p| {
+        unknown.push(segments(&p));
+    });
+    let mut problems: Vec<Problem> = unknown
+        .iter()
+        .map(|segs| Problem {
+            location: doc.locate(root.get_ref(), segs, Want::Key),
+            message: "unknown key".to_string(),
+        })
+        .collect();
+    let mut config = match config {
+        Ok(c) => c,
+        Err(e) => {
+            problems.push(doc.toml_error(&e));
+            return Err(fail(problems));
+        }
+    };
+    let env_set = |name: &str| env(name).filter(|v| !v.is_empty());
+    apply_env(&mut config, &env_set, &mut problems);
+
+    let mut v = Validator {
+        doc: &doc,
+        root: root.get_ref(),
+        problems,
+    };
+    let settings = v.settings(path, &config, &env_set);
+    match settings {
+        Some(s) if v.problems.is_empty() => Ok(s),
+        _ => Err(fail(v.problems)),
+    }
+}
+
+/// Applies environment overrides in place; bad values become problems.
+fn apply_env(
+    config: &mut Config,
+    env: &impl Fn(&str) -> Option<String>,
+    problems: &mut Vec<Problem>,
+) {
+    if let Some(v) = env("HERALD_HTTP_LISTEN") {
+        config.http.listen = v;
+    }
+    if let Some(v) = env("HERALD_ADMIN_TOKEN") {
+        config.http.admin_token = Some(Secret(v));
+    }
+    if let Some(v) = env("TELEGRAM_BOT_TOKEN") {
+        config.telegram.token = Some(Secret(v));
+    }
+    if let Some(v) = env("REDIS_URL") {
+        config.redis.url = v;
+        return;
+    }
+    // REDIS_HOST / REDIS_PORT / REDIS_PASSWORD edit the configured URL.
+    let (host, port, password) = (env("REDIS_HOST"), env("REDIS_PORT"), env("REDIS_PASSWORD"));
+    if host.is_none() && port.is_none() && password.is_none() {
+        return;
+    }
+    let Ok(mut url) = Url::parse(&config.redis.url) else {
+        // The file's URL is reported by validation.
+        return;
+    };
+    if let Some(host) = host
+        && url.set_host(Some(&host)).is_err()
+    {
+        problems.push(env_problem(
+            "REDIS_HOST",
+            format!("{host:?} is not a host name"),
+        ));
+    }
+    if let Some(port) = port {
+        match port.parse::<u16>() {
+            Ok(p) if p > 0 => {
+                let _ = url.set_port(Some(p));
+            }
+            _ => problems.push(env_problem(
+                "REDIS_PORT",
+                format!("{port:?} is not a port number 1-65535"),
+            )),
+        }
+    }
+    if let Some(password) = password {
+        let _ = url.set_password(Some(&password));
+    }
+    config.redis.url = url.to_string();
+}
+
+fn env_problem(var: &'static str, message: String) -> Problem {
+    Problem {
+        location: Location::Env(var),
+        message,
+    }
+}
+
+/// Where a value came from, for values that environment variables can set.
+fn env_or_file(env: &impl Fn(&str) -> Option<String>, var: &'static str) -> Option<&'static str> {
+    env(var).map(|_| var)
+}
+
+struct Validator<'a> {
+    doc: &'a Document<'a>,
+    root: &'a DeTable<'a>,
+    problems: Vec<Problem>,
+}
+
+impl Validator<'_> {
+    fn problem(&mut self, path: &[Seg], message: impl fmt::Display) {
+        let location = self.doc.locate(self.root, path, Want::Value);
+        self.problems.push(Problem {
+            location,
+            message: message.to_string(),
+        });
+    }
+
+    /// A problem in a value an environment variable may have set.
+    fn problem_in(&mut self, var: Option<&'static str>, path: &[Seg], message: impl fmt::Display) {
+        match var {
+            Some(var) => self.problems.push(env_problem(var, message.to_string())),
+            None => self.problem(path, message),
+        }
+    }
+
+    fn settings(
+        &mut self,
+        path: &Path,
+        config: &Config,
+        env: &impl Fn(&str) -> Option<String>,
+    ) -> Option<Settings> {
+        let default_tz = match parse_zone(&config.scheduler.timezone) {
+            Ok(tz) => Some(tz),
+            Err(e) => {
+                self.problem(&[key("scheduler"), key("timezone")], e);
+                None
+            }
+        };
+
+        let listen_var = env_or_file(env, "HERALD_HTTP_LISTEN");
+        let http_listen = match config.http.listen.parse::<SocketAddr>() {
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                self.problem_in(
+                    listen_var,
+                    &[key("http"), key("listen")],
+                    format!(
+                        "{:?} is not an address:port such as 127.0.0.1:8080",
+                        config.http.listen
+                    ),
+                );
+                None
+            }
+        };
+        let admin_token = config.http.admin_token.clone();
+        if let Some(addr) = http_listen
+            && !addr.ip().is_loopback()
+            && admin_token.is_none()
+        {
+            self.problem_in(
+                listen_var,
+                &[key("http"), key("listen")],
+                format!(
+                    "{addr} is not a loopback address and no admin token is set \
+                     (set http.admin_token or HERALD_ADMIN_TOKEN, or listen on 127.0.0.1)"
+                ),
+            );
+        }
+        if let Some(token) = &admin_token
+            && token.expose().len() < 16
+        {
+            self.problem_in(
+                env_or_file(env, "HERALD_ADMIN_TOKEN"),
+                &[key("http"), key("admin_token")],
+                "admin token is shorter than 16 characters",
+            );
+        }
+
+        let redis_var = ["REDIS_URL", "REDIS_HOST", "REDIS_PORT", "REDIS_PASSWORD"]
+            .into_iter()
+            .find(|v| env(v).is_some());
+        let redis_url = match Url::parse(&config.redis.url) {
+            Ok(url) if matches!(url.scheme(), "redis" | "rediss" | "redis+unix" | "unix") => {
+                Some(url)
+            }
+            Ok(url) => {
+                self.problem_in(
+                    redis_var,
+                    &[key("redis"), key("url")],
+                    format!(
+                        "scheme {:?} is not redis://, rediss:// or redis+unix://",
+                        url.scheme()
+                    ),
+                );
+                None
+            }
+            Err(e) => {
+                self.problem_in(
+                    redis_var,
+                    &[key("redis"), key("url")],
+                    format!("not a URL: {e}"),
+                );
+                None
+            }
+        };
+        let prefix = &config.redis.prefix;
+        if prefix.is_empty()
+            || !prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':'))
+        {
+            self.problem(
+                &[key("redis"), key("prefix")],
+                format!("prefix {prefix:?} must be non-empty and use only a-z, A-Z, 0-9, '_', '-', '.', ':'"),
+            );
+        }
+
+        let telegram_api_url = match Url::parse(&config.telegram.api_url) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => Some(url),
+            Ok(_) => {
+                self.problem(
+                    &[key("telegram"), key("api_url")],
+                    format!("{:?} is not an http(s) URL", config.telegram.api_url),
+                );
+                None
+            }
+            Err(e) => {
+                self.problem(
+                    &[key("telegram"), key("api_url")],
+                    format!("not a URL: {e}"),
+                );
+                None
+            }
+        };
+
+        let jobs = self.jobs(&config.jobs, default_tz);
+
+        Some(Settings {
+            source: path.to_path_buf(),
+            default_tz: default_tz?,
+            http_listen: http_listen?,
+            admin_token,
+            redis_url: redis_url?,
+            redis_prefix: prefix.clone(),
+            telegram_token: config.telegram.token.clone(),
+            telegram_api_url: telegram_api_url?,
+            jobs,
+        })
+    }
+
+    fn jobs(&mut self, jobs: &[JobSection], default_tz: Option<Tz>) -> Vec<JobSpec> {
+        let mut specs = Vec::new();
+        let mut seen: Vec<(&str, usize)> = Vec::new();
+        for (i, job) in jobs.iter().enumerate() {
+            let at = |field: &str| [key("jobs"), Seg::Index(i), key(field)];
+            if let Err(e) = check_job_id(&job.id) {
+                self.problem(&at("id"), e);
+            } else if let Some((_, first)) = seen.iter().find(|(id, _)| *id == job.id) {
+                let first = *first;
+                let first_at = match self.doc.locate(
+                    self.root,
+                    &[key("jobs"), Seg::Index(first), key("id")],
+                    Want::Value,
+                ) {
+                    Location::File {
+                        line: Some((line, _)),
+                        ..
+                    } => format!("jobs[{first}], line {line}"),
+                    _ => format!("jobs[{first}]"),
+                };
+                self.problem(
+                    &at("id"),
+                    format!(
+                        "duplicate job id {:?} (first defined at {first_at})",
+                        job.id
+                    ),
+                );
+            } else {
+                seen.push((&job.id, i));
+            }
+
+            let expr = CronExpr::parse(&job.schedule)
+                .map_err(|e| self.problem(&at("schedule"), e))
+                .ok();
+            let tz = match &job.timezone {
+                Some(name) => parse_zone(name)
+                    .map_err(|e| self.problem(&at("timezone"), e))
+                    .ok(),
+                None => default_tz,
+            };
+            if let Err(e) = template::check(&job.template) {
+                self.problem(&at("template"), e);
+            }
+            if job.timeout.is_zero() {
+                self.problem(&at("timeout"), "timeout must be longer than 0s");
+            }
+            if job.max_attempts == 0 {
+                self.problem(&at("max_attempts"), "max_attempts must be at least 1");
+            }
+            if job.misfire_limit == 0 {
+                self.problem(&at("misfire_limit"), "misfire_limit must be at least 1");
+            }
+            if let (Some(expr), Some(tz)) = (expr, tz) {
+                specs.push(JobSpec {
+                    id: job.id.clone(),
+                    schedule: Schedule::new(expr, tz),
+                    enabled: job.enabled,
+                    misfire: job.misfire,
+                    misfire_limit: job.misfire_limit,
+                    overlap: job.overlap,
+                    timeout: job.timeout,
+                    max_attempts: job.max_attempts,
+                    kind: JobKind::Message {
+                        template: job.template.clone(),
+                    },
+                });
+            }
+        }
+        specs
+    }
+}
+
+/// One step of a key path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Seg {
+    Key(String),
+    Index(usize),
+}
+
+fn key(name: &str) -> Seg {
+    Seg::Key(name.to_string())
+}
+
+fn segments(path: &serde_ignored::Path<'_>) -> Vec<Seg> {
+    use serde_ignored::Path as P;
+    match path {
+        P::Root => Vec::new(),
+        P::Seq { parent, index } => {
+            let mut v = segments(parent);
+            v.push(Seg::Index(*index));
+            v
+        }
+        P::Map { parent, key } => {
+            let mut v = segments(parent);
+            v.push(Seg::Key(key.clone()));
+            v
+        }
+        P::Some { parent } | P::NewtypeStruct { parent } | P::NewtypeVariant { parent } => {
+            segments(parent)
+        }
+    }
+}
+
+fn path_string(path: &[Seg]) -> String {
+    let mut s = String::new();
+    for seg in path {
+        match seg {
+            Seg::Key(k) => {
+                if !s.is_empty() {
+                    s.push('.');
+                }
+                s.push_str(k);
+            }
+            Seg::Index(i) => s.push_str(&format!("[{i}]")),
+        }
+    }
+    s
+}
+
+#[derive(Clone, Copy)]
+enum Want {
+    Key,
+    Value,
+}
+
+/// The config text, for turning spans into line:column.
+struct Document<'a> {
+    text: &'a str,
+}
+
+impl Document<'_> {
+    fn line_col(&self, offset: usize) -> (usize, usize) {
+        let before = &self.text[..offset.min(self.text.len())];
+        let line = before.matches('\n').count() + 1;
+        let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        (line, col)
+    }
+
+    /// The span of the key or value at `path`, as a location.
+    fn locate(&self, root: &DeTable<'_>, path: &[Seg], want: Want) -> Location {
+        let span = span_of(root, path, want);
+        Location::File {
+            line: span.map(|s| self.line_col(s.start)),
+            key: path_string(path),
+        }
+    }
+
+    fn toml_error(&self, e: &toml::de::Error) -> Problem {
+        Problem {
+            location: Location::File {
+                line: e.span().map(|s| self.line_col(s.start)),
+                key: String::new(),
+            },
+            message: e.message().trim().to_string(),
+        }
+    }
+}
+
+fn span_of(root: &DeTable<'_>, path: &[Seg], want: Want) -> Option<Range<usize>> {
+    let (first, rest) = path.split_first()?;
+    let Seg::Key(name) = first else {
+        return None;
+    };
+    let (k, v) = root
+        .iter()
+        .find(|(k, _)| k.get_ref().as_ref() == name.as_str())?;
+    let mut key_span = k.span();
+    let mut value = v;
+    for seg in rest {
+        let next = match seg {
+            Seg::Index(i) => value.get_ref().get(*i)?,
+            Seg::Key(name) => {
+                let DeValue::Table(table) = value.get_ref() else {
+                    return None;
+                };
+                let (k, v) = table
+                    .iter()
+                    .find(|(k, _)| k.get_ref().as_ref() == name.as_str())?;
+                key_span = k.span();
+                v
+            }
+        };
+        value = next;
+    }
+    Some(match want {
+        Want::Key => key_span,
+        Want::Value => value.span(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(text: &str) -> Result<Settings, String> {
+        parse(Path::new("herald.toml"), text, |_| None).map_err(|p| p.to_string())
+    }
+
+    #[test]
+    fn empty_file_is_the_defaults() {
+        let s = check("").unwrap();
+        assert_eq!(s.default_tz, chrono_tz::UTC);
+        assert_eq!(s.http_listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(s.redis_prefix, "herald");
+        assert!(s.telegram_token.is_none());
+        assert!(s.jobs.is_empty());
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_line_and_column() {
+        let text = r#"
+[scheduler]
+timezone = "Mars/Olympus"
+
+[redis]
+url = "http://localhost"
+colour = "blue"
+
+[[jobs]]
+id = "a"
+schedule = "61 * * * *"
+template = "hi"
+
+[[jobs]]
+id = "a"
+schedule = "* * * * *"
+timezone = "Nowhere/City"
+template = "{% if x %}"
+"#;
+        let err = check(text).unwrap_err();
+        let expected = [
+            "herald.toml:7:1: redis.colour: unknown key",
+            "herald.toml:3:12: scheduler.timezone: time zone: \"Mars/Olympus\" is not a known IANA time zone",
+            "herald.toml:6:7: redis.url: scheme \"http\" is not redis://, rediss:// or redis+unix://",
+            "herald.toml:11:12: jobs[0].schedule: minute field: 61 is out of range 0-59",
+            "herald.toml:15:6: jobs[1].id: duplicate job id \"a\" (first defined at jobs[0], line 10)",
+            "herald.toml:17:12: jobs[1].timezone: time zone: \"Nowhere/City\"",
+            "herald.toml:18:12: jobs[1].template: template does not parse:",
+            "7 problems in herald.toml",
+        ];
+        let lines: Vec<&str> = err.lines().collect();
+        assert_eq!(lines.len(), expected.len(), "{err}");
+        for (line, want) in lines.iter().zip(expected) {
+            assert!(
+                line.starts_with(want),
+                "expected {want:?}\n     got {line:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn syntax_and_type_errors_have_a_position() {
+        let err = check("[http]\nlisten = \n").unwrap_err();
+        assert!(err.starts_with("herald.toml:2:"), "{err}");
+        let err =
+            check("[[jobs]]\nid = 5\nschedule = \"* * * * *\"\ntemplate = \"x\"\n").unwrap_err();
+        assert!(err.starts_with("herald.toml:2:6: "), "{err}");
+        let err = check("[[jobs]]\nid = \"x\"\nschedule = \"* * * * *\"\n").unwrap_err();
+        assert!(err.contains("missing field `template`"), "{err}");
+    }
+
+    #[test]
+    fn environment_overrides_and_is_named_in_errors() {
+        let env = |name: &str| match name {
+            "REDIS_HOST" => Some("redis.internal".to_string()),
+            "REDIS_PORT" => Some("6380".to_string()),
+            "REDIS_PASSWORD" => Some("s3cret".to_string()),
+            "TELEGRAM_BOT_TOKEN" => Some("123:abc".to_string()),
+            "HERALD_ADMIN_TOKEN" => Some("0123456789abcdef".to_string()),
+            "HERALD_HTTP_LISTEN" => Some("0.0.0.0:9000".to_string()),
+            _ => None,
+        };
+        let s = parse(Path::new("h.toml"), "", env).unwrap();
+        assert_eq!(s.redis_url.as_str(), "redis://:s3cret@redis.internal:6380");
+        assert_eq!(
+            s.telegram_token.as_ref().map(Secret::expose),
+            Some("123:abc")
+        );
+        assert_eq!(s.http_listen.to_string(), "0.0.0.0:9000");
+        assert!(!s.summary().contains("s3cret"), "{}", s.summary());
+        let debug = format!("{s:?}");
+        for secret in ["s3cret", "0123456789abcdef", "123:abc"] {
+            assert!(!debug.contains(secret), "{secret} leaked: {debug}");
+        }
+
+        let url_wins = |name: &str| match name {
+            "REDIS_URL" => Some("redis://other:7000/2".to_string()),
+            "REDIS_HOST" => Some("ignored".to_string()),
+            _ => None,
+        };
+        let s = parse(Path::new("h.toml"), "", url_wins).unwrap();
+        assert_eq!(s.redis_url.as_str(), "redis://other:7000/2");
+
+        let bad = |name: &str| match name {
+            "REDIS_PORT" => Some("seventy".to_string()),
+            "HERALD_HTTP_LISTEN" => Some("0.0.0.0:9000".to_string()),
+            _ => None,
+        };
+        let err = parse(Path::new("h.toml"), "", bad).unwrap_err().to_string();
+        assert!(
+            err.contains("environment REDIS_PORT: \"seventy\" is not a port number"),
+            "{err}"
+        );
+        assert!(err.contains("environment HERALD_HTTP_LISTEN: 0.0.0.0:9000 is not a loopback address and no admin token is set"), "{err}");
+    }
+
+    #[test]
+    fn empty_environment_values_count_as_unset() {
+        let env = |name: &str| (name == "TELEGRAM_BOT_TOKEN").then(String::new);
+        let s = parse(Path::new("h.toml"), "", env).unwrap();
+        assert!(s.telegram_token.is_none());
+    }
+}
