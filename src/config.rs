@@ -14,12 +14,18 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chrono_tz::Tz;
+use herald_actors::TreeConfig;
 use herald_actors::job::{
-    DEFAULT_MAX_ATTEMPTS, DEFAULT_MISFIRE_LIMIT, DEFAULT_TIMEOUT, JobKind, JobSpec, MisfirePolicy,
-    OverlapPolicy, check_job_id,
+    DEFAULT_MAX_ATTEMPTS, DEFAULT_MISFIRE_LIMIT, DEFAULT_RETRY_BACKOFF, DEFAULT_RETRY_BACKOFF_MAX,
+    DEFAULT_TIMEOUT, JobKind, JobSpec, MisfirePolicy, OverlapPolicy, RetryPolicy, check_job_id,
 };
+use herald_actors::memory::{
+    DEFAULT_HISTORY_PER_JOB, DEFAULT_MAX_RECORDS, DEFAULT_RECORD_TTL, StoreLimits,
+};
+use herald_actors::restart::{DEFAULT_MAX_RESTARTS, DEFAULT_RESTART_WINDOW, RestartLimit};
 use herald_actors::schedule::{CronExpr, Schedule, parse_zone};
 use herald_actors::template;
+use herald_actors::tree::{DEFAULT_MISFIRE_GRACE, DEFAULT_SHUTDOWN_GRACE, DEFAULT_WORKERS};
 use serde::Deserialize;
 use toml::de::{DeTable, DeValue};
 use url::Url;
@@ -41,6 +47,9 @@ pub const DEFAULT_TELEGRAM_API_URL: &str = "https://api.telegram.org";
 #[serde(default)]
 pub struct Config {
     pub scheduler: SchedulerSection,
+    pub workers: WorkersSection,
+    pub supervisor: SupervisorSection,
+    pub store: StoreSection,
     pub http: HttpSection,
     pub redis: RedisSection,
     pub telegram: TelegramSection,
@@ -52,12 +61,76 @@ pub struct Config {
 pub struct SchedulerSection {
     /// Zone of jobs that name none.
     pub timezone: String,
+    /// A tick later than this is a misfire (misfire policy), not a late fire.
+    #[serde(with = "humantime_serde")]
+    pub misfire_grace: Duration,
+    /// On SIGTERM, how long running runs may finish before being cancelled.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
 }
 
 impl Default for SchedulerSection {
     fn default() -> Self {
         SchedulerSection {
             timezone: "UTC".to_string(),
+            misfire_grace: DEFAULT_MISFIRE_GRACE,
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct WorkersSection {
+    /// Runs executed at once by this daemon.
+    pub count: usize,
+}
+
+impl Default for WorkersSection {
+    fn default() -> Self {
+        WorkersSection {
+            count: DEFAULT_WORKERS,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct SupervisorSection {
+    /// Restarts of one actor tolerated within `restart_window`; past it
+    /// herald exits non-zero.
+    pub max_restarts: u32,
+    #[serde(with = "humantime_serde")]
+    pub restart_window: Duration,
+}
+
+impl Default for SupervisorSection {
+    fn default() -> Self {
+        SupervisorSection {
+            max_restarts: DEFAULT_MAX_RESTARTS,
+            restart_window: DEFAULT_RESTART_WINDOW,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct StoreSection {
+    /// Execution records kept in memory; past it the oldest are dropped.
+    pub max_records: usize,
+    /// Records kept per job.
+    pub history_per_job: usize,
+    /// Records expire this long after they were created.
+    #[serde(with = "humantime_serde")]
+    pub record_ttl: Duration,
+}
+
+impl Default for StoreSection {
+    fn default() -> Self {
+        StoreSection {
+            max_records: DEFAULT_MAX_RECORDS,
+            history_per_job: DEFAULT_HISTORY_PER_JOB,
+            record_ttl: DEFAULT_RECORD_TTL,
         }
     }
 }
@@ -130,6 +203,10 @@ pub struct JobSection {
     pub timeout: Duration,
     #[serde(default = "default_max_attempts")]
     pub max_attempts: u32,
+    #[serde(default = "default_retry_backoff", with = "humantime_serde")]
+    pub retry_backoff: Duration,
+    #[serde(default = "default_retry_backoff_max", with = "humantime_serde")]
+    pub retry_backoff_max: Duration,
 }
 
 fn yes() -> bool {
@@ -143,6 +220,12 @@ fn default_timeout() -> Duration {
 }
 fn default_max_attempts() -> u32 {
     DEFAULT_MAX_ATTEMPTS
+}
+fn default_retry_backoff() -> Duration {
+    DEFAULT_RETRY_BACKOFF
+}
+fn default_retry_backoff_max() -> Duration {
+    DEFAULT_RETRY_BACKOFF_MAX
 }
 
 /// A secret (token, password): never shown by `Debug` or `Display`.
@@ -174,6 +257,7 @@ pub struct Settings {
     pub redis_prefix: String,
     pub telegram_token: Option<Secret>,
     pub telegram_api_url: Url,
+    pub tree: TreeConfig,
     pub jobs: Vec<JobSpec>,
 }
 
@@ -188,6 +272,7 @@ impl fmt::Debug for Settings {
             .field("redis_prefix", &self.redis_prefix)
             .field("telegram_token", &self.telegram_token)
             .field("telegram_api_url", &self.telegram_api_url)
+            .field("tree", &self.tree)
             .field("jobs", &self.jobs)
             .finish()
     }
@@ -203,12 +288,13 @@ impl Settings {
             format!(" ({})", jobs.join(", "))
         };
         format!(
-            "{}: ok: {} job{}{}, default zone {}, redis {} prefix {:?}, telegram {}, admin API on {}{}",
+            "{}: ok: {} job{}{}, default zone {}, {} workers, redis {} prefix {:?}, telegram {}, admin API on {}{}",
             self.source.display(),
             self.jobs.len(),
             if self.jobs.len() == 1 { "" } else { "s" },
             job_list,
             self.default_tz,
+            self.tree.workers,
             redacted_url(&self.redis_url),
             self.redis_prefix,
             if self.telegram_token.is_some() {
@@ -570,6 +656,7 @@ impl Validator<'_> {
         };
 
         let jobs = self.jobs(&config.jobs, default_tz);
+        let tree = self.tree(config);
 
         Some(Settings {
             source: path.to_path_buf(),
@@ -580,8 +667,57 @@ impl Validator<'_> {
             redis_prefix: prefix.clone(),
             telegram_token: config.telegram.token.clone(),
             telegram_api_url: telegram_api_url?,
+            tree,
             jobs,
         })
+    }
+
+    fn tree(&mut self, config: &Config) -> TreeConfig {
+        if config.workers.count == 0 || config.workers.count > 10_000 {
+            self.problem(
+                &[key("workers"), key("count")],
+                format!("{} workers: expected 1 to 10000", config.workers.count),
+            );
+        }
+        if config.scheduler.shutdown_grace.is_zero() {
+            self.problem(
+                &[key("scheduler"), key("shutdown_grace")],
+                "shutdown_grace must be longer than 0s",
+            );
+        }
+        if config.supervisor.restart_window.is_zero() {
+            self.problem(
+                &[key("supervisor"), key("restart_window")],
+                "restart_window must be longer than 0s",
+            );
+        }
+        if config.store.max_records == 0 || config.store.history_per_job == 0 {
+            let field = if config.store.max_records == 0 {
+                "max_records"
+            } else {
+                "history_per_job"
+            };
+            self.problem(
+                &[key("store"), key(field)],
+                format!("{field} must be at least 1"),
+            );
+        }
+        TreeConfig {
+            workers: config.workers.count,
+            misfire_grace: config.scheduler.misfire_grace,
+            shutdown_grace: config.scheduler.shutdown_grace,
+            restart_limit: RestartLimit {
+                max_restarts: config.supervisor.max_restarts,
+                window: config.supervisor.restart_window,
+            },
+            store_limits: StoreLimits {
+                max_records: config.store.max_records,
+                history_per_job: config.store.history_per_job,
+                record_ttl: config.store.record_ttl,
+                ..StoreLimits::default()
+            },
+            ..TreeConfig::default()
+        }
     }
 
     fn jobs(&mut self, jobs: &[JobSection], default_tz: Option<Tz>) -> Vec<JobSpec> {
@@ -633,6 +769,15 @@ impl Validator<'_> {
             if job.max_attempts == 0 {
                 self.problem(&at("max_attempts"), "max_attempts must be at least 1");
             }
+            if job.retry_backoff > job.retry_backoff_max {
+                self.problem(
+                    &at("retry_backoff"),
+                    format!(
+                        "retry_backoff {:?} is longer than retry_backoff_max {:?}",
+                        job.retry_backoff, job.retry_backoff_max
+                    ),
+                );
+            }
             if job.misfire_limit == 0 {
                 self.problem(&at("misfire_limit"), "misfire_limit must be at least 1");
             }
@@ -645,7 +790,11 @@ impl Validator<'_> {
                     misfire_limit: job.misfire_limit,
                     overlap: job.overlap,
                     timeout: job.timeout,
-                    max_attempts: job.max_attempts,
+                    retry: RetryPolicy {
+                        max_attempts: job.max_attempts,
+                        backoff: job.retry_backoff,
+                        backoff_max: job.retry_backoff_max,
+                    },
                     kind: JobKind::Message {
                         template: job.template.clone(),
                     },
@@ -888,6 +1037,30 @@ template = "{% if x %}"
             "{err}"
         );
         assert!(err.contains("environment HERALD_HTTP_LISTEN: 0.0.0.0:9000 is not a loopback address and no admin token is set"), "{err}");
+    }
+
+    #[test]
+    fn tree_settings_are_read_and_checked() {
+        let s = check("[workers]\ncount = 4\n[scheduler]\nshutdown_grace = \"2s\"\n[supervisor]\nmax_restarts = 1\nrestart_window = \"10s\"\n").unwrap();
+        assert_eq!(s.tree.workers, 4);
+        assert_eq!(s.tree.shutdown_grace, Duration::from_secs(2));
+        assert_eq!(s.tree.restart_limit.max_restarts, 1);
+        let err = check("[workers]\ncount = 0\n[store]\nmax_records = 0\n").unwrap_err();
+        assert!(
+            err.contains("herald.toml:2:9: workers.count: 0 workers: expected 1 to 10000"),
+            "{err}"
+        );
+        assert!(
+            err.contains("store.max_records: max_records must be at least 1"),
+            "{err}"
+        );
+        let err = check("[[jobs]]\nid = \"a\"\nschedule = \"@daily\"\ntemplate = \"x\"\nretry_backoff = \"10m\"\nretry_backoff_max = \"1m\"\n").unwrap_err();
+        assert!(
+            err.contains(
+                "jobs[0].retry_backoff: retry_backoff 600s is longer than retry_backoff_max 60s"
+            ),
+            "{err}"
+        );
     }
 
     #[test]

@@ -15,9 +15,15 @@ mod config;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use std::sync::Arc;
+
 use chrono::{DateTime, SecondsFormat, Utc};
 use clap::{Parser, Subcommand};
+use herald_actors::handler::Registry;
+use herald_actors::notifier::DryRun;
 use herald_actors::schedule::{Schedule, parse_zone};
+use herald_actors::spawn_tree;
+use herald_actors::supervisor::TreeExit;
 use tracing::info;
 
 /// Exit code for bad input (config, expression, zone), as clap uses for bad
@@ -136,35 +142,82 @@ fn run(path: &std::path::Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(async {
-        // Listen for signals before announcing anything, so a signal that
-        // follows the first log line always finds its handler.
-        let shutdown = match ShutdownSignal::install() {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for shutdown signals");
-                return ExitCode::FAILURE;
-            }
-        };
-        let now = Utc::now();
-        for job in &settings.jobs {
-            let next = job.schedule.next_after(now).map(|t| {
-                t.with_timezone(&job.schedule.tz())
-                    .to_rfc3339_opts(SecondsFormat::Secs, false)
-            });
-            info!(
-                job = %job.id,
-                schedule = %job.schedule.expr(),
-                zone = %job.schedule.tz(),
-                enabled = job.enabled,
-                next_fire = next.as_deref().unwrap_or("never"),
-                "job loaded"
-            );
+    runtime.block_on(serve(settings))
+}
+
+/// Why `serve` returned.
+enum Ending {
+    Signal(&'static str),
+    TreeStopped(TreeExit),
+}
+
+/// Runs the actor tree until a signal (graceful shutdown, exit 0) or until
+/// the tree gives up on a failing actor (exit 1, for systemd to restart).
+async fn serve(settings: config::Settings) -> ExitCode {
+    // Listen for signals before announcing anything, so a signal that
+    // follows the first log line always finds its handler.
+    let shutdown = match ShutdownSignal::install() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for shutdown signals");
+            return ExitCode::FAILURE;
         }
-        let signal = shutdown.recv().await;
-        info!(signal, "shutting down");
-        ExitCode::SUCCESS
-    })
+    };
+    let herald = match spawn_tree(
+        settings.tree.clone(),
+        settings.jobs.clone(),
+        Registry::new(),
+        Arc::new(DryRun),
+    )
+    .await
+    {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the actor tree");
+            return ExitCode::FAILURE;
+        }
+    };
+    match herald.scheduler.jobs().await {
+        Ok(mut jobs) => {
+            jobs.sort_by(|a, b| a.spec.id.cmp(&b.spec.id));
+            for job in jobs {
+                let tz = job.spec.schedule.tz();
+                let next = job.next_fire.map(|t| {
+                    t.with_timezone(&tz)
+                        .to_rfc3339_opts(SecondsFormat::Secs, false)
+                });
+                info!(
+                    job = %job.spec.id,
+                    schedule = %job.spec.schedule.expr(),
+                    zone = %tz,
+                    enabled = job.spec.enabled,
+                    next_fire = next.as_deref().unwrap_or("never"),
+                    "job loaded"
+                );
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "could not list jobs"),
+    }
+    let ending = tokio::select! {
+        signal = shutdown.recv() => Ending::Signal(signal),
+        exit = herald.stopped() => Ending::TreeStopped(exit),
+    };
+    match ending {
+        Ending::Signal(signal) => {
+            info!(signal, grace = ?settings.tree.shutdown_grace, "shutting down");
+            let report = herald.shutdown().await;
+            info!(
+                finished = report.finished,
+                cancelled = report.cancelled,
+                "stopped"
+            );
+            ExitCode::SUCCESS
+        }
+        Ending::TreeStopped(exit) => {
+            tracing::error!(?exit, "actor tree stopped; exiting non-zero");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// SIGINT and SIGTERM handlers, installed up front.
@@ -204,5 +257,9 @@ fn init_logging() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
+        // A log line that cannot be written (stderr closed: a dead pipe,
+        // journald restarting) is dropped. Reporting it would go to the
+        // same closed stderr through eprintln!, which panics.
+        .log_internal_errors(false)
         .init();
 }

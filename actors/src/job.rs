@@ -41,6 +41,31 @@ pub const DEFAULT_MISFIRE_LIMIT: u32 = 100;
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 /// Default attempts per run (first try plus retries).
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+/// First retry delay; doubles per attempt. Long enough for a blip in a
+/// downstream service to pass.
+pub const DEFAULT_RETRY_BACKOFF: Duration = Duration::from_secs(5);
+/// Ceiling on the retry delay.
+pub const DEFAULT_RETRY_BACKOFF_MAX: Duration = Duration::from_secs(300);
+
+/// How a failed attempt is retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included (1 = never retry).
+    pub max_attempts: u32,
+    /// Delay before the second attempt; doubles for each one after.
+    pub backoff: Duration,
+    pub backoff_max: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+            backoff: DEFAULT_RETRY_BACKOFF,
+            backoff_max: DEFAULT_RETRY_BACKOFF_MAX,
+        }
+    }
+}
 
 /// A job as the scheduler sees it.
 #[derive(Debug, Clone, PartialEq)]
@@ -52,8 +77,25 @@ pub struct JobSpec {
     pub misfire_limit: u32,
     pub overlap: OverlapPolicy,
     pub timeout: Duration,
-    pub max_attempts: u32,
+    pub retry: RetryPolicy,
     pub kind: JobKind,
+}
+
+impl JobSpec {
+    /// A job with default policies; for code and tests that build jobs.
+    pub fn new(id: impl Into<String>, schedule: Schedule, kind: JobKind) -> Self {
+        JobSpec {
+            id: id.into(),
+            schedule,
+            enabled: true,
+            misfire: MisfirePolicy::default(),
+            misfire_limit: DEFAULT_MISFIRE_LIMIT,
+            overlap: OverlapPolicy::default(),
+            timeout: DEFAULT_TIMEOUT,
+            retry: RetryPolicy::default(),
+            kind,
+        }
+    }
 }
 
 /// What a run of the job does.
@@ -61,6 +103,8 @@ pub struct JobSpec {
 pub enum JobKind {
     /// Render a template and send it to the job's targets.
     Message { template: String },
+    /// Run the handler registered under this name.
+    Coded { handler: String },
 }
 
 /// Why a job id was refused.

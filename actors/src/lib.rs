@@ -9,9 +9,56 @@
 //! * [`job`]: what a job is (id, schedule, misfire/overlap/retry policies).
 //! * [`template`]: message templates (minijinja, HTML auto-escaping).
 //!
-//! The actor tree (RootSupervisor, ExecutionStore, Notifier, WorkerPool,
-//! Scheduler; see DESIGN.md) is built on top of these.
+//! * [`record`]: execution records and skipped ticks.
+//! * [`memory`]: the bounded in-memory backend (jobs, last ticks, records).
+//! * [`timetable`]: the scheduler's heap and its misfire/overlap decisions.
+//! * [`backoff`]: retry delays; [`restart`]: restart intensity.
+//!
+//! The actor tree (DESIGN.md), one module per actor:
+//!
+//! ```text
+//! RootSupervisor    supervisor.rs     one-for-one restarts, intensity limit
+//!  |-- ExecutionStore  execution_store.rs  records, job table, last ticks
+//!  |-- Notifier        notifier.rs         delivery through a Transport
+//!  |-- WorkerPool      worker_pool.rs      queue, retries, N Workers (worker.rs)
+//!  `-- Scheduler       scheduler.rs        one timer, fires due ticks
+//! ```
+//!
+//! [`handles`] are the typed ways to talk to them; [`handler`] is what a
+//! run executes; [`tree`] builds the tree from plain data ([`spawn_tree`]).
 
+pub mod backoff;
+pub mod execution_store;
+pub mod handler;
+pub mod handles;
 pub mod job;
+pub mod memory;
+pub mod notifier;
+pub mod record;
+pub mod restart;
 pub mod schedule;
+pub mod scheduler;
+pub mod supervisor;
 pub mod template;
+pub mod timetable;
+pub mod tree;
+pub mod worker;
+pub mod worker_pool;
+
+pub use tree::{Herald, TreeConfig, spawn_tree, spawn_tree_on};
+
+/// Aborts a task when dropped: tasks tied to an actor's state die with it,
+/// even when the actor panics and `post_stop` never runs.
+pub struct AbortOnDrop(pub tokio::task::AbortHandle);
+
+impl<T> From<tokio::task::JoinHandle<T>> for AbortOnDrop {
+    fn from(handle: tokio::task::JoinHandle<T>) -> Self {
+        AbortOnDrop(handle.abort_handle())
+    }
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

@@ -382,6 +382,24 @@ fn tehran_before_2022() {
     ]);
 }
 
+/// Pacific/Chatham 2021, a +12:45 zone: 26 Sep 02:45 +12:45 -> 03:45 +13:45.
+/// Asked about the last second before the gap, the gap's one fire is next
+/// (found by the property tests: the gap ends exactly at the first candidate).
+#[test]
+fn chatham_gap_right_after_the_last_fire() {
+    check(&[
+        row("Pacific/Chatham", "* 18-57 2 * * *", "2021-09-26T02:44:58+12:45", &[
+            "2021-09-26T02:44:59+12:45",
+            "2021-09-26T03:45:00+13:45",
+            "2021-09-27T02:18:00+13:45",
+        ]),
+        row("Pacific/Chatham", "50 2 * * *", "2021-09-25T12:00:00+12:45", &[
+            "2021-09-26T03:45:00+13:45",
+            "2021-09-27T02:50:00+13:45",
+        ]),
+    ]);
+}
+
 /// Zones without DST and UTC itself: nothing special happens.
 #[test]
 fn zones_without_dst() {

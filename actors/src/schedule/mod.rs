@@ -70,6 +70,14 @@ impl Schedule {
         // first whole second strictly after `after`.
         let first = after.timestamp().checked_add(1)?;
         let horizon = first.saturating_add(HORIZON_SECONDS);
+        // A gap ending exactly at `first` belongs to the stretch before it,
+        // which the walk below never visits.
+        if self.expr.is_fixed_time() {
+            let before_first = i64::from(zone::offset_at(self.tz, first.checked_sub(1)?)?);
+            if self.fires_for_gap_ending_at(first, before_first)? {
+                return DateTime::from_timestamp(first, 0);
+            }
+        }
         let mut cur = first;
         // Walk stretches of constant UTC offset. Inside one, local time is
         // the instant plus that offset, so a local match maps to one instant.
@@ -79,20 +87,33 @@ impl Schedule {
             if let Some(fire) = self.first_fire_in_stretch(cur, end, offset)? {
                 return DateTime::from_timestamp(fire, 0);
             }
-            let next_offset = i64::from(zone::offset_at(self.tz, end)?);
-            if self.expr.is_fixed_time() && next_offset > offset {
-                // Spring forward at `end`: local [end+offset, end+next_offset)
-                // never happened. A fixed-time job due then fires at `end`.
-                let gap_start = local_naive(end.checked_add(offset)?)?;
-                if let Some(swallowed) = self.expr.next_local_match(gap_start)
-                    && swallowed.and_utc().timestamp() < end.checked_add(next_offset)?
-                {
-                    return DateTime::from_timestamp(end, 0);
-                }
+            if self.fires_for_gap_ending_at(end, offset)? {
+                return DateTime::from_timestamp(end, 0);
             }
             cur = end;
         }
         None
+    }
+
+    /// Does a fixed-time job fire at `at` because a spring-forward gap
+    /// ending there (offset `before` until `at`) swallowed one of its local
+    /// times? Local [at+before, at+after) never happened; such a job fires
+    /// once, at the first instant after the gap. `None`: calendar ran out.
+    fn fires_for_gap_ending_at(&self, at: i64, before: i64) -> Option<bool> {
+        if !self.expr.is_fixed_time() {
+            return Some(false);
+        }
+        let after = i64::from(zone::offset_at(self.tz, at)?);
+        if after <= before {
+            return Some(false);
+        }
+        let gap_start = local_naive(at.checked_add(before)?)?;
+        let gap_end = at.checked_add(after)?;
+        Some(
+            self.expr
+                .next_local_match(gap_start)
+                .is_some_and(|swallowed| swallowed.and_utc().timestamp() < gap_end),
+        )
     }
 
     /// The first fire in the constant-offset stretch [cur, end). `Ok(None)`:

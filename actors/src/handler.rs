@@ -1,0 +1,137 @@
+//! What a run executes: the [`JobHandler`] trait, the context a run gets,
+//! and the registry that maps a job's kind to its handler.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+
+use crate::handles::NotifierHandle;
+use crate::job::{JobKind, JobSpec};
+use crate::notifier::Notification;
+use crate::record::{Counts, RunId};
+use crate::template;
+
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// Why an attempt failed, in words an operator reads in the record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobError(pub String);
+
+impl JobError {
+    pub fn new(message: impl Into<String>) -> Self {
+        JobError(message.into())
+    }
+}
+
+impl fmt::Display for JobError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for JobError {}
+
+/// Everything a run may use.
+#[derive(Clone)]
+pub struct RunContext {
+    pub run_id: RunId,
+    pub job: Arc<JobSpec>,
+    pub scheduled_at: DateTime<Utc>,
+    /// 1 for the first try.
+    pub attempt: u32,
+    pub notifier: NotifierHandle,
+}
+
+/// A job's code. Runs in its own task: a panic, an error or a timeout ends
+/// the attempt as FAILED without touching the worker that ran it.
+pub trait JobHandler: Send + Sync + 'static {
+    fn run(&self, ctx: RunContext) -> BoxFuture<Result<Counts, JobError>>;
+}
+
+impl<F, Fut> JobHandler for F
+where
+    F: Fn(RunContext) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Counts, JobError>> + Send + 'static,
+{
+    fn run(&self, ctx: RunContext) -> BoxFuture<Result<Counts, JobError>> {
+        Box::pin(self(ctx))
+    }
+}
+
+/// Coded handlers by name; message jobs need no registration.
+#[derive(Clone, Default)]
+pub struct Registry {
+    handlers: HashMap<String, Arc<dyn JobHandler>>,
+}
+
+impl Registry {
+    pub fn new() -> Self {
+        Registry::default()
+    }
+
+    /// Registers `handler` under `name` (what `JobKind::Coded` names).
+    pub fn register(&mut self, name: impl Into<String>, handler: impl JobHandler) -> &mut Self {
+        self.handlers.insert(name.into(), Arc::new(handler));
+        self
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.handlers.contains_key(name)
+    }
+
+    /// The handler for a job's kind.
+    pub fn resolve(&self, kind: &JobKind) -> Result<Arc<dyn JobHandler>, JobError> {
+        match kind {
+            JobKind::Message { template } => Ok(Arc::new(MessageJob {
+                template: template.clone(),
+            })),
+            JobKind::Coded { handler } => self
+                .handlers
+                .get(handler)
+                .cloned()
+                .ok_or_else(|| JobError::new(format!("no handler registered as {handler:?}"))),
+        }
+    }
+}
+
+/// Renders the job's template and hands the message to the Notifier.
+struct MessageJob {
+    template: String,
+}
+
+impl JobHandler for MessageJob {
+    fn run(&self, ctx: RunContext) -> BoxFuture<Result<Counts, JobError>> {
+        let rendered = render_message(&self.template, &ctx);
+        Box::pin(async move {
+            let text = rendered?;
+            let notification = Notification {
+                run_id: ctx.run_id.clone(),
+                job_id: ctx.job.id.clone(),
+                recipient: "all active users".to_string(),
+                text,
+            };
+            ctx.notifier
+                .deliver(vec![notification])
+                .await
+                .map_err(|e| JobError::new(e.to_string()))
+        })
+    }
+}
+
+fn render_message(source: &str, ctx: &RunContext) -> Result<String, JobError> {
+    let env = template::environment();
+    let tmpl = env
+        .template_from_str(source)
+        .map_err(|e| JobError::new(format!("template: {e}")))?;
+    tmpl.render(minijinja::context! {
+        job_id => ctx.job.id,
+        run_id => ctx.run_id.0,
+        scheduled_at => ctx.scheduled_at.to_rfc3339_opts(SecondsFormat::Secs, true),
+        attempt => ctx.attempt,
+    })
+    .map_err(|e| JobError::new(format!("template: {e}")))
+}

@@ -1,0 +1,328 @@
+//! Typed handles to the actors, and the directory they resolve through.
+//!
+//! A restarted actor has a new `ActorRef`. The RootSupervisor records each
+//! child's current ref in the [`Directory`]; handles look it up on every
+//! send, so callers never hold a stale ref. Every request/reply carries a
+//! timeout: ractor's `call(.., None)` would wait forever.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use ractor::rpc::CallResult;
+use ractor::{ActorRef, RpcReplyPort};
+
+use crate::execution_store::{StoreMsg, StoreSnapshot, StoreStats};
+use crate::job::JobSpec;
+use crate::memory::RecordQuery;
+use crate::notifier::{Notification, NotifierMsg};
+use crate::record::{Counts, ExecutionRecord, RunId, SkippedTicks};
+use crate::scheduler::{JobView, SchedulerMsg};
+use crate::worker_pool::{PoolMsg, PoolStats, RunRequest};
+
+/// How long a request to an actor may take before the caller gives up.
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// An actor could not be reached, or did not answer in time.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HandleError {
+    #[error("{0} is not running (restarting or stopped)")]
+    Unavailable(&'static str),
+    #[error("{0} did not answer within {1:?}")]
+    Timeout(&'static str, Duration),
+}
+
+/// The current ref of each child of the tree.
+#[derive(Default)]
+pub struct Directory {
+    store: RwLock<Option<ActorRef<StoreMsg>>>,
+    notifier: RwLock<Option<ActorRef<NotifierMsg>>>,
+    pool: RwLock<Option<ActorRef<PoolMsg>>>,
+    scheduler: RwLock<Option<ActorRef<SchedulerMsg>>>,
+}
+
+fn read<T: Clone>(slot: &RwLock<Option<T>>) -> Option<T> {
+    slot.read().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
+fn write<T>(slot: &RwLock<Option<T>>, value: Option<T>) {
+    *slot.write().unwrap_or_else(|p| p.into_inner()) = value;
+}
+
+impl Directory {
+    pub fn set_store(&self, r: Option<ActorRef<StoreMsg>>) {
+        write(&self.store, r)
+    }
+    pub fn set_notifier(&self, r: Option<ActorRef<NotifierMsg>>) {
+        write(&self.notifier, r)
+    }
+    pub fn set_pool(&self, r: Option<ActorRef<PoolMsg>>) {
+        write(&self.pool, r)
+    }
+    pub fn set_scheduler(&self, r: Option<ActorRef<SchedulerMsg>>) {
+        write(&self.scheduler, r)
+    }
+}
+
+async fn call<M, T>(
+    actor: Option<ActorRef<M>>,
+    name: &'static str,
+    timeout: Duration,
+    build: impl FnOnce(RpcReplyPort<T>) -> M,
+) -> Result<T, HandleError>
+where
+    M: ractor::Message,
+    T: Send + 'static,
+{
+    let actor = actor.ok_or(HandleError::Unavailable(name))?;
+    match actor.call(build, Some(timeout)).await {
+        Ok(CallResult::Success(v)) => Ok(v),
+        Ok(CallResult::Timeout) => Err(HandleError::Timeout(name, timeout)),
+        Ok(CallResult::SenderError) | Err(_) => Err(HandleError::Unavailable(name)),
+    }
+}
+
+fn cast<M: ractor::Message>(
+    actor: Option<ActorRef<M>>,
+    name: &'static str,
+    msg: M,
+) -> Result<(), HandleError> {
+    actor
+        .ok_or(HandleError::Unavailable(name))?
+        .cast(msg)
+        .map_err(|_| HandleError::Unavailable(name))
+}
+
+/// The ExecutionStore: records, skipped ticks, job table, last ticks.
+#[derive(Clone)]
+pub struct StoreHandle {
+    dir: Arc<Directory>,
+    timeout: Duration,
+}
+
+impl StoreHandle {
+    pub fn new(dir: Arc<Directory>, timeout: Duration) -> Self {
+        StoreHandle { dir, timeout }
+    }
+
+    fn actor(&self) -> Option<ActorRef<StoreMsg>> {
+        read(&self.dir.store)
+    }
+
+    pub fn put_record(&self, record: ExecutionRecord) -> Result<(), HandleError> {
+        cast(self.actor(), "execution store", StoreMsg::PutRecord(record))
+    }
+
+    pub fn put_skipped(&self, skipped: SkippedTicks) -> Result<(), HandleError> {
+        cast(
+            self.actor(),
+            "execution store",
+            StoreMsg::PutSkipped(skipped),
+        )
+    }
+
+    pub fn set_last_tick(&self, job_id: String, at: DateTime<Utc>) -> Result<(), HandleError> {
+        cast(
+            self.actor(),
+            "execution store",
+            StoreMsg::SetLastTick { job_id, at },
+        )
+    }
+
+    pub fn put_job(&self, spec: Arc<JobSpec>) -> Result<(), HandleError> {
+        cast(self.actor(), "execution store", StoreMsg::PutJob(spec))
+    }
+
+    pub fn remove_job(&self, id: String) -> Result<(), HandleError> {
+        cast(self.actor(), "execution store", StoreMsg::RemoveJob(id))
+    }
+
+    pub async fn record(&self, run_id: RunId) -> Result<Option<ExecutionRecord>, HandleError> {
+        call(self.actor(), "execution store", self.timeout, |r| {
+            StoreMsg::GetRecord(run_id, r)
+        })
+        .await
+    }
+
+    pub async fn query(&self, q: RecordQuery) -> Result<Vec<ExecutionRecord>, HandleError> {
+        call(self.actor(), "execution store", self.timeout, |r| {
+            StoreMsg::Query(q, r)
+        })
+        .await
+    }
+
+    pub async fn latest(&self, job_id: String) -> Result<Option<ExecutionRecord>, HandleError> {
+        call(self.actor(), "execution store", self.timeout, |r| {
+            StoreMsg::Latest(job_id, r)
+        })
+        .await
+    }
+
+    pub async fn skipped(
+        &self,
+        job_id: Option<String>,
+        limit: usize,
+    ) -> Result<Vec<SkippedTicks>, HandleError> {
+        call(self.actor(), "execution store", self.timeout, |reply| {
+            StoreMsg::Skipped {
+                job_id,
+                limit,
+                reply,
+            }
+        })
+        .await
+    }
+
+    pub async fn snapshot(&self) -> Result<StoreSnapshot, HandleError> {
+        call(
+            self.actor(),
+            "execution store",
+            self.timeout,
+            StoreMsg::Snapshot,
+        )
+        .await
+    }
+
+    pub async fn stats(&self) -> Result<StoreStats, HandleError> {
+        call(
+            self.actor(),
+            "execution store",
+            self.timeout,
+            StoreMsg::Stats,
+        )
+        .await
+    }
+}
+
+/// The Notifier: delivers what runs produce.
+#[derive(Clone)]
+pub struct NotifierHandle {
+    dir: Arc<Directory>,
+    timeout: Duration,
+}
+
+impl NotifierHandle {
+    pub fn new(dir: Arc<Directory>, timeout: Duration) -> Self {
+        NotifierHandle { dir, timeout }
+    }
+
+    /// Delivers and reports what happened to each notification.
+    pub async fn deliver(&self, notifications: Vec<Notification>) -> Result<Counts, HandleError> {
+        call(read(&self.dir.notifier), "notifier", self.timeout, |r| {
+            NotifierMsg::Deliver(notifications, r)
+        })
+        .await
+    }
+}
+
+/// The WorkerPool.
+#[derive(Clone)]
+pub struct PoolHandle {
+    dir: Arc<Directory>,
+    timeout: Duration,
+}
+
+impl PoolHandle {
+    pub fn new(dir: Arc<Directory>, timeout: Duration) -> Self {
+        PoolHandle { dir, timeout }
+    }
+
+    fn actor(&self) -> Option<ActorRef<PoolMsg>> {
+        read(&self.dir.pool)
+    }
+
+    pub fn submit(&self, run: RunRequest) -> Result<(), HandleError> {
+        cast(self.actor(), "worker pool", PoolMsg::Submit(run))
+    }
+
+    /// Cancels a queued, running or retry-waiting run; `false` if the pool
+    /// does not have it.
+    pub async fn cancel(&self, run_id: RunId) -> Result<bool, HandleError> {
+        call(self.actor(), "worker pool", self.timeout, |r| {
+            PoolMsg::Cancel(run_id, r)
+        })
+        .await
+    }
+
+    pub async fn stats(&self) -> Result<PoolStats, HandleError> {
+        call(self.actor(), "worker pool", self.timeout, PoolMsg::Stats).await
+    }
+}
+
+/// The Scheduler.
+#[derive(Clone)]
+pub struct SchedulerHandle {
+    dir: Arc<Directory>,
+    timeout: Duration,
+}
+
+impl SchedulerHandle {
+    pub fn new(dir: Arc<Directory>, timeout: Duration) -> Self {
+        SchedulerHandle { dir, timeout }
+    }
+
+    fn actor(&self) -> Option<ActorRef<SchedulerMsg>> {
+        read(&self.dir.scheduler)
+    }
+
+    /// Adds or replaces a job and re-arms the timer; returns its next fire.
+    pub async fn upsert_job(&self, spec: JobSpec) -> Result<Option<DateTime<Utc>>, HandleError> {
+        call(self.actor(), "scheduler", self.timeout, |r| {
+            SchedulerMsg::Upsert(Box::new(spec), r)
+        })
+        .await
+    }
+
+    /// `false` if there was no such job.
+    pub async fn remove_job(&self, id: String) -> Result<bool, HandleError> {
+        call(self.actor(), "scheduler", self.timeout, |r| {
+            SchedulerMsg::Remove(id, r)
+        })
+        .await
+    }
+
+    /// Enables or disables a job; `None` if there is no such job, else its
+    /// next fire.
+    pub async fn set_enabled(
+        &self,
+        id: String,
+        enabled: bool,
+    ) -> Result<Option<Option<DateTime<Utc>>>, HandleError> {
+        call(self.actor(), "scheduler", self.timeout, |r| {
+            SchedulerMsg::SetEnabled(id, enabled, r)
+        })
+        .await
+    }
+
+    /// Starts a run now, outside the schedule; `None` if no such job.
+    pub async fn run_now(&self, id: String) -> Result<Option<RunId>, HandleError> {
+        call(self.actor(), "scheduler", self.timeout, |r| {
+            SchedulerMsg::RunNow(id, r)
+        })
+        .await
+    }
+
+    pub async fn jobs(&self) -> Result<Vec<JobView>, HandleError> {
+        call(self.actor(), "scheduler", self.timeout, SchedulerMsg::Jobs).await
+    }
+
+    /// A run of the job reached a final status.
+    pub fn run_settled(&self, job_id: String) -> Result<(), HandleError> {
+        cast(
+            self.actor(),
+            "scheduler",
+            SchedulerMsg::RunSettled { job_id },
+        )
+    }
+
+    /// Stops firing (for shutdown); queued ticks are dropped and recorded.
+    pub async fn stop_firing(&self) -> Result<(), HandleError> {
+        call(
+            self.actor(),
+            "scheduler",
+            self.timeout,
+            SchedulerMsg::StopFiring,
+        )
+        .await
+    }
+}

@@ -1,0 +1,191 @@
+//! Execution records: one per run, PENDING -> RUNNING -> SUCCESS | FAILED |
+//! CANCELLED, with retries going back through PENDING on the same record.
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+/// Identifies a run. A scheduled tick's id is derived from (job, instant),
+/// so the same tick always has the same id: `{job}@{unix seconds}`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct RunId(pub String);
+
+impl RunId {
+    pub fn for_tick(job_id: &str, scheduled_at: DateTime<Utc>) -> Self {
+        RunId(format!("{job_id}@{}", scheduled_at.timestamp()))
+    }
+
+    /// A run started by hand: time plus randomness, never equal to a tick's.
+    pub fn manual(job_id: &str, now: DateTime<Utc>) -> Self {
+        RunId(format!(
+            "{job_id}@manual-{}-{:08x}",
+            now.timestamp_millis(),
+            rand::random::<u32>()
+        ))
+    }
+}
+
+impl fmt::Display for RunId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum RunStatus {
+    Pending,
+    Running,
+    Success,
+    Failed,
+    Cancelled,
+}
+
+impl RunStatus {
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            RunStatus::Success | RunStatus::Failed | RunStatus::Cancelled
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Pending => "PENDING",
+            RunStatus::Running => "RUNNING",
+            RunStatus::Success => "SUCCESS",
+            RunStatus::Failed => "FAILED",
+            RunStatus::Cancelled => "CANCELLED",
+        }
+    }
+}
+
+impl std::str::FromStr for RunStatus {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_uppercase().as_str() {
+            "PENDING" => Ok(RunStatus::Pending),
+            "RUNNING" => Ok(RunStatus::Running),
+            "SUCCESS" => Ok(RunStatus::Success),
+            "FAILED" => Ok(RunStatus::Failed),
+            "CANCELLED" => Ok(RunStatus::Cancelled),
+            _ => Err(format!(
+                "{s:?} is not a run status (PENDING, RUNNING, SUCCESS, FAILED, CANCELLED)"
+            )),
+        }
+    }
+}
+
+/// Why a run exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Trigger {
+    /// A tick on time (within the misfire grace).
+    Schedule,
+    /// A catch-up run for a tick missed while herald was down or behind.
+    Misfire,
+    /// A tick held back by the `queue_one` overlap policy.
+    Queued,
+    /// Started by hand.
+    Manual,
+}
+
+/// What a run delivered.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Counts {
+    pub sent: u64,
+    pub failed: u64,
+    pub deactivated: u64,
+    pub skipped: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ExecutionRecord {
+    pub run_id: RunId,
+    pub job_id: String,
+    pub trigger: Trigger,
+    pub scheduled_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub duration_ms: Option<u64>,
+    pub status: RunStatus,
+    /// 1 for the first try.
+    pub attempt: u32,
+    pub max_attempts: u32,
+    pub counts: Counts,
+    /// The last attempt's error, kept while a retry is pending.
+    pub error: Option<String>,
+    /// When the next attempt is due, while a retry is pending.
+    pub retry_at: Option<DateTime<Utc>>,
+}
+
+impl ExecutionRecord {
+    pub fn pending(
+        run_id: RunId,
+        job_id: &str,
+        trigger: Trigger,
+        scheduled_at: DateTime<Utc>,
+        max_attempts: u32,
+        now: DateTime<Utc>,
+    ) -> Self {
+        ExecutionRecord {
+            run_id,
+            job_id: job_id.to_string(),
+            trigger,
+            scheduled_at,
+            created_at: now,
+            started_at: None,
+            finished_at: None,
+            duration_ms: None,
+            status: RunStatus::Pending,
+            attempt: 1,
+            max_attempts,
+            counts: Counts::default(),
+            error: None,
+            retry_at: None,
+        }
+    }
+}
+
+/// Why a tick did not run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SkipReason {
+    /// Missed while down or behind, and the misfire policy dropped it.
+    Misfire,
+    /// Missed, and beyond the `fire_all` bound.
+    MisfireLimit,
+    /// The previous run was still going.
+    Overlap,
+    /// The job was disabled while a tick waited.
+    Disabled,
+    /// Shutting down.
+    Shutdown,
+}
+
+impl SkipReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SkipReason::Misfire => "misfire",
+            SkipReason::MisfireLimit => "misfire_limit",
+            SkipReason::Overlap => "overlap",
+            SkipReason::Disabled => "disabled",
+            SkipReason::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// One or more consecutive ticks of a job that did not run, for one reason.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SkippedTicks {
+    pub job_id: String,
+    pub reason: SkipReason,
+    pub first: DateTime<Utc>,
+    pub last: DateTime<Utc>,
+    pub count: u64,
+    pub recorded_at: DateTime<Utc>,
+}

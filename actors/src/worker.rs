@@ -1,0 +1,174 @@
+//! A Worker actor: executes one run at a time for the WorkerPool.
+//!
+//! The job's handler runs in a task of its own, watched by a second task
+//! that applies the timeout; a panic, an error or a timeout becomes an
+//! [`AttemptOutcome`] sent back here, so the worker itself never fails
+//! because of a job. Both tasks are aborted if the worker goes away.
+
+use std::any::Any;
+use std::sync::Arc;
+
+use chrono::Utc;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+
+use crate::AbortOnDrop;
+use crate::handler::{Registry, RunContext};
+use crate::handles::{NotifierHandle, StoreHandle};
+use crate::record::{Counts, RunId, RunStatus};
+use crate::worker_pool::{PoolMsg, RunRequest};
+
+/// How one attempt ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttemptOutcome {
+    Success(Counts),
+    Failed(String),
+    Cancelled,
+}
+
+pub enum WorkerMsg {
+    Execute(RunRequest),
+    Cancel(RunId),
+    Finished {
+        run_id: RunId,
+        outcome: AttemptOutcome,
+    },
+}
+
+#[derive(Clone)]
+pub struct WorkerArgs {
+    pub index: usize,
+    pub pool: ActorRef<PoolMsg>,
+    pub registry: Arc<Registry>,
+    pub store: StoreHandle,
+    pub notifier: NotifierHandle,
+}
+
+pub struct Worker;
+
+struct Current {
+    request: RunRequest,
+    handler_task: AbortOnDrop,
+    _watcher: AbortOnDrop,
+}
+
+pub struct WorkerState {
+    args: WorkerArgs,
+    current: Option<Current>,
+}
+
+impl Actor for Worker {
+    type Msg = WorkerMsg;
+    type State = WorkerState;
+    type Arguments = WorkerArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<WorkerMsg>,
+        args: WorkerArgs,
+    ) -> Result<WorkerState, ActorProcessingErr> {
+        Ok(WorkerState {
+            args,
+            current: None,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<WorkerMsg>,
+        msg: WorkerMsg,
+        state: &mut WorkerState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            WorkerMsg::Execute(request) => start(myself, state, request),
+            WorkerMsg::Cancel(run_id) => {
+                if let Some(current) = &state.current
+                    && current.request.record.run_id == run_id
+                {
+                    // The watcher sees the abort and reports Cancelled.
+                    current.handler_task.0.abort();
+                }
+            }
+            WorkerMsg::Finished { run_id, outcome } => {
+                if state
+                    .current
+                    .as_ref()
+                    .is_some_and(|c| c.request.record.run_id == run_id)
+                    && let Some(done) = state.current.take()
+                {
+                    let _ = state.args.pool.cast(PoolMsg::AttemptDone {
+                        worker: state.args.index,
+                        request: done.request,
+                        outcome,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn start(myself: ActorRef<WorkerMsg>, state: &mut WorkerState, mut request: RunRequest) {
+    if let Some(current) = &state.current {
+        // The pool only hands work to idle workers; refuse rather than drop.
+        tracing::error!(
+            worker = state.args.index,
+            busy_with = %current.request.record.run_id,
+            refused = %request.record.run_id,
+            "worker asked to run two runs at once; handing the new one back"
+        );
+        let _ = state.args.pool.cast(PoolMsg::Submit(request));
+        return;
+    }
+    request.record.status = RunStatus::Running;
+    request.record.started_at = Some(Utc::now());
+    request.record.retry_at = None;
+    if let Err(e) = state.args.store.put_record(request.record.clone()) {
+        tracing::warn!(run = %request.record.run_id, error = %e, "could not record RUNNING");
+    }
+    let run_id = request.record.run_id.clone();
+    let handler = state.args.registry.resolve(&request.job.kind);
+    let ctx = RunContext {
+        run_id: run_id.clone(),
+        job: request.job.clone(),
+        scheduled_at: request.record.scheduled_at,
+        attempt: request.record.attempt,
+        notifier: state.args.notifier.clone(),
+    };
+    let timeout = request.job.timeout;
+    let handler_task = match handler {
+        Ok(handler) => tokio::spawn(handler.run(ctx)),
+        Err(e) => tokio::spawn(async move { Err(e) }),
+    };
+    let abort = handler_task.abort_handle();
+    let handler_abort = abort.clone();
+    let watcher = tokio::spawn(async move {
+        let outcome = match tokio::time::timeout(timeout, handler_task).await {
+            Err(_) => {
+                abort.abort();
+                AttemptOutcome::Failed(format!("timed out after {timeout:?}"))
+            }
+            Ok(Ok(Ok(counts))) => AttemptOutcome::Success(counts),
+            Ok(Ok(Err(e))) => AttemptOutcome::Failed(e.to_string()),
+            Ok(Err(join)) if join.is_panic() => {
+                AttemptOutcome::Failed(format!("panicked: {}", panic_message(join.into_panic())))
+            }
+            Ok(Err(_)) => AttemptOutcome::Cancelled,
+        };
+        let _ = myself.cast(WorkerMsg::Finished { run_id, outcome });
+    });
+    state.current = Some(Current {
+        request,
+        handler_task: AbortOnDrop(handler_abort),
+        _watcher: AbortOnDrop::from(watcher),
+    });
+}
+
+fn panic_message(payload: Box<dyn Any + Send>) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_string()
+    }
+}

@@ -1,0 +1,112 @@
+//! Shared test support: building jobs, waiting for conditions, recording
+//! transports and handlers that count their calls.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use herald_actors::job::{JobKind, JobSpec, RetryPolicy};
+use herald_actors::notifier::{DeliveryOutcome, Notification, Transport};
+use herald_actors::schedule::Schedule;
+
+/// Polls `check` every 20 ms until it returns `Some`, or panics after
+/// `within` with `what`.
+pub async fn wait_for<T, F, Fut>(what: &str, within: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out after {within:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub fn coded(id: &str, expr: &str, handler: &str) -> JobSpec {
+    JobSpec::new(
+        id,
+        Schedule::parse(expr, chrono_tz::UTC).expect("valid expression"),
+        JobKind::Coded {
+            handler: handler.to_string(),
+        },
+    )
+}
+
+/// Fast retries for tests.
+pub fn quick_retry(max_attempts: u32) -> RetryPolicy {
+    RetryPolicy {
+        max_attempts,
+        backoff: Duration::from_millis(50),
+        backoff_max: Duration::from_millis(200),
+    }
+}
+
+type Tick = (String, DateTime<Utc>);
+
+/// Counts calls per (job, scheduled instant).
+#[derive(Clone, Default)]
+pub struct Calls(pub Arc<Mutex<HashMap<Tick, u32>>>);
+
+impl Calls {
+    pub fn note(&self, job: &str, at: DateTime<Utc>) {
+        *self
+            .0
+            .lock()
+            .unwrap()
+            .entry((job.to_string(), at))
+            .or_default() += 1;
+    }
+
+    pub fn total(&self) -> u32 {
+        self.0.lock().unwrap().values().sum()
+    }
+
+    pub fn max_per_tick(&self) -> u32 {
+        self.0.lock().unwrap().values().copied().max().unwrap_or(0)
+    }
+
+    pub fn distinct_jobs(&self) -> usize {
+        let map = self.0.lock().unwrap();
+        let mut jobs: Vec<&String> = map.keys().map(|(j, _)| j).collect();
+        jobs.sort();
+        jobs.dedup();
+        jobs.len()
+    }
+}
+
+/// A transport that keeps what it was given.
+#[derive(Default)]
+pub struct Recorder(pub Mutex<Vec<Notification>>);
+
+impl Transport for Recorder {
+    fn name(&self) -> &'static str {
+        "recorder"
+    }
+
+    fn send(&self, n: &Notification) -> DeliveryOutcome {
+        self.0.lock().unwrap().push(n.clone());
+        DeliveryOutcome::Sent
+    }
+}
+
+/// A transport that panics on every send: crashes the Notifier.
+pub struct Exploding;
+
+impl Transport for Exploding {
+    fn name(&self) -> &'static str {
+        "exploding"
+    }
+
+    fn send(&self, _: &Notification) -> DeliveryOutcome {
+        panic!("transport exploded");
+    }
+}
