@@ -104,12 +104,21 @@ fn check_window(expr_src: &str, zone: &str, center: &str, from_offset: i64, span
         .take_while(|&t| t < end)
         .collect();
     if got != expected {
-        let at = got.iter().zip(&expected).position(|(g, e)| g != e).unwrap_or(got.len().min(expected.len()));
+        let at = got
+            .iter()
+            .zip(&expected)
+            .position(|(g, e)| g != e)
+            .unwrap_or(got.len().min(expected.len()));
         let show = |v: &[i64]| {
             v.iter()
                 .skip(at.saturating_sub(2))
                 .take(5)
-                .map(|&t| format!("{} ({t})", DateTime::from_timestamp(t, 0).unwrap().with_timezone(&tz)))
+                .map(|&t| {
+                    format!(
+                        "{} ({t})",
+                        DateTime::from_timestamp(t, 0).unwrap().with_timezone(&tz)
+                    )
+                })
                 .collect::<Vec<_>>()
         };
         panic!(
