@@ -116,7 +116,7 @@ fn start(myself: ActorRef<WorkerMsg>, state: &mut WorkerState, mut request: RunR
             refused = %request.record.run_id,
             "worker asked to run two runs at once; handing the new one back"
         );
-        let _ = state.args.pool.cast(PoolMsg::Submit(request));
+        let _ = state.args.pool.cast(PoolMsg::Requeue(request));
         return;
     }
     request.record.status = RunStatus::Running;

@@ -31,6 +31,9 @@ pub struct RunRequest {
 
 pub enum PoolMsg {
     Submit(RunRequest),
+    /// A run the pool already holds, handed back by a worker that could
+    /// not take it: goes to the front of the queue.
+    Requeue(RunRequest),
     Cancel(RunId, RpcReplyPort<bool>),
     AttemptDone {
         worker: usize,
@@ -135,6 +138,18 @@ impl Actor for WorkerPool {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             PoolMsg::Submit(request) => submit(state, request),
+            PoolMsg::Requeue(request) => {
+                for slot in &mut state.slots {
+                    if slot
+                        .busy
+                        .as_ref()
+                        .is_some_and(|b| b.record.run_id == request.record.run_id)
+                    {
+                        slot.busy = None;
+                    }
+                }
+                state.queue.push_front(request);
+            }
             PoolMsg::AttemptDone {
                 worker,
                 request,

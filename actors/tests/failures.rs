@@ -10,9 +10,9 @@ use std::time::Duration;
 use herald_actors::handler::{JobError, Registry, RunContext};
 use herald_actors::memory::RecordQuery;
 use herald_actors::notifier::DryRun;
-use herald_actors::record::{Counts, ExecutionRecord, RunId, RunStatus};
+use herald_actors::record::{Counts, RunId, RunStatus};
 use herald_actors::{Herald, TreeConfig, spawn_tree};
-use support::{coded, quick_retry, wait_for};
+use support::{coded, finished, quick_retry, started};
 
 const WORKERS: usize = 3;
 
@@ -24,19 +24,6 @@ async fn tree(registry: Registry, jobs: Vec<herald_actors::job::JobSpec>) -> Her
     spawn_tree(config, jobs, registry, Arc::new(DryRun))
         .await
         .unwrap()
-}
-
-async fn finished(herald: &Herald, run: &RunId) -> ExecutionRecord {
-    let store = herald.store.clone();
-    let run = run.clone();
-    wait_for("the run to finish", Duration::from_secs(10), || {
-        let (store, run) = (store.clone(), run.clone());
-        async move {
-            let r = store.record(run).await.ok()??;
-            r.status.is_terminal().then_some(r)
-        }
-    })
-    .await
 }
 
 fn registry() -> Registry {
@@ -191,11 +178,7 @@ async fn a_running_run_can_be_cancelled() {
         .await
         .unwrap()
         .unwrap();
-    wait_for("the run to start", Duration::from_secs(5), || {
-        let (store, run) = (herald.store.clone(), run.clone());
-        async move { (store.record(run).await.ok()??.status == RunStatus::Running).then_some(()) }
-    })
-    .await;
+    started(&herald, &run).await;
     assert!(herald.pool.cancel(run.clone()).await.unwrap());
     let rec = finished(&herald, &run).await;
     assert_eq!(rec.status, RunStatus::Cancelled);

@@ -7,13 +7,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
-use herald_actors::handler::Registry;
 use herald_actors::job::MisfirePolicy;
 use herald_actors::memory::{MemoryStore, RecordQuery, StoreLimits};
 use herald_actors::notifier::DryRun;
-use herald_actors::record::{Counts, RunStatus, SkipReason, Trigger};
+use herald_actors::record::{RunStatus, SkipReason, Trigger};
 use herald_actors::{Herald, TreeConfig, spawn_tree_on};
-use support::{Calls, coded, wait_for};
+use support::{Calls, coded, counting, wait_for};
 
 /// A minutely job whose last handled tick was 5 minutes before this
 /// minute: the ticks of the last 5 minutes (this minute's included) were
@@ -37,19 +36,10 @@ async fn down_for_five_minutes(
     spec.misfire_limit = limit;
     let memory = Arc::new(Mutex::new(MemoryStore::new(StoreLimits::default())));
     memory.lock().unwrap().set_last_tick("minutely", last);
-    let mut registry = Registry::new();
-    let c = calls.clone();
-    registry.register("count", move |ctx: herald_actors::handler::RunContext| {
-        let c = c.clone();
-        async move {
-            c.note(&ctx.job.id, ctx.scheduled_at);
-            Ok(Counts::default())
-        }
-    });
     let herald = spawn_tree_on(
         TreeConfig::default(),
         vec![spec],
-        registry,
+        counting(calls),
         Arc::new(DryRun),
         memory,
     )

@@ -7,27 +7,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{TimeDelta, Timelike, Utc};
-use herald_actors::handler::{Registry, RunContext};
+use herald_actors::handler::Registry;
 use herald_actors::job::{JobKind, JobSpec};
 use herald_actors::memory::RecordQuery;
 use herald_actors::notifier::DryRun;
-use herald_actors::record::{Counts, RunStatus, Trigger};
+use herald_actors::record::{RunStatus, Trigger};
 use herald_actors::schedule::Schedule;
 use herald_actors::{TreeConfig, spawn_tree};
-use support::{Calls, Recorder, coded, wait_for};
-
-fn counting(calls: &Calls) -> Registry {
-    let mut registry = Registry::new();
-    let c = calls.clone();
-    registry.register("count", move |ctx: RunContext| {
-        let c = c.clone();
-        async move {
-            c.note(&ctx.job.id, ctx.scheduled_at);
-            Ok(Counts::default())
-        }
-    });
-    registry
-}
+use support::{Calls, Recorder, coded, counting, finished, wait_for};
 
 #[tokio::test]
 async fn a_schedule_edit_rearms_the_timer_at_once() {
@@ -150,14 +137,7 @@ async fn a_message_job_renders_its_template_and_hands_it_to_the_notifier() {
         .await
         .unwrap()
         .unwrap();
-    let rec = wait_for("the message run", Duration::from_secs(5), || {
-        let (store, run) = (herald.store.clone(), run.clone());
-        async move {
-            let r = store.record(run).await.ok()??;
-            r.status.is_terminal().then_some(r)
-        }
-    })
-    .await;
+    let rec = finished(&herald, &run).await;
     assert_eq!((rec.status, rec.counts.sent), (RunStatus::Success, 1));
     let sent = recorder.0.lock().unwrap().clone();
     assert_eq!(sent.len(), 1);

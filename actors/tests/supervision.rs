@@ -16,20 +16,7 @@ use herald_actors::restart::RestartLimit;
 use herald_actors::schedule::Schedule;
 use herald_actors::supervisor::{Child, TreeExit};
 use herald_actors::{TreeConfig, spawn_tree};
-use support::{Calls, Exploding, coded, quick_retry, wait_for};
-
-fn counting_registry(calls: &Calls) -> Registry {
-    let mut registry = Registry::new();
-    let c = calls.clone();
-    registry.register("count", move |ctx: RunContext| {
-        let c = c.clone();
-        async move {
-            c.note(&ctx.job.id, ctx.scheduled_at);
-            Ok(Counts::default())
-        }
-    });
-    registry
-}
+use support::{Calls, Exploding, coded, counting, finished, quick_retry, started, wait_for};
 
 async fn successes(herald: &herald_actors::Herald) -> usize {
     herald
@@ -49,7 +36,7 @@ async fn killed_children_restart_and_ticks_still_run_exactly_once() {
     let herald = spawn_tree(
         TreeConfig::default(),
         vec![coded("every-second", "* * * * * *", "count")],
-        counting_registry(&calls),
+        counting(&calls),
         Arc::new(DryRun),
     )
     .await
@@ -100,24 +87,9 @@ async fn a_run_held_by_a_killed_pool_is_not_lost() {
         .await
         .unwrap()
         .unwrap();
-    wait_for("the run to start", Duration::from_secs(5), || {
-        let (store, run) = (herald.store.clone(), run.clone());
-        async move { (store.record(run).await.ok()??.status == RunStatus::Running).then_some(()) }
-    })
-    .await;
+    started(&herald, &run).await;
     herald.kill(Child::WorkerPool);
-    let rec = wait_for(
-        "the run to complete after the pool restarted",
-        Duration::from_secs(10),
-        || {
-            let (store, run) = (herald.store.clone(), run.clone());
-            async move {
-                let r = store.record(run).await.ok()??;
-                r.status.is_terminal().then_some(r)
-            }
-        },
-    )
-    .await;
+    let rec = finished(&herald, &run).await;
     assert_eq!(rec.status, RunStatus::Success);
     herald.shutdown().await;
 }

@@ -8,8 +8,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use herald_actors::Herald;
+use herald_actors::handler::{Registry, RunContext};
 use herald_actors::job::{JobKind, JobSpec, RetryPolicy};
 use herald_actors::notifier::{DeliveryOutcome, Notification, Transport};
+use herald_actors::record::{Counts, ExecutionRecord, RunId, RunStatus};
 use herald_actors::schedule::Schedule;
 
 /// Polls `check` every 20 ms until it returns `Some`, or panics after
@@ -81,6 +84,41 @@ impl Calls {
         jobs.dedup();
         jobs.len()
     }
+}
+
+/// A registry whose handler "count" notes each call in `calls`.
+pub fn counting(calls: &Calls) -> Registry {
+    let mut registry = Registry::new();
+    let c = calls.clone();
+    registry.register("count", move |ctx: RunContext| {
+        let c = c.clone();
+        async move {
+            c.note(&ctx.job.id, ctx.scheduled_at);
+            Ok(Counts::default())
+        }
+    });
+    registry
+}
+
+/// Waits until the run's record reaches a final status.
+pub async fn finished(herald: &Herald, run: &RunId) -> ExecutionRecord {
+    wait_for("the run to finish", Duration::from_secs(10), || {
+        let (store, run) = (herald.store.clone(), run.clone());
+        async move {
+            let r = store.record(run).await.ok()??;
+            r.status.is_terminal().then_some(r)
+        }
+    })
+    .await
+}
+
+/// Waits until the run's record is RUNNING.
+pub async fn started(herald: &Herald, run: &RunId) {
+    wait_for("the run to start", Duration::from_secs(5), || {
+        let (store, run) = (herald.store.clone(), run.clone());
+        async move { (store.record(run).await.ok()??.status == RunStatus::Running).then_some(()) }
+    })
+    .await
 }
 
 /// A transport that keeps what it was given.
