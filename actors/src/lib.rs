@@ -13,6 +13,8 @@
 //! * [`memory`]: the bounded in-memory backend (jobs, last ticks, records).
 //! * [`timetable`]: the scheduler's heap and its misfire/overlap decisions.
 //! * [`backoff`]: retry delays; [`restart`]: restart intensity.
+//! * [`redis_backend`]: key names, connections, stored jobs and the Redis
+//!   store (not yet wired into the tree: see the README's status).
 //!
 //! The actor tree (DESIGN.md), one module per actor:
 //!
@@ -35,6 +37,7 @@ pub mod job;
 pub mod memory;
 pub mod notifier;
 pub mod record;
+pub mod redis_backend;
 pub mod restart;
 pub mod schedule;
 pub mod scheduler;

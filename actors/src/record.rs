@@ -4,11 +4,11 @@
 use std::fmt;
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Identifies a run. A scheduled tick's id is derived from (job, instant),
 /// so the same tick always has the same id: `{job}@{unix seconds}`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct RunId(pub String);
 
@@ -33,7 +33,7 @@ impl fmt::Display for RunId {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum RunStatus {
     Pending,
@@ -80,7 +80,7 @@ impl std::str::FromStr for RunStatus {
 }
 
 /// Why a run exists.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Trigger {
     /// A tick on time (within the misfire grace).
@@ -94,7 +94,7 @@ pub enum Trigger {
 }
 
 /// What a run delivered.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counts {
     pub sent: u64,
     pub failed: u64,
@@ -102,7 +102,7 @@ pub struct Counts {
     pub skipped: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ExecutionRecord {
     pub run_id: RunId,
     pub job_id: String,
@@ -152,7 +152,7 @@ impl ExecutionRecord {
 }
 
 /// Why a tick did not run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SkipReason {
     /// Missed while down or behind, and the misfire policy dropped it.
@@ -180,7 +180,7 @@ impl SkipReason {
 }
 
 /// One or more consecutive ticks of a job that did not run, for one reason.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SkippedTicks {
     pub job_id: String,
     pub reason: SkipReason,

@@ -1,0 +1,89 @@
+//! Every Redis key herald uses, under one prefix. The README's key table is
+//! the documentation of this file.
+
+/// Key names under a prefix (default `herald`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Keys {
+            prefix: prefix.into(),
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Set of every job id herald knows (defined or orphaned).
+    pub fn jobs(&self) -> String {
+        format!("{}:jobs", self.prefix)
+    }
+
+    /// A job: its definition, operator overrides, orphaned flag (JSON).
+    pub fn job(&self, id: &str) -> String {
+        format!("{}:job:{id}", self.prefix)
+    }
+
+    /// The last tick handled for a job (unix seconds). No TTL.
+    pub fn last_run(&self, job_id: &str) -> String {
+        format!("{}:last_run:{job_id}", self.prefix)
+    }
+
+    /// An execution record (JSON). TTL: record TTL (7 days).
+    pub fn execution(&self, run_id: &str) -> String {
+        format!("{}:exec:{run_id}", self.prefix)
+    }
+
+    /// A job's runs by creation time (sorted set), capped; the top is the
+    /// latest record. TTL: record TTL, refreshed on each write.
+    pub fn history(&self, job_id: &str) -> String {
+        format!("{}:exec:history:{job_id}", self.prefix)
+    }
+
+    /// Every run by creation time (sorted set), capped at `max_records`.
+    pub fn recent(&self) -> String {
+        format!("{}:exec:recent", self.prefix)
+    }
+
+    /// Counter of records dropped by the `max_records` cap.
+    pub fn dropped(&self) -> String {
+        format!("{}:exec:dropped", self.prefix)
+    }
+
+    /// Skipped ticks (list of JSON, newest first), capped.
+    pub fn skipped(&self) -> String {
+        format!("{}:skipped", self.prefix)
+    }
+
+    /// Claim of one tick by one daemon: `SET NX` with expiry.
+    pub fn tick_claim(&self, job_id: &str, unix_seconds: i64) -> String {
+        format!("{}:tick:{job_id}:{unix_seconds}", self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_live_under_the_prefix() {
+        let k = Keys::new("herald");
+        assert_eq!(k.job("digest"), "herald:job:digest");
+        assert_eq!(k.last_run("digest"), "herald:last_run:digest");
+        assert_eq!(
+            k.execution("digest@1700000000"),
+            "herald:exec:digest@1700000000"
+        );
+        assert_eq!(k.history("digest"), "herald:exec:history:digest");
+        assert_eq!(
+            k.tick_claim("digest", 1_700_000_000),
+            "herald:tick:digest:1700000000"
+        );
+        let other = Keys::new("staging:herald");
+        assert!(other.recent().starts_with("staging:herald:"));
+    }
+}

@@ -1,0 +1,12 @@
+//! herald's state in Redis: connections, key names, the stored form of
+//! jobs, and the store itself.
+
+pub mod connect;
+pub mod keys;
+pub mod store;
+pub mod stored;
+
+pub use connect::{RedisSettings, connect};
+pub use keys::Keys;
+pub use store::{BackendError, RedisStore};
+pub use stored::{JobDefinition, Overrides, StoredJob, sync_job};

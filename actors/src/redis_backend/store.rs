@@ -1,0 +1,350 @@
+//! herald's state in Redis: jobs, last ticks, execution records with TTL,
+//! per-job history, skipped ticks, and tick claims.
+//!
+//! Writes of a batch of records go out as one pipeline (one round trip);
+//! reads are one or two round trips. Every method returns an error rather
+//! than waiting: the pool's timeouts bound each call.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use deadpool_redis::Pool;
+use deadpool_redis::redis::{self, AsyncCommands};
+
+use super::keys::Keys;
+use super::stored::StoredJob;
+use crate::memory::{RecordQuery, StoreLimits};
+use crate::record::{ExecutionRecord, RunId, SkippedTicks};
+
+/// Raises a job's last tick only if the new one is later, atomically, so
+/// two daemons (or a late write) never move it backwards.
+const RAISE_LAST_RUN: &str = r"
+local current = redis.call('GET', KEYS[1])
+if (not current) or tonumber(current) < tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[1], ARGV[1])
+  return 1
+end
+return 0";
+
+/// How many ids one page of a filtered query reads.
+const QUERY_PAGE: isize = 256;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BackendError {
+    #[error("redis unavailable: {0}")]
+    Unavailable(String),
+    #[error("redis: {0}")]
+    Command(String),
+    #[error("redis holds a value herald cannot read at {key}: {message}")]
+    Corrupt { key: String, message: String },
+}
+
+impl From<deadpool_redis::PoolError> for BackendError {
+    fn from(e: deadpool_redis::PoolError) -> Self {
+        BackendError::Unavailable(e.to_string())
+    }
+}
+
+impl From<redis::RedisError> for BackendError {
+    fn from(e: redis::RedisError) -> Self {
+        if e.is_io_error()
+            || e.is_timeout()
+            || e.is_connection_dropped()
+            || e.is_connection_refusal()
+        {
+            BackendError::Unavailable(e.to_string())
+        } else {
+            BackendError::Command(e.to_string())
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct RedisStore {
+    pool: Pool,
+    keys: Keys,
+    limits: StoreLimits,
+}
+
+impl RedisStore {
+    pub fn new(pool: Pool, prefix: &str, limits: StoreLimits) -> Self {
+        RedisStore {
+            pool,
+            keys: Keys::new(prefix),
+            limits,
+        }
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    async fn conn(&self) -> Result<deadpool_redis::Connection, BackendError> {
+        Ok(self.pool.get().await?)
+    }
+
+    /// PING: is Redis answering?
+    pub async fn ping(&self) -> Result<(), BackendError> {
+        let mut c = self.conn().await?;
+        redis::cmd("PING").query_async::<String>(&mut c).await?;
+        Ok(())
+    }
+
+    // --- jobs -----------------------------------------------------------
+
+    pub async fn put_job(&self, job: &StoredJob) -> Result<(), BackendError> {
+        let json = to_json(job)?;
+        let id = &job.definition.id;
+        let mut c = self.conn().await?;
+        redis::pipe()
+            .set(self.keys.job(id), json)
+            .ignore()
+            .sadd(self.keys.jobs(), id)
+            .ignore()
+            .query_async::<()>(&mut c)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn remove_job(&self, id: &str) -> Result<(), BackendError> {
+        let mut c = self.conn().await?;
+        redis::pipe()
+            .del(self.keys.job(id))
+            .ignore()
+            .srem(self.keys.jobs(), id)
+            .ignore()
+            .query_async::<()>(&mut c)
+            .await?;
+        Ok(())
+    }
+
+    /// Every stored job, orphaned ones included.
+    pub async fn jobs(&self) -> Result<Vec<StoredJob>, BackendError> {
+        let mut c = self.conn().await?;
+        let ids: Vec<String> = c.smembers(self.keys.jobs()).await?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = ids.iter().map(|id| self.keys.job(id)).collect();
+        let values: Vec<Option<String>> = redis::cmd("MGET").arg(&keys).query_async(&mut c).await?;
+        let mut jobs = Vec::new();
+        for (key, value) in keys.iter().zip(values) {
+            if let Some(json) = value {
+                jobs.push(from_json(key, &json)?);
+            }
+        }
+        Ok(jobs)
+    }
+
+    // --- last ticks -----------------------------------------------------
+
+    pub async fn raise_last_tick(
+        &self,
+        job_id: &str,
+        at: DateTime<Utc>,
+    ) -> Result<(), BackendError> {
+        let mut c = self.conn().await?;
+        redis::cmd("EVAL")
+            .arg(RAISE_LAST_RUN)
+            .arg(1)
+            .arg(self.keys.last_run(job_id))
+            .arg(at.timestamp())
+            .query_async::<i64>(&mut c)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn last_ticks(
+        &self,
+        job_ids: &[String],
+    ) -> Result<HashMap<String, DateTime<Utc>>, BackendError> {
+        if job_ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let keys: Vec<String> = job_ids.iter().map(|id| self.keys.last_run(id)).collect();
+        let mut c = self.conn().await?;
+        let values: Vec<Option<i64>> = redis::cmd("MGET").arg(&keys).query_async(&mut c).await?;
+        Ok(job_ids
+            .iter()
+            .zip(values)
+            .filter_map(|(id, v)| Some((id.clone(), DateTime::from_timestamp(v?, 0)?)))
+            .collect())
+    }
+
+    // --- tick claims ----------------------------------------------------
+
+    /// Claims the tick of `job_id` at `at` for `daemon`: `SET NX` with
+    /// expiry. `true`: this daemon owns the tick; `false`: another did.
+    pub async fn claim_tick(
+        &self,
+        job_id: &str,
+        at: DateTime<Utc>,
+        daemon: &str,
+        ttl: Duration,
+    ) -> Result<bool, BackendError> {
+        let mut c = self.conn().await?;
+        let claimed: Option<String> = redis::cmd("SET")
+            .arg(self.keys.tick_claim(job_id, at.timestamp()))
+            .arg(daemon)
+            .arg("NX")
+            .arg("EX")
+            .arg(ttl.as_secs().max(1))
+            .query_async(&mut c)
+            .await?;
+        Ok(claimed.is_some())
+    }
+
+    // --- records --------------------------------------------------------
+
+    /// Writes records (inserts and updates) in one pipeline. Returns how
+    /// many old records the `max_records` cap pushed out.
+    pub async fn put_records(&self, records: &[ExecutionRecord]) -> Result<u64, BackendError> {
+        if records.is_empty() {
+            return Ok(0);
+        }
+        let ttl = self.limits.record_ttl.as_secs().max(1);
+        let history_cap = self.limits.history_per_job.max(1) as isize;
+        let recent_cap = self.limits.max_records.max(1) as isize;
+        let mut p = redis::pipe();
+        for r in records {
+            let id = r.run_id.0.as_str();
+            let score = r.created_at.timestamp_millis();
+            p.set_ex(self.keys.execution(id), to_json(r)?, ttl).ignore();
+            let history = self.keys.history(&r.job_id);
+            p.zadd(&history, id, score).ignore();
+            p.cmd("ZREMRANGEBYRANK")
+                .arg(&history)
+                .arg(0)
+                .arg(-(history_cap + 1))
+                .ignore();
+            p.expire(&history, ttl as i64).ignore();
+            p.zadd(self.keys.recent(), id, score).ignore();
+        }
+        p.cmd("ZREMRANGEBYRANK")
+            .arg(self.keys.recent())
+            .arg(0)
+            .arg(-(recent_cap + 1));
+        let mut c = self.conn().await?;
+        let (dropped,): (u64,) = p.query_async(&mut c).await?;
+        if dropped > 0 {
+            let _: i64 = c.incr(self.keys.dropped(), dropped).await?;
+        }
+        Ok(dropped)
+    }
+
+    pub async fn record(&self, run_id: &RunId) -> Result<Option<ExecutionRecord>, BackendError> {
+        let key = self.keys.execution(&run_id.0);
+        let mut c = self.conn().await?;
+        let value: Option<String> = c.get(&key).await?;
+        value.map(|json| from_json(&key, &json)).transpose()
+    }
+
+    /// The newest record of a job.
+    pub async fn latest(&self, job_id: &str) -> Result<Option<ExecutionRecord>, BackendError> {
+        let q = RecordQuery {
+            job_id: Some(job_id.to_string()),
+            limit: 1,
+            ..RecordQuery::default()
+        };
+        Ok(self.query(&q).await?.into_iter().next())
+    }
+
+    /// Records newest first, filtered and paged as the in-memory store does.
+    /// Ids whose record expired are skipped.
+    pub async fn query(&self, q: &RecordQuery) -> Result<Vec<ExecutionRecord>, BackendError> {
+        let index = match &q.job_id {
+            Some(job) => self.keys.history(job),
+            None => self.keys.recent(),
+        };
+        let mut c = self.conn().await?;
+        let mut out = Vec::new();
+        let mut skipped = 0usize;
+        let mut start = 0isize;
+        loop {
+            let ids: Vec<String> = c.zrevrange(&index, start, start + QUERY_PAGE - 1).await?;
+            if ids.is_empty() {
+                return Ok(out);
+            }
+            start += ids.len() as isize;
+            let keys: Vec<String> = ids.iter().map(|id| self.keys.execution(id)).collect();
+            let values: Vec<Option<String>> =
+                redis::cmd("MGET").arg(&keys).query_async(&mut c).await?;
+            for (key, value) in keys.iter().zip(values) {
+                let Some(json) = value else { continue };
+                let r: ExecutionRecord = from_json(key, &json)?;
+                if q.status.is_some_and(|s| s != r.status) {
+                    continue;
+                }
+                if skipped < q.offset {
+                    skipped += 1;
+                    continue;
+                }
+                out.push(r);
+                if out.len() >= q.limit {
+                    return Ok(out);
+                }
+            }
+        }
+    }
+
+    /// Records dropped by the `max_records` cap, all time.
+    pub async fn dropped_records(&self) -> Result<u64, BackendError> {
+        let mut c = self.conn().await?;
+        let n: Option<u64> = c.get(self.keys.dropped()).await?;
+        Ok(n.unwrap_or(0))
+    }
+
+    // --- skipped ticks --------------------------------------------------
+
+    pub async fn put_skipped(&self, entries: &[SkippedTicks]) -> Result<(), BackendError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut p = redis::pipe();
+        for s in entries {
+            p.lpush(self.keys.skipped(), to_json(s)?).ignore();
+        }
+        p.ltrim(
+            self.keys.skipped(),
+            0,
+            self.limits.max_skipped.max(1) as isize - 1,
+        )
+        .ignore();
+        let mut c = self.conn().await?;
+        p.query_async::<()>(&mut c).await?;
+        Ok(())
+    }
+
+    pub async fn skipped(
+        &self,
+        job_id: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<SkippedTicks>, BackendError> {
+        let key = self.keys.skipped();
+        let mut c = self.conn().await?;
+        let all: Vec<String> = c.lrange(&key, 0, -1).await?;
+        let mut out = Vec::new();
+        for json in all {
+            let s: SkippedTicks = from_json(&key, &json)?;
+            if job_id.is_none_or(|j| s.job_id == j) {
+                out.push(s);
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> Result<String, BackendError> {
+    serde_json::to_string(value).map_err(|e| BackendError::Command(format!("cannot encode: {e}")))
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(key: &str, json: &str) -> Result<T, BackendError> {
+    serde_json::from_str(json).map_err(|e| BackendError::Corrupt {
+        key: key.to_string(),
+        message: e.to_string(),
+    })
+}

@@ -1,0 +1,294 @@
+//! The Redis store against a real redis-server on a free loopback port.
+
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, TimeDelta, Utc};
+use deadpool_redis::redis::AsyncCommands;
+use herald_actors::job::{JobKind, JobSpec};
+use herald_actors::memory::{RecordQuery, StoreLimits};
+use herald_actors::record::{ExecutionRecord, RunId, RunStatus, SkipReason, SkippedTicks, Trigger};
+use herald_actors::redis_backend::{
+    BackendError, RedisSettings, RedisStore, StoredJob, connect, sync_job,
+};
+use herald_actors::schedule::Schedule;
+use herald_testkit::RedisServer;
+
+fn store(server: &RedisServer, limits: StoreLimits) -> RedisStore {
+    let pool = connect(&RedisSettings::new(server.url(), "herald")).expect("pool");
+    RedisStore::new(pool, "herald", limits)
+}
+
+fn record(job: &str, n: i64, status: RunStatus) -> ExecutionRecord {
+    let at = DateTime::from_timestamp(1_700_000_000 + n, 0).unwrap();
+    let mut r = ExecutionRecord::pending(
+        RunId::for_tick(job, at),
+        job,
+        Trigger::Schedule,
+        at,
+        3,
+        Utc::now() + TimeDelta::milliseconds(n),
+    );
+    r.status = status;
+    r
+}
+
+fn ids(records: &[ExecutionRecord]) -> Vec<String> {
+    records.iter().map(|r| r.run_id.0.clone()).collect()
+}
+
+#[tokio::test]
+async fn records_round_trip_with_a_ttl_and_capped_indexes() {
+    let server = RedisServer::start();
+    let limits = StoreLimits {
+        max_records: 5,
+        history_per_job: 3,
+        ..StoreLimits::default()
+    };
+    let s = store(&server, limits);
+    let batch: Vec<_> = (0..4)
+        .map(|n| {
+            record(
+                "a",
+                n,
+                if n % 2 == 0 {
+                    RunStatus::Success
+                } else {
+                    RunStatus::Failed
+                },
+            )
+        })
+        .chain((0..3).map(|n| record("b", 10 + n, RunStatus::Success)))
+        .collect();
+    let dropped = s.put_records(&batch).await.unwrap();
+    assert_eq!(dropped, 2, "7 records under a cap of 5");
+    assert_eq!(s.dropped_records().await.unwrap(), 2);
+
+    let back = s.record(&batch[3].run_id).await.unwrap().unwrap();
+    assert_eq!(back, batch[3]);
+    let mut conn = deadpool_redis::redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let ttl: i64 = conn
+        .ttl(format!("herald:exec:{}", batch[3].run_id))
+        .await
+        .unwrap();
+    assert!(
+        ttl > 7 * 86_400 - 60 && ttl <= 7 * 86_400,
+        "record TTL is 7 days: {ttl}"
+    );
+
+    let a = s
+        .query(&RecordQuery {
+            job_id: Some("a".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        ids(&a),
+        ["a@1700000003", "a@1700000002", "a@1700000001"],
+        "history capped at 3"
+    );
+    assert_eq!(
+        s.latest("b").await.unwrap().unwrap().run_id.0,
+        "b@1700000012"
+    );
+
+    let failed = s
+        .query(&RecordQuery {
+            status: Some(RunStatus::Failed),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        ids(&failed),
+        ["a@1700000003"],
+        "a@1700000001 fell out of the recent index"
+    );
+    let paged = s
+        .query(&RecordQuery {
+            offset: 1,
+            limit: 2,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids(&paged), ["b@1700000011", "b@1700000010"]);
+}
+
+#[tokio::test]
+async fn an_update_replaces_the_record_in_place() {
+    let server = RedisServer::start();
+    let s = store(&server, StoreLimits::default());
+    let mut r = record("a", 0, RunStatus::Pending);
+    s.put_records(std::slice::from_ref(&r)).await.unwrap();
+    r.status = RunStatus::Success;
+    r.duration_ms = Some(12);
+    s.put_records(std::slice::from_ref(&r)).await.unwrap();
+    let all = s
+        .query(&RecordQuery {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(all, vec![r]);
+}
+
+fn job(expr: &str) -> JobSpec {
+    JobSpec::new(
+        "reminder",
+        Schedule::parse(expr, chrono_tz::Asia::Tehran).unwrap(),
+        JobKind::Message {
+            template: "hi".into(),
+        },
+    )
+}
+
+#[tokio::test]
+async fn operator_edits_survive_a_restart_and_undefined_jobs_are_orphaned() {
+    let server = RedisServer::start();
+    let s = store(&server, StoreLimits::default());
+    // first start: defined in config
+    let stored = sync_job(Some(&job("0 22 * * *")), None).unwrap();
+    s.put_job(&stored).await.unwrap();
+    // an operator edits the schedule and disables it
+    let mut edited = s.jobs().await.unwrap().remove(0);
+    edited.overrides.schedule = Some("0 21 * * *".into());
+    edited.overrides.enabled = Some(false);
+    s.put_job(&edited).await.unwrap();
+    // restart: a fresh pool syncs the same definition again
+    let s2 = store(&server, StoreLimits::default());
+    let current = s2.jobs().await.unwrap().pop();
+    let synced = sync_job(Some(&job("0 22 * * *")), current).unwrap();
+    s2.put_job(&synced).await.unwrap();
+    let effective = s2.jobs().await.unwrap()[0].effective().unwrap();
+    assert_eq!(effective.schedule.expr().source(), "0 21 * * *");
+    assert!(!effective.enabled);
+    // next restart: the job is gone from config
+    let current = s2.jobs().await.unwrap().pop();
+    let orphaned: StoredJob = sync_job(None, current).unwrap();
+    s2.put_job(&orphaned).await.unwrap();
+    let jobs = s2.jobs().await.unwrap();
+    assert_eq!(jobs.len(), 1, "kept, not deleted");
+    assert!(jobs[0].orphaned);
+}
+
+#[tokio::test]
+async fn last_tick_only_moves_forward() {
+    let server = RedisServer::start();
+    let s = store(&server, StoreLimits::default());
+    let t = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+    s.raise_last_tick("a", t).await.unwrap();
+    s.raise_last_tick("a", t - TimeDelta::seconds(60))
+        .await
+        .unwrap();
+    let got = s.last_ticks(&["a".into(), "b".into()]).await.unwrap();
+    assert_eq!(got.get("a"), Some(&t));
+    assert_eq!(got.get("b"), None);
+}
+
+#[tokio::test]
+async fn a_tick_is_claimed_once_among_many_claimers() {
+    let server = RedisServer::start();
+    let s = store(&server, StoreLimits::default());
+    let at = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+    let claims = (0..20).map(|i| {
+        let s = s.clone();
+        tokio::spawn(async move {
+            s.claim_tick("a", at, &format!("daemon-{i}"), Duration::from_secs(60))
+                .await
+        })
+    });
+    let mut won = 0;
+    for c in claims {
+        if c.await.unwrap().unwrap() {
+            won += 1;
+        }
+    }
+    assert_eq!(won, 1);
+    // the next tick is a different claim
+    assert!(
+        s.claim_tick(
+            "a",
+            at + TimeDelta::seconds(1),
+            "daemon-0",
+            Duration::from_secs(60)
+        )
+        .await
+        .unwrap()
+    );
+}
+
+#[tokio::test]
+async fn skipped_ticks_are_kept_newest_first_and_capped() {
+    let server = RedisServer::start();
+    let limits = StoreLimits {
+        max_skipped: 3,
+        ..StoreLimits::default()
+    };
+    let s = store(&server, limits);
+    let at = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+    let entries: Vec<_> = (0..5)
+        .map(|n| SkippedTicks {
+            job_id: if n % 2 == 0 { "a".into() } else { "b".into() },
+            reason: SkipReason::Overlap,
+            first: at + TimeDelta::seconds(n),
+            last: at + TimeDelta::seconds(n),
+            count: 1,
+            recorded_at: Utc::now(),
+        })
+        .collect();
+    s.put_skipped(&entries).await.unwrap();
+    let all = s.skipped(None, 10).await.unwrap();
+    assert_eq!(all.len(), 3);
+    assert_eq!(all[0].first, at + TimeDelta::seconds(4));
+    let a = s.skipped(Some("a"), 10).await.unwrap();
+    assert_eq!(a.len(), 2);
+}
+
+#[tokio::test]
+async fn an_unreachable_redis_fails_fast_whether_refused_or_silent() {
+    let mut server = RedisServer::start();
+    let s = store(&server, StoreLimits::default());
+    s.ping().await.expect("answers while up");
+
+    server.freeze();
+    let started = Instant::now();
+    let err = s.ping().await.expect_err("a frozen redis does not answer");
+    assert!(matches!(err, BackendError::Unavailable(_)), "{err:?}");
+    assert!(
+        started.elapsed() < Duration::from_millis(2500),
+        "{:?}",
+        started.elapsed()
+    );
+    server.thaw();
+
+    server.stop();
+    let started = Instant::now();
+    let err = s.ping().await.expect_err("a stopped redis refuses");
+    assert!(matches!(err, BackendError::Unavailable(_)), "{err:?}");
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
+
+    server.restart();
+    let back = async {
+        loop {
+            if s.ping().await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), back)
+        .await
+        .expect("the pool reconnects");
+}
