@@ -21,6 +21,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use clap::{Parser, Subcommand};
 use herald_actors::handler::Registry;
 use herald_actors::notifier::DryRun;
+use herald_actors::redis_backend::RedisSettings;
 use herald_actors::schedule::{Schedule, parse_zone};
 use herald_actors::spawn_tree;
 use herald_actors::supervisor::TreeExit;
@@ -163,8 +164,13 @@ async fn serve(settings: config::Settings) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let mut tree = settings.tree.clone();
+    tree.redis = Some(RedisSettings::new(
+        settings.redis_url.as_str(),
+        settings.redis_prefix.as_str(),
+    ));
     let herald = match spawn_tree(
-        settings.tree.clone(),
+        tree,
         settings.jobs.clone(),
         Registry::new(),
         Arc::new(DryRun),
@@ -198,13 +204,18 @@ async fn serve(settings: config::Settings) -> ExitCode {
         }
         Err(e) => tracing::warn!(error = %e, "could not list jobs"),
     }
+    info!(
+        daemon = %herald.daemon_id(),
+        mode = %herald.mode().as_str(),
+        "herald running"
+    );
     let ending = tokio::select! {
         signal = shutdown.recv() => Ending::Signal(signal),
         exit = herald.stopped() => Ending::TreeStopped(exit),
     };
     match ending {
         Ending::Signal(signal) => {
-            info!(signal, grace = ?settings.tree.shutdown_grace, "shutting down");
+            info!(signal = %signal, grace = ?settings.tree.shutdown_grace, "shutting down");
             let report = herald.shutdown().await;
             info!(
                 finished = report.finished,

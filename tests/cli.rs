@@ -9,8 +9,12 @@ use std::time::{Duration, Instant};
 fn herald() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
     cmd.current_dir(env!("CARGO_MANIFEST_DIR"));
-    for var in [
+    // Hermetic: no Redis the machine may run; tests that want one set it.
+    cmd.env(
         "REDIS_URL",
+        format!("redis://127.0.0.1:{}", herald_testkit::free_port()),
+    );
+    for var in [
         "REDIS_HOST",
         "REDIS_PORT",
         "REDIS_PASSWORD",
@@ -151,6 +155,7 @@ fn check_lists_every_problem_and_exits_2() {
 fn check_names_the_environment_variable_at_fault() {
     let out = herald()
         .args(["check"])
+        .env_remove("REDIS_URL")
         .env("REDIS_PORT", "99999")
         .output()
         .unwrap();
@@ -165,7 +170,16 @@ fn check_names_the_environment_variable_at_fault() {
 /// Starts `herald run`, waits until it has logged `wanted` lines matching
 /// `pattern` on stderr, and returns the child with what it logged.
 fn start_run(config: &str, pattern: &str, wanted: usize) -> (Child, Vec<String>) {
-    let mut child = herald()
+    start_run_with(herald(), config, pattern, wanted)
+}
+
+fn start_run_with(
+    mut cmd: Command,
+    config: &str,
+    pattern: &str,
+    wanted: usize,
+) -> (Child, Vec<String>) {
+    let mut child = cmd
         .args(["run", "--config", config])
         .env("RUST_LOG", "info")
         .stderr(Stdio::piped())
@@ -282,5 +296,40 @@ fn run_refuses_a_bad_config_with_exit_2() {
         stderr(&out).contains("jobs[0].schedule"),
         "{}",
         stderr(&out)
+    );
+}
+
+#[test]
+fn run_without_redis_is_offline_and_with_redis_online_and_records_runs_there() {
+    let (child, lines) = start_run("config/herald.toml", "herald running", 1);
+    let running = lines.iter().find(|l| l.contains("herald running")).unwrap();
+    assert!(running.contains("mode=offline"), "{running}");
+    signal(&child, "-TERM");
+    assert_eq!(wait_exit(child), Some(0));
+
+    let server = herald_testkit::RedisServer::start();
+    let mut cmd = herald();
+    cmd.env("REDIS_URL", server.url());
+    let (child, lines) = start_run_with(cmd, "config/herald.toml", "run finished", 1);
+    let running = lines.iter().find(|l| l.contains("herald running")).unwrap();
+    assert!(running.contains("mode=online"), "{running}");
+    signal(&child, "-TERM");
+    assert_eq!(wait_exit(child), Some(0));
+    let out = Command::new("redis-cli")
+        .args([
+            "-p",
+            &server.port().to_string(),
+            "--raw",
+            "ZRANGE",
+            "herald:exec:recent",
+            "0",
+            "-1",
+        ])
+        .output()
+        .expect("redis-cli runs");
+    let ids = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        ids.contains("heartbeat@"),
+        "no heartbeat record in redis: {ids:?}"
     );
 }

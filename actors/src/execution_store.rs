@@ -1,26 +1,97 @@
 //! The ExecutionStore actor: the one writer of execution records, skipped
 //! ticks, the job table and last ticks, and the place queries go.
 //!
-//! Its data lives in a [`MemoryStore`] behind an `Arc<Mutex<_>>` that the
-//! tree owns and hands to every incarnation of this actor, so a restart
-//! loses nothing. Handlers never fail: a bad write is ignored, not fatal.
+//! Every write lands in the in-memory store (a [`MemoryStore`] the tree
+//! owns and hands to every incarnation of this actor, so a restart loses
+//! nothing). With Redis configured, each write also joins a bounded queue
+//! of pending writes, flushed to Redis in one pipeline per batch while
+//! online and kept, in order, while offline; on the return to online the
+//! queue is flushed before anything else is read. Reads come from Redis
+//! while online (after a flush, so they see this daemon's own writes) and
+//! from memory while offline. Handlers never fail.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tokio::sync::watch;
 
 use crate::AbortOnDrop;
+use crate::health::{Health, Mode};
 use crate::job::JobSpec;
 use crate::memory::{MemoryStore, RecordQuery};
 use crate::record::{ExecutionRecord, RunId, SkippedTicks};
+use crate::redis_backend::{JobDefinition, PendingWrite, RedisStore, StoredJob, overrides_for};
 
-/// How often expired records are swept.
+/// How often expired records are swept from memory.
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
+/// Writes per pipeline.
+const FLUSH_BATCH: usize = 1_000;
+/// After a failed flush, try again this soon (the watcher may not have
+/// noticed a short outage).
+const FLUSH_RETRY: Duration = Duration::from_millis(500);
+/// Writes kept for Redis while it is unreachable. At ~4 writes per run this
+/// covers 50,000 runs of outage; past it the oldest are dropped, counted.
+pub const DEFAULT_MAX_PENDING: usize = 200_000;
 
 pub type SharedMemory = Arc<Mutex<MemoryStore>>;
+pub type SharedPending = Arc<Mutex<PendingWrites>>;
+
+/// Writes waiting for Redis, oldest first, bounded.
+#[derive(Debug, Default)]
+pub struct PendingWrites {
+    writes: VecDeque<PendingWrite>,
+    cap: usize,
+    dropped: u64,
+}
+
+impl PendingWrites {
+    pub fn new(cap: usize) -> Self {
+        PendingWrites {
+            writes: VecDeque::new(),
+            cap: cap.max(1),
+            dropped: 0,
+        }
+    }
+
+    fn push(&mut self, write: PendingWrite) {
+        self.writes.push_back(write);
+        while self.writes.len() > self.cap {
+            self.writes.pop_front();
+            self.dropped += 1;
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.writes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.writes.is_empty()
+    }
+
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+}
+
+/// What connects the store to Redis.
+#[derive(Clone)]
+pub struct RedisLink {
+    pub store: RedisStore,
+    pub pending: SharedPending,
+    pub health: watch::Receiver<Health>,
+    /// Job definitions from config and code, to turn edits into overrides.
+    pub definitions: Arc<HashMap<String, JobDefinition>>,
+}
+
+#[derive(Clone)]
+pub struct StoreArgs {
+    pub memory: SharedMemory,
+    pub redis: Option<RedisLink>,
+}
 
 pub enum StoreMsg {
     PutRecord(ExecutionRecord),
@@ -28,6 +99,12 @@ pub enum StoreMsg {
     SetLastTick {
         job_id: String,
         at: DateTime<Utc>,
+    },
+    /// A tick this daemon ran while offline, to claim in Redis on return.
+    PutClaim {
+        job_id: String,
+        at: DateTime<Utc>,
+        daemon: String,
     },
     PutJob(Arc<JobSpec>),
     RemoveJob(String),
@@ -39,9 +116,13 @@ pub enum StoreMsg {
         limit: usize,
         reply: RpcReplyPort<Vec<SkippedTicks>>,
     },
-    /// What a restarted actor rebuilds from.
+    /// What a restarted actor rebuilds from (the local view).
     Snapshot(RpcReplyPort<StoreSnapshot>),
     Stats(RpcReplyPort<StoreStats>),
+    Mode(Mode),
+    Flush,
+    /// Flush and report how many writes are still pending.
+    FlushNow(RpcReplyPort<usize>),
     Sweep,
 }
 
@@ -58,12 +139,20 @@ pub struct StoreSnapshot {
 pub struct StoreStats {
     pub records: usize,
     pub dropped_records: u64,
+    /// Writes waiting for Redis.
+    pub pending_writes: usize,
+    /// Writes dropped because the pending queue was full.
+    pub dropped_writes: u64,
 }
 
 pub struct ExecutionStore;
 
 pub struct StoreState {
     memory: SharedMemory,
+    redis: Option<RedisLink>,
+    mode: Mode,
+    flush_queued: bool,
+    retry_timer: Option<AbortOnDrop>,
     _sweeper: AbortOnDrop,
 }
 
@@ -73,65 +162,190 @@ impl StoreState {
         // structures are still consistent enough to serve and keep going.
         self.memory.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    fn online(&self) -> Option<&RedisLink> {
+        self.redis.as_ref().filter(|_| self.mode == Mode::Online)
+    }
+
+    /// Queues a write for Redis and makes sure a flush follows.
+    fn queue(&mut self, myself: &ActorRef<StoreMsg>, write: PendingWrite) {
+        let Some(link) = &self.redis else {
+            return;
+        };
+        link.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(write);
+        if self.mode == Mode::Online && !self.flush_queued {
+            // Writes already in the mailbox join the same pipeline.
+            self.flush_queued = myself.cast(StoreMsg::Flush).is_ok();
+        }
+    }
+
+    /// Sends pending writes to Redis, oldest first, batch by batch. Stops
+    /// at the first failure and tries again shortly.
+    async fn flush(&mut self, myself: &ActorRef<StoreMsg>) {
+        self.flush_queued = false;
+        let Some(link) = self.online().cloned() else {
+            return;
+        };
+        loop {
+            let batch: Vec<PendingWrite> = {
+                let pending = link.pending.lock().unwrap_or_else(|p| p.into_inner());
+                pending.writes.iter().take(FLUSH_BATCH).cloned().collect()
+            };
+            if batch.is_empty() {
+                return;
+            }
+            match link.store.apply(&batch).await {
+                Ok(_) => {
+                    let mut pending = link.pending.lock().unwrap_or_else(|p| p.into_inner());
+                    // Only this actor removes writes, so the front is this batch.
+                    let n = batch.len().min(pending.writes.len());
+                    pending.writes.drain(..n);
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "flush to redis failed; will retry");
+                    if self.retry_timer.is_none() {
+                        let timer = myself.send_after(FLUSH_RETRY, || StoreMsg::Flush);
+                        self.retry_timer = Some(AbortOnDrop::from(timer));
+                    }
+                    return;
+                }
+            }
+        }
+    }
 }
 
 impl Actor for ExecutionStore {
     type Msg = StoreMsg;
     type State = StoreState;
-    type Arguments = SharedMemory;
+    type Arguments = StoreArgs;
 
     async fn pre_start(
         &self,
         myself: ActorRef<StoreMsg>,
-        memory: SharedMemory,
+        args: StoreArgs,
     ) -> Result<StoreState, ActorProcessingErr> {
+        let me = myself.clone();
         let sweeper = tokio::spawn(async move {
             let mut every = tokio::time::interval(SWEEP_EVERY);
             every.tick().await;
             loop {
                 every.tick().await;
-                if myself.cast(StoreMsg::Sweep).is_err() {
+                if me.cast(StoreMsg::Sweep).is_err() {
                     break;
                 }
             }
         });
-        Ok(StoreState {
-            memory,
+        let mode = args
+            .redis
+            .as_ref()
+            .map_or(Mode::Offline, |l| l.health.borrow().mode);
+        let state = StoreState {
+            memory: args.memory,
+            redis: args.redis,
+            mode,
+            flush_queued: false,
+            retry_timer: None,
             _sweeper: AbortOnDrop::from(sweeper),
-        })
+        };
+        // Writes an earlier incarnation left pending.
+        let _ = myself.cast(StoreMsg::Flush);
+        Ok(state)
+    }
+
+    /// On a graceful stop (after every queued write was handled), one last
+    /// flush to Redis; what cannot reach it stays in the shared queue.
+    async fn post_stop(
+        &self,
+        myself: ActorRef<StoreMsg>,
+        state: &mut StoreState,
+    ) -> Result<(), ActorProcessingErr> {
+        state.flush(&myself).await;
+        if let Some(link) = &state.redis {
+            let left = link.pending.lock().unwrap_or_else(|p| p.into_inner()).len();
+            if left > 0 {
+                tracing::warn!(left, "writes not flushed to redis before stopping");
+            }
+        }
+        Ok(())
     }
 
     async fn handle(
         &self,
-        _myself: ActorRef<StoreMsg>,
+        myself: ActorRef<StoreMsg>,
         msg: StoreMsg,
         state: &mut StoreState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             StoreMsg::PutRecord(r) => {
-                state.mem().put_record(r);
+                if state.mem().put_record(r.clone()) {
+                    state.queue(&myself, PendingWrite::Record(r));
+                }
             }
-            StoreMsg::PutSkipped(s) => state.mem().put_skipped(s),
-            StoreMsg::SetLastTick { job_id, at } => state.mem().set_last_tick(&job_id, at),
-            StoreMsg::PutJob(spec) => state.mem().put_job(spec),
+            StoreMsg::PutSkipped(s) => {
+                state.mem().put_skipped(s.clone());
+                state.queue(&myself, PendingWrite::Skipped(s));
+            }
+            StoreMsg::SetLastTick { job_id, at } => {
+                state.mem().set_last_tick(&job_id, at);
+                state.queue(&myself, PendingWrite::LastTick { job_id, at });
+            }
+            StoreMsg::PutClaim { job_id, at, daemon } => {
+                state.queue(&myself, PendingWrite::Claim { job_id, at, daemon });
+            }
+            StoreMsg::PutJob(spec) => {
+                state.mem().put_job(spec.clone());
+                if let Some(link) = &state.redis {
+                    let stored = match link.definitions.get(&spec.id) {
+                        Some(definition) => StoredJob {
+                            definition: definition.clone(),
+                            overrides: overrides_for(&spec, definition),
+                            orphaned: false,
+                        },
+                        None => StoredJob::new(JobDefinition::from(spec.as_ref())),
+                    };
+                    state.queue(&myself, PendingWrite::Job(Box::new(stored)));
+                }
+            }
             StoreMsg::RemoveJob(id) => {
                 state.mem().remove_job(&id);
+                state.queue(&myself, PendingWrite::RemoveJob(id));
             }
             StoreMsg::GetRecord(id, reply) => {
-                let _ = reply.send(state.mem().record(&id));
+                let found = match redis_read(state, &myself).await {
+                    Some(link) => link.store.record(&id).await.ok().flatten(),
+                    None => None,
+                };
+                let _ = reply.send(found.or_else(|| state.mem().record(&id)));
             }
             StoreMsg::Query(q, reply) => {
-                let _ = reply.send(state.mem().query(&q));
+                let from_redis = match redis_read(state, &myself).await {
+                    Some(link) => link.store.query(&q).await.ok(),
+                    None => None,
+                };
+                let _ = reply.send(from_redis.unwrap_or_else(|| state.mem().query(&q)));
             }
             StoreMsg::Latest(job, reply) => {
-                let _ = reply.send(state.mem().latest(&job));
+                let from_redis = match redis_read(state, &myself).await {
+                    Some(link) => link.store.latest(&job).await.ok(),
+                    None => None,
+                };
+                let _ = reply.send(from_redis.unwrap_or_else(|| state.mem().latest(&job)));
             }
             StoreMsg::Skipped {
                 job_id,
                 limit,
                 reply,
             } => {
-                let _ = reply.send(state.mem().skipped(job_id.as_deref(), limit));
+                let from_redis = match redis_read(state, &myself).await {
+                    Some(link) => link.store.skipped(job_id.as_deref(), limit).await.ok(),
+                    None => None,
+                };
+                let _ = reply.send(
+                    from_redis.unwrap_or_else(|| state.mem().skipped(job_id.as_deref(), limit)),
+                );
             }
             StoreMsg::Snapshot(reply) => {
                 let mem = state.mem();
@@ -149,13 +363,37 @@ impl Actor for ExecutionStore {
                 let _ = reply.send(snapshot);
             }
             StoreMsg::Stats(reply) => {
-                let mem = state.mem();
-                let stats = StoreStats {
-                    records: mem.record_count(),
-                    dropped_records: mem.dropped_records(),
+                let (records, dropped_records) = {
+                    let mem = state.mem();
+                    (mem.record_count(), mem.dropped_records())
                 };
-                drop(mem);
-                let _ = reply.send(stats);
+                let (pending_writes, dropped_writes) = state.redis.as_ref().map_or((0, 0), |l| {
+                    let p = l.pending.lock().unwrap_or_else(|p| p.into_inner());
+                    (p.len(), p.dropped())
+                });
+                let _ = reply.send(StoreStats {
+                    records,
+                    dropped_records,
+                    pending_writes,
+                    dropped_writes,
+                });
+            }
+            StoreMsg::Mode(mode) => {
+                state.mode = mode;
+                if mode == Mode::Online {
+                    state.flush(&myself).await;
+                }
+            }
+            StoreMsg::Flush => {
+                state.retry_timer = None;
+                state.flush(&myself).await;
+            }
+            StoreMsg::FlushNow(reply) => {
+                state.flush(&myself).await;
+                let left = state.redis.as_ref().map_or(0, |l| {
+                    l.pending.lock().unwrap_or_else(|p| p.into_inner()).len()
+                });
+                let _ = reply.send(left);
             }
             StoreMsg::Sweep => {
                 let expired = state.mem().expire(Utc::now());
@@ -166,4 +404,19 @@ impl Actor for ExecutionStore {
         }
         Ok(())
     }
+}
+
+/// The Redis link to read from, after flushing this daemon's own pending
+/// writes; `None` (read memory) when offline or the flush left writes
+/// behind.
+async fn redis_read(state: &mut StoreState, myself: &ActorRef<StoreMsg>) -> Option<RedisLink> {
+    state.online()?;
+    state.flush(myself).await;
+    let link = state.online()?.clone();
+    let drained = link
+        .pending
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .is_empty();
+    drained.then_some(link)
 }

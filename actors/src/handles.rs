@@ -13,6 +13,7 @@ use ractor::rpc::CallResult;
 use ractor::{ActorRef, RpcReplyPort};
 
 use crate::execution_store::{StoreMsg, StoreSnapshot, StoreStats};
+use crate::health::{Health, Mode};
 use crate::job::JobSpec;
 use crate::memory::RecordQuery;
 use crate::notifier::{Notification, NotifierMsg};
@@ -127,6 +128,35 @@ impl StoreHandle {
             "execution store",
             StoreMsg::SetLastTick { job_id, at },
         )
+    }
+
+    /// A tick this daemon ran while offline, to claim in Redis on return.
+    pub fn put_claim(
+        &self,
+        job_id: String,
+        at: DateTime<Utc>,
+        daemon: String,
+    ) -> Result<(), HandleError> {
+        cast(
+            self.actor(),
+            "execution store",
+            StoreMsg::PutClaim { job_id, at, daemon },
+        )
+    }
+
+    pub fn set_mode(&self, mode: Mode) -> Result<(), HandleError> {
+        cast(self.actor(), "execution store", StoreMsg::Mode(mode))
+    }
+
+    /// Flushes pending writes to Redis; returns how many are left.
+    pub async fn flush(&self) -> Result<usize, HandleError> {
+        call(
+            self.actor(),
+            "execution store",
+            self.timeout,
+            StoreMsg::FlushNow,
+        )
+        .await
     }
 
     pub fn put_job(&self, spec: Arc<JobSpec>) -> Result<(), HandleError> {
@@ -313,6 +343,10 @@ impl SchedulerHandle {
             "scheduler",
             SchedulerMsg::RunSettled { job_id },
         )
+    }
+
+    pub fn health(&self, health: Health) -> Result<(), HandleError> {
+        cast(self.actor(), "scheduler", SchedulerMsg::Health(health))
     }
 
     /// Stops firing (for shutdown); queued ticks are dropped and recorded.

@@ -33,6 +33,7 @@ pub mod backoff;
 pub mod execution_store;
 pub mod handler;
 pub mod handles;
+pub mod health;
 pub mod job;
 pub mod memory;
 pub mod notifier;

@@ -13,11 +13,14 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tokio::sync::watch;
 
 use crate::AbortOnDrop;
 use crate::handles::{PoolHandle, StoreHandle};
+use crate::health::{Health, Mode, owner};
 use crate::job::JobSpec;
 use crate::record::{ExecutionRecord, RunId, SkippedTicks, Trigger};
+use crate::redis_backend::RedisStore;
 use crate::timetable::{Action, Timetable};
 use crate::worker_pool::RunRequest;
 
@@ -27,6 +30,10 @@ use crate::worker_pool::RunRequest;
 const MAX_SLEEP: Duration = Duration::from_secs(60);
 /// Retry interval for runs the pool could not take (it was restarting).
 const RESUBMIT_AFTER: Duration = Duration::from_millis(200);
+/// After Redis returns, wait this long before re-reading job state, so the
+/// other daemons have flushed what they did while offline (last ticks,
+/// claims of the ticks they ran) and their ticks are not run again here.
+const RESYNC_SETTLE: Duration = Duration::from_secs(1);
 
 pub enum SchedulerMsg {
     /// The timer fired.
@@ -41,6 +48,10 @@ pub enum SchedulerMsg {
     Resubmit,
     Jobs(RpcReplyPort<Vec<JobView>>),
     StopFiring(RpcReplyPort<()>),
+    /// Redis reachability or the set of live daemons changed.
+    Health(Health),
+    /// Re-read jobs and last ticks from Redis (after an outage).
+    Resync,
 }
 
 /// A job as the scheduler sees it now.
@@ -51,11 +62,21 @@ pub struct JobView {
     pub in_flight: u32,
 }
 
+/// What a scheduler sharing Redis with other daemons needs.
+#[derive(Clone)]
+pub struct Cluster {
+    pub redis: RedisStore,
+    pub daemon_id: String,
+    pub health: watch::Receiver<Health>,
+}
+
 #[derive(Clone)]
 pub struct SchedulerArgs {
     pub misfire_grace: Duration,
     pub store: StoreHandle,
     pub pool: PoolHandle,
+    /// None: a single daemon without Redis; every tick is its own.
+    pub cluster: Option<Cluster>,
 }
 
 pub struct Scheduler;
@@ -67,6 +88,8 @@ pub struct SchedulerState {
     /// Runs recorded but not yet accepted by the pool.
     unsubmitted: Vec<RunRequest>,
     resubmit_timer: Option<AbortOnDrop>,
+    resync_timer: Option<AbortOnDrop>,
+    health: Option<Health>,
     stopped: bool,
 }
 
@@ -100,16 +123,19 @@ impl Actor for Scheduler {
             );
         }
         tracing::info!(jobs = timetable.len(), "scheduler started");
+        let health = args.cluster.as_ref().map(|c| c.health.borrow().clone());
         let mut state = SchedulerState {
             args,
             timetable,
             timer: None,
             unsubmitted: Vec::new(),
             resubmit_timer: None,
+            resync_timer: None,
+            health,
             stopped: false,
         };
         // Ticks missed while down are due now.
-        fire_due(&myself, &mut state);
+        fire_due(&myself, &mut state).await;
         rearm(&myself, &mut state);
         Ok(state)
     }
@@ -123,7 +149,7 @@ impl Actor for Scheduler {
         match msg {
             SchedulerMsg::Wake => {
                 state.timer = None;
-                fire_due(&myself, state);
+                fire_due(&myself, state).await;
             }
             SchedulerMsg::Upsert(spec, reply) => {
                 let spec = Arc::new(*spec);
@@ -145,7 +171,7 @@ impl Actor for Scheduler {
                     let _ = state.args.store.put_job(spec);
                     state.timetable.next_fire(&id)
                 });
-                execute(&myself, state, actions);
+                execute(&myself, state, actions).await;
                 let _ = reply.send(answer);
             }
             SchedulerMsg::RunNow(id, reply) => {
@@ -163,7 +189,7 @@ impl Actor for Scheduler {
             SchedulerMsg::RunSettled { job_id } => {
                 let actions = state.timetable.run_settled(&job_id);
                 if !state.stopped {
-                    execute(&myself, state, actions);
+                    execute(&myself, state, actions).await;
                 }
             }
             SchedulerMsg::Resubmit => {
@@ -189,8 +215,24 @@ impl Actor for Scheduler {
                 state.stopped = true;
                 state.timer = None;
                 let actions = state.timetable.drain_queued();
-                execute(&myself, state, actions);
+                execute(&myself, state, actions).await;
                 let _ = reply.send(());
+            }
+            SchedulerMsg::Health(health) => {
+                let was_offline = state
+                    .health
+                    .as_ref()
+                    .is_some_and(|h| h.mode == Mode::Offline);
+                if was_offline && health.mode == Mode::Online {
+                    let timer = myself.send_after(RESYNC_SETTLE, || SchedulerMsg::Resync);
+                    state.resync_timer = Some(AbortOnDrop::from(timer));
+                }
+                state.health = Some(health);
+            }
+            SchedulerMsg::Resync => {
+                state.resync_timer = None;
+                resync(state).await;
+                fire_due(&myself, state).await;
             }
         }
         rearm(&myself, state);
@@ -198,12 +240,112 @@ impl Actor for Scheduler {
     }
 }
 
-fn fire_due(myself: &ActorRef<SchedulerMsg>, state: &mut SchedulerState) {
+async fn fire_due(myself: &ActorRef<SchedulerMsg>, state: &mut SchedulerState) {
     if state.stopped {
         return;
     }
     let actions = state.timetable.due(Utc::now());
-    execute(myself, state, actions);
+    execute(myself, state, actions).await;
+}
+
+/// After an outage: take the jobs (other daemons' edits) and last ticks
+/// from Redis. Ticks of jobs whose offline owner died were never handled,
+/// so they are due now and meet the misfire policy.
+async fn resync(state: &mut SchedulerState) {
+    let Some(cluster) = state.args.cluster.clone() else {
+        return;
+    };
+    let stored = match cluster.redis.jobs().await {
+        Ok(jobs) => jobs,
+        Err(e) => {
+            tracing::warn!(error = %e, "resync: cannot read jobs from redis");
+            return;
+        }
+    };
+    let ids: Vec<String> = stored.iter().map(|j| j.definition.id.clone()).collect();
+    let last_ticks = cluster.redis.last_ticks(&ids).await.unwrap_or_default();
+    let now = Utc::now();
+    let mut loaded = 0;
+    for job in stored {
+        let id = job.definition.id.clone();
+        if job.orphaned {
+            state.timetable.remove(&id);
+            continue;
+        }
+        match job.effective() {
+            Ok(spec) => {
+                let spec = Arc::new(spec);
+                let _ = state.args.store.put_job(spec.clone());
+                state
+                    .timetable
+                    .upsert(spec, last_ticks.get(&id).copied(), now);
+                loaded += 1;
+            }
+            Err(e) => tracing::warn!(error = %e, "resync: skipping a job redis holds"),
+        }
+    }
+    tracing::info!(jobs = loaded, "resynced jobs from redis");
+}
+
+/// Does this daemon record this job's ticks? Online every daemon does
+/// (claims decide who runs); offline only the job's rendezvous owner.
+fn owns(state: &SchedulerState, job_id: &str) -> bool {
+    let (Some(cluster), Some(health)) = (&state.args.cluster, &state.health) else {
+        return true;
+    };
+    health.mode == Mode::Online || owns_offline(cluster, health, job_id)
+}
+
+fn owns_offline(cluster: &Cluster, health: &Health, job_id: &str) -> bool {
+    owner(job_id, &health.peers).is_none_or(|o| o == cluster.daemon_id)
+}
+
+/// Keeps the fires this daemon should start: with Redis, those whose tick
+/// it claimed; offline, those of the jobs it owns (claimed on return).
+async fn claim(
+    state: &mut SchedulerState,
+    fires: Vec<(Arc<JobSpec>, DateTime<Utc>, Trigger)>,
+) -> Vec<(Arc<JobSpec>, DateTime<Utc>, Trigger)> {
+    let (Some(cluster), Some(health)) = (state.args.cluster.clone(), state.health.clone()) else {
+        return fires;
+    };
+    if fires.is_empty() {
+        return fires;
+    }
+    if health.mode == Mode::Online {
+        let ticks: Vec<(String, DateTime<Utc>)> =
+            fires.iter().map(|(j, at, _)| (j.id.clone(), *at)).collect();
+        match cluster.redis.claim_ticks(&ticks, &cluster.daemon_id).await {
+            Ok(won) => {
+                let mut kept = Vec::new();
+                for (fire, won) in fires.into_iter().zip(won) {
+                    if won {
+                        kept.push(fire);
+                    } else {
+                        state.timetable.not_started(&fire.0.id);
+                    }
+                }
+                return kept;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot claim ticks; deciding as if offline");
+            }
+        }
+    }
+    let mut kept = Vec::new();
+    for fire in fires {
+        if owns_offline(&cluster, &health, &fire.0.id) {
+            let _ =
+                state
+                    .args
+                    .store
+                    .put_claim(fire.0.id.clone(), fire.1, cluster.daemon_id.clone());
+            kept.push(fire);
+        } else {
+            state.timetable.not_started(&fire.0.id);
+        }
+    }
+    kept
 }
 
 /// Sets the one timer for the earliest due job, if it changed.
@@ -228,17 +370,21 @@ fn rearm(myself: &ActorRef<SchedulerMsg>, state: &mut SchedulerState) {
     state.timer = Some((next, AbortOnDrop::from(handle)));
 }
 
-fn execute(myself: &ActorRef<SchedulerMsg>, state: &mut SchedulerState, actions: Vec<Action>) {
+async fn execute(
+    myself: &ActorRef<SchedulerMsg>,
+    state: &mut SchedulerState,
+    actions: Vec<Action>,
+) {
+    let mut fires = Vec::new();
     for action in actions {
         match action {
             Action::Fire {
                 job,
                 scheduled_at,
                 trigger,
-            } => {
-                let run_id = RunId::for_tick(&job.id, scheduled_at);
-                start_run(myself, state, job, run_id, scheduled_at, trigger);
-            }
+            } => fires.push((job, scheduled_at, trigger)),
+            Action::Skip { ref job_id, .. } | Action::Handled { ref job_id, .. }
+                if !owns(state, job_id) => {}
             Action::Skip {
                 job_id,
                 reason,
@@ -260,6 +406,10 @@ fn execute(myself: &ActorRef<SchedulerMsg>, state: &mut SchedulerState, actions:
                 let _ = state.args.store.set_last_tick(job_id, at);
             }
         }
+    }
+    for (job, scheduled_at, trigger) in claim(state, fires).await {
+        let run_id = RunId::for_tick(&job.id, scheduled_at);
+        start_run(myself, state, job, run_id, scheduled_at, trigger);
     }
 }
 

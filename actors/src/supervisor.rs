@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use tokio::sync::watch;
 
-use crate::execution_store::{ExecutionStore, SharedMemory};
+use crate::execution_store::{ExecutionStore, StoreArgs};
 use crate::handles::{Directory, SchedulerHandle};
 use crate::notifier::{Notifier, Transport};
 use crate::restart::{RestartLimit, RestartTracker};
@@ -77,7 +77,7 @@ pub enum RootMsg {
 /// What the children are built from; cloned into every restart.
 #[derive(Clone)]
 pub struct TreeArgs {
-    pub memory: SharedMemory,
+    pub store: StoreArgs,
     pub transport: Arc<dyn Transport>,
     pub pool: PoolArgs,
     pub scheduler: SchedulerArgs,
@@ -153,10 +153,8 @@ impl Actor for RootSupervisor {
                     cancelled = report.cancelled,
                     "worker pool drained"
                 );
+                stop_children(state).await;
                 let _ = reply.send(report);
-                for (_, cell) in state.children.iter().rev() {
-                    let _ = cell.stop_and_wait(None, Some(Duration::from_secs(5))).await;
-                }
                 state.args.exit.send_replace(TreeExit::Stopped);
                 myself.stop(None);
             }
@@ -233,6 +231,27 @@ impl Actor for RootSupervisor {
     }
 }
 
+/// Stops the children in reverse start order. The store is drained rather
+/// than stopped: `stop` would discard the writes still in its mailbox, and
+/// its `post_stop` flushes them to Redis.
+async fn stop_children(state: &RootState) {
+    for (child, cell) in state.children.iter().rev() {
+        let done = if *child == Child::ExecutionStore {
+            cell.drain_and_wait(Some(Duration::from_secs(10)))
+                .await
+                .is_ok()
+        } else {
+            cell.stop_and_wait(None, Some(Duration::from_secs(5)))
+                .await
+                .is_ok()
+        };
+        if !done {
+            tracing::warn!(actor = child.name(), "did not stop in time; killing it");
+            cell.kill();
+        }
+    }
+}
+
 async fn drain_pool(state: &RootState, grace: Duration) -> DrainReport {
     let Some(pool) = state
         .children
@@ -276,7 +295,7 @@ async fn spawn_child(
     Ok(match child {
         Child::ExecutionStore => {
             let (r, _) =
-                Actor::spawn_linked(None, ExecutionStore, args.memory.clone(), supervisor).await?;
+                Actor::spawn_linked(None, ExecutionStore, args.store.clone(), supervisor).await?;
             dir.set_store(Some(r.clone()));
             r.get_cell()
         }

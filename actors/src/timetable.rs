@@ -213,6 +213,14 @@ impl Timetable {
         Vec::new()
     }
 
+    /// A Fire this timetable issued did not start here (another daemon
+    /// claimed the tick): take it out of the in-flight count.
+    pub fn not_started(&mut self, id: &str) {
+        if let Some(e) = self.entries.get_mut(id) {
+            e.in_flight = e.in_flight.saturating_sub(1);
+        }
+    }
+
     /// Drops every queued tick (on shutdown), reporting each.
     pub fn drain_queued(&mut self) -> Vec<Action> {
         self.entries

@@ -4,22 +4,32 @@
 //! [`Herald`], which holds the handles to talk to the tree and the one way
 //! to stop it ([`Herald::shutdown`]).
 
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use ractor::rpc::CallResult;
 use ractor::{Actor, ActorRef};
 use tokio::sync::watch;
 
-use crate::execution_store::SharedMemory;
+use crate::AbortOnDrop;
+use crate::execution_store::{
+    DEFAULT_MAX_PENDING, PendingWrites, RedisLink, SharedMemory, StoreArgs,
+};
 use crate::handler::Registry;
 use crate::handles::{
     DEFAULT_CALL_TIMEOUT, Directory, NotifierHandle, PoolHandle, SchedulerHandle, StoreHandle,
 };
+use crate::health::{Health, Mode, PING_TIMEOUT, watch_redis};
 use crate::job::{JobKind, JobSpec};
 use crate::memory::{MemoryStore, StoreLimits};
 use crate::notifier::Transport;
+use crate::redis_backend::{
+    BackendError, JobDefinition, PendingWrite, RedisSettings, RedisStore, connect, sync_job,
+};
 use crate::restart::RestartLimit;
+use crate::scheduler::Cluster;
 use crate::scheduler::SchedulerArgs;
 use crate::supervisor::{Child, RootMsg, RootSupervisor, TreeArgs, TreeExit};
 use crate::worker_pool::{DrainReport, PoolArgs};
@@ -42,6 +52,11 @@ pub struct TreeConfig {
     pub restart_limit: RestartLimit,
     pub store_limits: StoreLimits,
     pub call_timeout: Duration,
+    /// Shared state in Redis; None runs on memory alone.
+    pub redis: Option<RedisSettings>,
+    /// This daemon's name among those sharing Redis (default: host, pid and
+    /// a random suffix).
+    pub daemon_id: Option<String>,
 }
 
 impl Default for TreeConfig {
@@ -53,6 +68,8 @@ impl Default for TreeConfig {
             restart_limit: RestartLimit::default(),
             store_limits: StoreLimits::default(),
             call_timeout: DEFAULT_CALL_TIMEOUT,
+            redis: None,
+            daemon_id: None,
         }
     }
 }
@@ -63,6 +80,8 @@ pub enum TreeError {
     UnknownHandler { job: String, handler: String },
     #[error("the actor tree did not start: {0}")]
     Spawn(String),
+    #[error(transparent)]
+    Redis(#[from] crate::redis_backend::connect::RedisSetupError),
 }
 
 /// The running tree.
@@ -71,6 +90,9 @@ pub struct Herald {
     exit: watch::Receiver<TreeExit>,
     shutdown_grace: Duration,
     memory: SharedMemory,
+    daemon_id: String,
+    health: watch::Receiver<Health>,
+    _watcher: Option<(watch::Sender<bool>, AbortOnDrop)>,
     pub scheduler: SchedulerHandle,
     pub store: StoreHandle,
     pub pool: PoolHandle,
@@ -107,12 +129,56 @@ pub async fn spawn_tree_on(
             });
         }
     }
+    let daemon_id = config.daemon_id.clone().unwrap_or_else(default_daemon_id);
+    let mut health = Health {
+        mode: Mode::Offline,
+        peers: BTreeSet::from([daemon_id.clone()]),
+    };
+    let redis = match &config.redis {
+        Some(settings) => {
+            let store = RedisStore::new(connect(settings)?, &settings.prefix, config.store_limits);
+            Some((settings.clone(), store))
+        }
+        None => None,
+    };
+    let mut jobs = jobs;
+    let mut last_ticks = HashMap::new();
+    let definitions: HashMap<String, JobDefinition> = jobs
+        .iter()
+        .map(|j| (j.id.clone(), JobDefinition::from(j)))
+        .collect();
+    if let Some((settings, store)) = &redis {
+        let reachable = matches!(
+            tokio::time::timeout(PING_TIMEOUT, store.ping()).await,
+            Ok(Ok(()))
+        );
+        let synced = if reachable {
+            sync_jobs(store, &jobs).await
+        } else {
+            Err(BackendError::Unavailable("no answer to PING".into()))
+        };
+        match synced {
+            Ok((effective, ticks)) => {
+                tracing::info!(url = %redacted(&settings.url), jobs = effective.len(), "redis reachable: online; jobs synced");
+                jobs = effective;
+                last_ticks = ticks;
+                health.mode = Mode::Online;
+            }
+            Err(e) => {
+                tracing::warn!(url = %redacted(&settings.url), error = %e, "redis unreachable at start-up: starting offline from config")
+            }
+        }
+    }
     {
         let mut mem = memory.lock().unwrap_or_else(|p| p.into_inner());
         for job in jobs {
             mem.put_job(Arc::new(job));
         }
+        for (id, at) in last_ticks {
+            mem.set_last_tick(&id, at);
+        }
     }
+    let (health_tx, health_rx) = watch::channel(health.clone());
     let directory = Arc::new(Directory::default());
     let timeout = config.call_timeout;
     let store = StoreHandle::new(directory.clone(), timeout);
@@ -120,8 +186,22 @@ pub async fn spawn_tree_on(
     let pool = PoolHandle::new(directory.clone(), timeout);
     let scheduler = SchedulerHandle::new(directory.clone(), timeout);
     let (exit_tx, exit) = watch::channel(TreeExit::Running);
+    let link = redis.as_ref().map(|(_, redis_store)| RedisLink {
+        store: redis_store.clone(),
+        pending: Arc::new(Mutex::new(PendingWrites::new(DEFAULT_MAX_PENDING))),
+        health: health_rx.clone(),
+        definitions: Arc::new(definitions),
+    });
+    let cluster = redis.as_ref().map(|(_, redis_store)| Cluster {
+        redis: redis_store.clone(),
+        daemon_id: daemon_id.clone(),
+        health: health_rx.clone(),
+    });
     let args = TreeArgs {
-        memory: memory.clone(),
+        store: StoreArgs {
+            memory: memory.clone(),
+            redis: link,
+        },
         transport,
         pool: PoolArgs {
             size: config.workers.max(1),
@@ -134,6 +214,7 @@ pub async fn spawn_tree_on(
             misfire_grace: config.misfire_grace,
             store: store.clone(),
             pool: pool.clone(),
+            cluster,
         },
         scheduler_handle: scheduler.clone(),
         directory,
@@ -143,11 +224,31 @@ pub async fn spawn_tree_on(
     let (root, _) = Actor::spawn(None, RootSupervisor, args)
         .await
         .map_err(|e| TreeError::Spawn(e.to_string()))?;
+    let watcher = redis.map(|(settings, redis_store)| {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let (store_h, scheduler_h) = (store.clone(), scheduler.clone());
+        let task = tokio::spawn(watch_redis(
+            settings.url.clone(),
+            redis_store.keys().clone(),
+            daemon_id.clone(),
+            health,
+            health_tx,
+            move |h: &Health| {
+                let _ = store_h.set_mode(h.mode);
+                let _ = scheduler_h.health(h.clone());
+            },
+            stop_rx,
+        ));
+        (stop_tx, AbortOnDrop::from(task))
+    });
     Ok(Herald {
         root,
         exit,
         shutdown_grace: config.shutdown_grace,
         memory,
+        daemon_id,
+        health: health_rx,
+        _watcher: watcher,
         scheduler,
         store,
         pool,
@@ -155,7 +256,85 @@ pub async fn spawn_tree_on(
     })
 }
 
+/// Start-up sync: writes each defined job's definition (keeping operator
+/// overrides), orphans stored jobs no longer defined, and returns the jobs
+/// to run (definitions with overrides) and their last ticks.
+async fn sync_jobs(
+    store: &RedisStore,
+    defined: &[JobSpec],
+) -> Result<(Vec<JobSpec>, HashMap<String, DateTime<Utc>>), BackendError> {
+    let mut stored: HashMap<String, crate::redis_backend::StoredJob> = store
+        .jobs()
+        .await?
+        .into_iter()
+        .map(|j| (j.definition.id.clone(), j))
+        .collect();
+    let mut writes = Vec::new();
+    let mut effective = Vec::new();
+    for spec in defined {
+        let Some(synced) = sync_job(Some(spec), stored.remove(&spec.id)) else {
+            continue;
+        };
+        match synced.effective() {
+            Ok(job) => effective.push(job),
+            Err(e) => {
+                // An override that no longer parses: run the definition.
+                tracing::warn!(error = %e, "ignoring the operator's overrides of a job");
+                effective.push(spec.clone());
+            }
+        }
+        writes.push(PendingWrite::Job(Box::new(synced)));
+    }
+    for (id, leftover) in stored {
+        if let Some(orphaned) = sync_job(None, Some(leftover)) {
+            tracing::info!(job = %id, "job no longer defined: marked orphaned");
+            writes.push(PendingWrite::Job(Box::new(orphaned)));
+        }
+    }
+    store.apply(&writes).await?;
+    let ids: Vec<String> = effective.iter().map(|j| j.id.clone()).collect();
+    let last_ticks = store.last_ticks(&ids).await?;
+    Ok((effective, last_ticks))
+}
+
+/// A Redis URL fit for logs: no password.
+fn redacted(url: &str) -> String {
+    match url.split_once('@') {
+        Some((scheme_and_auth, host)) => {
+            let scheme = scheme_and_auth.split("//").next().unwrap_or("redis:");
+            format!("{scheme}//***@{host}")
+        }
+        None => url.to_string(),
+    }
+}
+
+fn default_daemon_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "herald".to_string());
+    format!(
+        "{host}-{}-{:04x}",
+        std::process::id(),
+        rand::random::<u16>()
+    )
+}
+
 impl Herald {
+    /// This daemon's name among those sharing Redis.
+    pub fn daemon_id(&self) -> &str {
+        &self.daemon_id
+    }
+
+    /// Online (Redis reachable) or offline, as the watcher last saw it.
+    pub fn mode(&self) -> Mode {
+        self.health.borrow().mode
+    }
+
+    /// Mode and live daemons, as a watch channel.
+    pub fn health(&self) -> watch::Receiver<Health> {
+        self.health.clone()
+    }
+
     /// Stops firing, lets running runs finish within the shutdown grace,
     /// cancels the rest (CANCELLED), and stops every actor.
     pub async fn shutdown(self) -> DrainReport {

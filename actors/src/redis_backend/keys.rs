@@ -59,6 +59,11 @@ impl Keys {
         format!("{}:skipped", self.prefix)
     }
 
+    /// Daemons alive: id -> last heartbeat (unix ms), sorted set.
+    pub fn daemons(&self) -> String {
+        format!("{}:daemons", self.prefix)
+    }
+
     /// Claim of one tick by one daemon: `SET NX` with expiry.
     pub fn tick_claim(&self, job_id: &str, unix_seconds: i64) -> String {
         format!("{}:tick:{job_id}:{unix_seconds}", self.prefix)

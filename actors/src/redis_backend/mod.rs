@@ -8,5 +8,5 @@ pub mod stored;
 
 pub use connect::{RedisSettings, connect};
 pub use keys::Keys;
-pub use store::{BackendError, RedisStore};
-pub use stored::{JobDefinition, Overrides, StoredJob, sync_job};
+pub use store::{BackendError, CLAIM_TTL, PendingWrite, RedisStore};
+pub use stored::{JobDefinition, Overrides, StoredJob, overrides_for, sync_job};

@@ -60,6 +60,30 @@ impl From<redis::RedisError> for BackendError {
     }
 }
 
+/// How long a tick claim is kept: long enough that no daemon still
+/// considers the tick due, short enough that claims do not pile up.
+pub const CLAIM_TTL: Duration = Duration::from_secs(86_400);
+
+/// One write waiting to reach Redis, in the order it was made.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PendingWrite {
+    Record(ExecutionRecord),
+    Skipped(SkippedTicks),
+    LastTick {
+        job_id: String,
+        at: DateTime<Utc>,
+    },
+    /// A tick this daemon ran while offline: claimed on return so no other
+    /// daemon runs it again.
+    Claim {
+        job_id: String,
+        at: DateTime<Utc>,
+        daemon: String,
+    },
+    Job(Box<StoredJob>),
+    RemoveJob(String),
+}
+
 #[derive(Clone)]
 pub struct RedisStore {
     pool: Pool,
@@ -200,26 +224,68 @@ impl RedisStore {
     /// Writes records (inserts and updates) in one pipeline. Returns how
     /// many old records the `max_records` cap pushed out.
     pub async fn put_records(&self, records: &[ExecutionRecord]) -> Result<u64, BackendError> {
-        if records.is_empty() {
+        let writes: Vec<PendingWrite> = records.iter().cloned().map(PendingWrite::Record).collect();
+        self.apply(&writes).await
+    }
+
+    /// Applies writes in order, in one pipeline (one round trip). Returns
+    /// how many old records the `max_records` cap pushed out.
+    pub async fn apply(&self, writes: &[PendingWrite]) -> Result<u64, BackendError> {
+        if writes.is_empty() {
             return Ok(0);
         }
         let ttl = self.limits.record_ttl.as_secs().max(1);
         let history_cap = self.limits.history_per_job.max(1) as isize;
         let recent_cap = self.limits.max_records.max(1) as isize;
+        let skipped_cap = self.limits.max_skipped.max(1) as isize;
         let mut p = redis::pipe();
-        for r in records {
-            let id = r.run_id.0.as_str();
-            let score = r.created_at.timestamp_millis();
-            p.set_ex(self.keys.execution(id), to_json(r)?, ttl).ignore();
-            let history = self.keys.history(&r.job_id);
-            p.zadd(&history, id, score).ignore();
-            p.cmd("ZREMRANGEBYRANK")
-                .arg(&history)
-                .arg(0)
-                .arg(-(history_cap + 1))
-                .ignore();
-            p.expire(&history, ttl as i64).ignore();
-            p.zadd(self.keys.recent(), id, score).ignore();
+        for w in writes {
+            match w {
+                PendingWrite::Record(r) => {
+                    let id = r.run_id.0.as_str();
+                    let score = r.created_at.timestamp_millis();
+                    p.set_ex(self.keys.execution(id), to_json(r)?, ttl).ignore();
+                    let history = self.keys.history(&r.job_id);
+                    p.zadd(&history, id, score).ignore();
+                    p.cmd("ZREMRANGEBYRANK")
+                        .arg(&history)
+                        .arg(0)
+                        .arg(-(history_cap + 1))
+                        .ignore();
+                    p.expire(&history, ttl as i64).ignore();
+                    p.zadd(self.keys.recent(), id, score).ignore();
+                }
+                PendingWrite::Skipped(s) => {
+                    p.lpush(self.keys.skipped(), to_json(s)?).ignore();
+                    p.ltrim(self.keys.skipped(), 0, skipped_cap - 1).ignore();
+                }
+                PendingWrite::LastTick { job_id, at } => {
+                    p.cmd("EVAL")
+                        .arg(RAISE_LAST_RUN)
+                        .arg(1)
+                        .arg(self.keys.last_run(job_id))
+                        .arg(at.timestamp())
+                        .ignore();
+                }
+                PendingWrite::Job(job) => {
+                    let id = &job.definition.id;
+                    p.set(self.keys.job(id), to_json(job.as_ref())?).ignore();
+                    p.sadd(self.keys.jobs(), id).ignore();
+                }
+                PendingWrite::RemoveJob(id) => {
+                    p.del(self.keys.job(id)).ignore();
+                    p.srem(self.keys.jobs(), id).ignore();
+                }
+                PendingWrite::Claim { job_id, at, daemon } => {
+                    p.cmd("SET")
+                        .arg(self.keys.tick_claim(job_id, at.timestamp()))
+                        .arg(daemon)
+                        .arg("NX")
+                        .arg("EX")
+                        .arg(CLAIM_TTL.as_secs())
+                        .ignore();
+                }
+            }
         }
         p.cmd("ZREMRANGEBYRANK")
             .arg(self.keys.recent())
@@ -231,6 +297,29 @@ impl RedisStore {
             let _: i64 = c.incr(self.keys.dropped(), dropped).await?;
         }
         Ok(dropped)
+    }
+
+    /// Claims many ticks in one pipeline; `true` where this daemon won.
+    pub async fn claim_ticks(
+        &self,
+        ticks: &[(String, DateTime<Utc>)],
+        daemon: &str,
+    ) -> Result<Vec<bool>, BackendError> {
+        if ticks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut p = redis::pipe();
+        for (job_id, at) in ticks {
+            p.cmd("SET")
+                .arg(self.keys.tick_claim(job_id, at.timestamp()))
+                .arg(daemon)
+                .arg("NX")
+                .arg("EX")
+                .arg(CLAIM_TTL.as_secs());
+        }
+        let mut c = self.conn().await?;
+        let won: Vec<Option<String>> = p.query_async(&mut c).await?;
+        Ok(won.into_iter().map(|w| w.is_some()).collect())
     }
 
     pub async fn record(&self, run_id: &RunId) -> Result<Option<ExecutionRecord>, BackendError> {
@@ -298,22 +387,9 @@ impl RedisStore {
     // --- skipped ticks --------------------------------------------------
 
     pub async fn put_skipped(&self, entries: &[SkippedTicks]) -> Result<(), BackendError> {
-        if entries.is_empty() {
-            return Ok(());
-        }
-        let mut p = redis::pipe();
-        for s in entries {
-            p.lpush(self.keys.skipped(), to_json(s)?).ignore();
-        }
-        p.ltrim(
-            self.keys.skipped(),
-            0,
-            self.limits.max_skipped.max(1) as isize - 1,
-        )
-        .ignore();
-        let mut c = self.conn().await?;
-        p.query_async::<()>(&mut c).await?;
-        Ok(())
+        let writes: Vec<PendingWrite> =
+            entries.iter().cloned().map(PendingWrite::Skipped).collect();
+        self.apply(&writes).await.map(|_| ())
     }
 
     pub async fn skipped(

@@ -151,6 +151,18 @@ impl StoredJob {
     }
 }
 
+/// What an edit changed relative to the definition, as overrides.
+pub fn overrides_for(edited: &JobSpec, definition: &JobDefinition) -> Overrides {
+    let edited_def = JobDefinition::from(edited);
+    Overrides {
+        schedule: (edited_def.schedule != definition.schedule).then_some(edited_def.schedule),
+        timezone: (edited_def.timezone != definition.timezone).then_some(edited_def.timezone),
+        enabled: (edited.enabled != definition.enabled).then_some(edited.enabled),
+        misfire: (edited.misfire != definition.misfire).then_some(edited.misfire),
+        overlap: (edited.overlap != definition.overlap).then_some(edited.overlap),
+    }
+}
+
 /// Start-up sync of one job id: `defined` is what config and code define
 /// now (None: nothing does), `stored` what Redis holds. Returns what Redis
 /// should hold, or None to leave it alone.
@@ -218,6 +230,21 @@ mod tests {
         );
         let back = sync_job(Some(&spec("0 22 * * *")), Some(orphaned)).unwrap();
         assert!(!back.orphaned);
+    }
+
+    #[test]
+    fn an_edit_becomes_overrides_of_what_changed() {
+        let defined = JobDefinition::from(&spec("0 22 * * *"));
+        let mut edited = spec("0 21 * * *");
+        edited.enabled = false;
+        let o = overrides_for(&edited, &defined);
+        assert_eq!(o.schedule.as_deref(), Some("0 21 * * *"));
+        assert_eq!(o.enabled, Some(false));
+        assert_eq!((o.timezone, o.misfire, o.overlap), (None, None, None));
+        assert_eq!(
+            overrides_for(&spec("0 22 * * *"), &defined),
+            Overrides::default()
+        );
     }
 
     #[test]

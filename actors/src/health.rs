@@ -1,0 +1,191 @@
+//! Redis reachability: one watcher decides online/offline for the whole
+//! daemon, and keeps the set of daemons alive (heartbeats) for offline
+//! ownership of ticks.
+//!
+//! The watcher pings Redis on a connection of its own (so a pool exhausted
+//! by stuck commands cannot hide a healthy server, or the reverse) every
+//! [`PING_EVERY`], each ping bounded by [`PING_TIMEOUT`]: a refused port is
+//! seen at the next ping, a silent one at the timeout, both well inside a
+//! second. On a change it logs, and tells every actor through `on_change`.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use chrono::Utc;
+use deadpool_redis::redis::{self, AsyncConnectionConfig, aio::MultiplexedConnection};
+use tokio::sync::watch;
+
+use crate::redis_backend::Keys;
+
+pub const PING_EVERY: Duration = Duration::from_millis(200);
+pub const PING_TIMEOUT: Duration = Duration::from_millis(400);
+/// A daemon whose heartbeat is older than this is presumed dead.
+pub const PEER_TTL: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Online,
+    Offline,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Online => "online",
+            Mode::Offline => "offline",
+        }
+    }
+}
+
+/// FNV-1a, 64 bit: a hash every daemon computes identically, whatever its
+/// build (std's hasher makes no such promise across Rust versions).
+fn fnv1a(parts: &[&str]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for b in part.bytes().chain(std::iter::once(0xff)) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    h
+}
+
+/// Rendezvous (highest random weight) hashing: the daemon that owns a job
+/// while Redis is unreachable. Every daemon with the same set of peers
+/// picks the same owner; when a peer leaves the set only its jobs move.
+pub fn owner<'a>(job_id: &str, daemons: &'a BTreeSet<String>) -> Option<&'a str> {
+    daemons
+        .iter()
+        .max_by_key(|d| (fnv1a(&[d.as_str(), job_id]), d.as_str()))
+        .map(String::as_str)
+}
+
+/// What the watcher reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Health {
+    pub mode: Mode,
+    /// Daemons seen alive at the last successful heartbeat, this one
+    /// included. Kept unchanged while offline.
+    pub peers: BTreeSet<String>,
+}
+
+/// Runs until `stop` flips: pings, writes this daemon's heartbeat, reads
+/// the peers, and calls `on_change` whenever mode or peers change.
+pub async fn watch_redis(
+    url: String,
+    keys: Keys,
+    daemon_id: String,
+    initial: Health,
+    status: watch::Sender<Health>,
+    mut on_change: impl FnMut(&Health) + Send,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut conn: Option<MultiplexedConnection> = None;
+    let mut current = initial;
+    let mut ticker = tokio::time::interval(PING_EVERY);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let beat =
+            tokio::time::timeout(PING_TIMEOUT, heartbeat(&url, &mut conn, &keys, &daemon_id)).await;
+        let next = match beat {
+            Ok(Ok(peers)) => Health {
+                mode: Mode::Online,
+                peers,
+            },
+            Ok(Err(_)) | Err(_) => {
+                conn = None;
+                Health {
+                    mode: Mode::Offline,
+                    peers: current.peers.clone(),
+                }
+            }
+        };
+        if next != current {
+            if next.mode != current.mode {
+                match next.mode {
+                    Mode::Online => {
+                        tracing::info!(peers = next.peers.len(), "redis reachable: online")
+                    }
+                    Mode::Offline => {
+                        tracing::warn!("redis unreachable: offline (running from memory)")
+                    }
+                }
+            }
+            current = next;
+            status.send_replace(current.clone());
+            on_change(&current);
+        }
+    }
+}
+
+/// One heartbeat: record this daemon as alive, drop stale peers, return the
+/// live ones. A single round trip.
+async fn heartbeat(
+    url: &str,
+    conn: &mut Option<MultiplexedConnection>,
+    keys: &Keys,
+    daemon_id: &str,
+) -> redis::RedisResult<BTreeSet<String>> {
+    if conn.is_none() {
+        let client = redis::Client::open(url)?;
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(PING_TIMEOUT))
+            .set_response_timeout(Some(PING_TIMEOUT));
+        *conn = Some(
+            client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await?,
+        );
+    }
+    let Some(c) = conn.as_mut() else {
+        return Ok(BTreeSet::new());
+    };
+    let now = Utc::now().timestamp_millis();
+    let stale_before = now - PEER_TTL.as_millis() as i64;
+    let daemons = keys.daemons();
+    let (_, _, peers): ((), (), Vec<String>) = redis::pipe()
+        .zadd(&daemons, daemon_id, now)
+        .cmd("ZREMRANGEBYSCORE")
+        .arg(&daemons)
+        .arg("-inf")
+        .arg(format!("({stale_before}"))
+        .cmd("ZRANGE")
+        .arg(&daemons)
+        .arg(0)
+        .arg(-1)
+        .query_async(c)
+        .await?;
+    Ok(peers.into_iter().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(ids: &[&str]) -> BTreeSet<String> {
+        ids.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn every_daemon_agrees_on_the_owner_and_only_a_leavers_jobs_move() {
+        let three = set(&["a", "b", "c"]);
+        let jobs: Vec<String> = (0..300).map(|i| format!("job-{i}")).collect();
+        let owners: Vec<&str> = jobs.iter().map(|j| owner(j, &three).unwrap()).collect();
+        for d in ["a", "b", "c"] {
+            let n = owners.iter().filter(|o| **o == d).count();
+            assert!((60..=140).contains(&n), "{d} owns {n} of 300");
+        }
+        let two = set(&["a", "b"]);
+        for (job, before) in jobs.iter().zip(&owners) {
+            let after = owner(job, &two).unwrap();
+            if *before != "c" {
+                assert_eq!(after, *before, "{job} moved though its owner stayed");
+            }
+        }
+        assert_eq!(owner("x", &BTreeSet::new()), None);
+    }
+}

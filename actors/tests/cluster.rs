@@ -1,0 +1,239 @@
+//! Several daemons on one real redis-server, and Redis outages.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use herald_actors::health::Mode;
+use herald_actors::job::JobSpec;
+use herald_actors::memory::{RecordQuery, StoreLimits};
+use herald_actors::notifier::DryRun;
+use herald_actors::record::RunStatus;
+use herald_actors::redis_backend::{RedisSettings, RedisStore, connect};
+use herald_actors::{Herald, TreeConfig, spawn_tree};
+use herald_testkit::RedisServer;
+use support::{Calls, coded, counting, wait_for};
+
+async fn daemon(server: &RedisServer, jobs: Vec<JobSpec>, calls: &Calls) -> Herald {
+    let config = TreeConfig {
+        redis: Some(RedisSettings::new(server.url(), "herald")),
+        ..TreeConfig::default()
+    };
+    spawn_tree(config, jobs, counting(calls), Arc::new(DryRun))
+        .await
+        .expect("daemon starts")
+}
+
+fn redis(server: &RedisServer) -> RedisStore {
+    RedisStore::new(
+        connect(&RedisSettings::new(server.url(), "herald")).unwrap(),
+        "herald",
+        StoreLimits::default(),
+    )
+}
+
+async fn wait_mode(herald: &Herald, mode: Mode, within: Duration) -> Duration {
+    let started = Instant::now();
+    wait_for(&format!("mode {mode:?}"), within, || async {
+        (herald.mode() == mode).then_some(())
+    })
+    .await;
+    started.elapsed()
+}
+
+/// Ticks (scheduled instants) that ran, from the counting handler.
+fn ticks(calls: &Calls) -> Vec<DateTime<Utc>> {
+    let mut t: Vec<_> = calls.0.lock().unwrap().keys().map(|(_, at)| *at).collect();
+    t.sort();
+    t
+}
+
+#[tokio::test]
+async fn two_daemons_on_one_redis_run_each_tick_exactly_once() {
+    let server = RedisServer::start();
+    let calls = Calls::default();
+    let a = daemon(
+        &server,
+        vec![coded("every-second", "* * * * * *", "count")],
+        &calls,
+    )
+    .await;
+    let b = daemon(
+        &server,
+        vec![coded("every-second", "* * * * * *", "count")],
+        &calls,
+    )
+    .await;
+    assert_eq!((a.mode(), b.mode()), (Mode::Online, Mode::Online));
+    wait_for("30 ticks", Duration::from_secs(40), || async {
+        (calls.total() >= 30).then_some(())
+    })
+    .await;
+    a.shutdown().await;
+    b.shutdown().await;
+    assert_eq!(calls.max_per_tick(), 1, "a tick ran on both daemons");
+    let t = ticks(&calls);
+    let span = (*t.last().unwrap() - t[0]).num_seconds() + 1;
+    assert_eq!(
+        t.len() as i64,
+        span,
+        "no tick was missed between the first and the last"
+    );
+}
+
+#[tokio::test]
+async fn a_redis_outage_goes_offline_and_back_and_every_record_reaches_redis() {
+    let mut server = RedisServer::start();
+    let calls = Calls::default();
+    let herald = daemon(
+        &server,
+        vec![coded("every-second", "* * * * * *", "count")],
+        &calls,
+    )
+    .await;
+    wait_for("a first run", Duration::from_secs(5), || async {
+        (calls.total() >= 1).then_some(())
+    })
+    .await;
+
+    server.stop();
+    let stopped_at = Utc::now();
+    let took = wait_mode(&herald, Mode::Offline, Duration::from_secs(3)).await;
+    assert!(took < Duration::from_secs(1), "offline after {took:?}");
+    let before = calls.total();
+    wait_for("runs while offline", Duration::from_secs(10), || async {
+        (calls.total() >= before + 3).then_some(())
+    })
+    .await;
+    // Runs recorded while Redis was down (earlier ones went to the old
+    // server, which restarts empty: no persistence in tests).
+    let offline_runs: Vec<_> = herald
+        .store
+        .query(RecordQuery {
+            status: Some(RunStatus::Success),
+            limit: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.created_at >= stopped_at)
+        .collect();
+    assert!(offline_runs.len() >= 3, "{offline_runs:?}");
+
+    server.restart();
+    let took = wait_mode(&herald, Mode::Online, Duration::from_secs(3)).await;
+    assert!(took < Duration::from_secs(1), "online after {took:?}");
+    // the restarted server is empty: every record seen offline must arrive
+    let direct = redis(&server);
+    wait_for("buffered records in redis", Duration::from_secs(5), || {
+        let (direct, offline_runs) = (direct.clone(), offline_runs.clone());
+        async move {
+            for r in &offline_runs {
+                if direct.record(&r.run_id).await.ok()??.status != RunStatus::Success {
+                    return None;
+                }
+            }
+            Some(())
+        }
+    })
+    .await;
+    assert_eq!(herald.store.stats().await.unwrap().pending_writes, 0);
+    herald.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_redis_that_accepts_but_never_answers_is_offline_too() {
+    let server = RedisServer::start();
+    let calls = Calls::default();
+    let herald = daemon(
+        &server,
+        vec![coded("every-second", "* * * * * *", "count")],
+        &calls,
+    )
+    .await;
+    server.freeze();
+    let took = wait_mode(&herald, Mode::Offline, Duration::from_secs(3)).await;
+    assert!(took < Duration::from_secs(1), "offline after {took:?}");
+    let before = calls.total();
+    wait_for(
+        "runs while redis is silent",
+        Duration::from_secs(10),
+        || async { (calls.total() >= before + 2).then_some(()) },
+    )
+    .await;
+    server.thaw();
+    let took = wait_mode(&herald, Mode::Online, Duration::from_secs(3)).await;
+    assert!(took < Duration::from_secs(1), "online after {took:?}");
+    herald.shutdown().await;
+}
+
+#[tokio::test]
+async fn two_daemons_through_a_redis_outage_run_no_tick_twice() {
+    let mut server = RedisServer::start();
+    let calls = Calls::default();
+    let jobs = || {
+        (0..6)
+            .map(|i| coded(&format!("job-{i}"), "* * * * * *", "count"))
+            .collect::<Vec<_>>()
+    };
+    let a = daemon(&server, jobs(), &calls).await;
+    let b = daemon(&server, jobs(), &calls).await;
+    // both know each other before the outage
+    wait_for(
+        "both daemons see two peers",
+        Duration::from_secs(5),
+        || async {
+            (a.health().borrow().peers.len() == 2 && b.health().borrow().peers.len() == 2)
+                .then_some(())
+        },
+    )
+    .await;
+    server.stop();
+    wait_mode(&a, Mode::Offline, Duration::from_secs(3)).await;
+    wait_mode(&b, Mode::Offline, Duration::from_secs(3)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    server.restart();
+    wait_mode(&a, Mode::Online, Duration::from_secs(3)).await;
+    wait_mode(&b, Mode::Online, Duration::from_secs(3)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    a.shutdown().await;
+    b.shutdown().await;
+    assert_eq!(calls.max_per_tick(), 1, "a tick ran twice");
+    assert_eq!(calls.distinct_jobs(), 6, "every job kept running");
+}
+
+#[tokio::test]
+async fn operator_edits_survive_a_restart_and_orphans_are_not_run() {
+    let server = RedisServer::start();
+    let calls = Calls::default();
+    let first = daemon(
+        &server,
+        vec![
+            coded("edited", "0 0 1 1 *", "count"),
+            coded("dropped", "0 0 1 1 *", "count"),
+        ],
+        &calls,
+    )
+    .await;
+    let mut edit = coded("edited", "0 12 * * *", "count");
+    edit.enabled = false;
+    first.scheduler.upsert_job(edit).await.unwrap();
+    first.shutdown().await;
+
+    // restart with the same definition of "edited" and without "dropped"
+    let second = daemon(&server, vec![coded("edited", "0 0 1 1 *", "count")], &calls).await;
+    let views = second.scheduler.jobs().await.unwrap();
+    assert_eq!(views.len(), 1, "the orphaned job is not scheduled");
+    assert_eq!(views[0].spec.schedule.expr().source(), "0 12 * * *");
+    assert!(!views[0].spec.enabled);
+    let stored = redis(&server).jobs().await.unwrap();
+    let dropped = stored
+        .iter()
+        .find(|j| j.definition.id == "dropped")
+        .expect("kept in redis");
+    assert!(dropped.orphaned);
+    second.shutdown().await;
+}
