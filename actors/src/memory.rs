@@ -117,12 +117,12 @@ impl MemoryStore {
 
     // --- records --------------------------------------------------------
 
-    /// Inserts or updates a record. A terminal record is never turned back
-    /// into a live one (a late RUNNING after CANCELLED is ignored); returns
-    /// whether the write took effect.
+    /// Inserts or updates a record. A record only moves forward (see
+    /// [`ExecutionRecord::progress`]): a late RUNNING after CANCELLED, or a
+    /// PENDING after RUNNING, is ignored. Returns whether it took effect.
     pub fn put_record(&mut self, record: ExecutionRecord) -> bool {
         if let Some((_, existing)) = self.records.get_mut(&record.run_id) {
-            if existing.status.is_terminal() && !record.status.is_terminal() {
+            if record.progress() < existing.progress() {
                 return false;
             }
             *existing = record;
@@ -346,6 +346,20 @@ mod tests {
         });
         let ids: Vec<_> = failed.iter().map(|r| r.run_id.0.as_str()).collect();
         assert_eq!(ids, ["a@1700000003", "a@1700000001"]);
+    }
+
+    #[test]
+    fn a_late_pending_does_not_undo_running_but_a_retry_moves_on() {
+        let now = Utc::now();
+        let mut s = MemoryStore::new(StoreLimits::default());
+        let running = rec("a", 0, RunStatus::Running, now);
+        s.put_record(running.clone());
+        assert!(!s.put_record(rec("a", 0, RunStatus::Pending, now)));
+        let mut retry = running.clone();
+        retry.status = RunStatus::Pending;
+        retry.attempt = 2;
+        assert!(s.put_record(retry));
+        assert_eq!(s.record(&running.run_id).unwrap().attempt, 2);
     }
 
     #[test]

@@ -121,9 +121,24 @@ pub struct ExecutionRecord {
     pub error: Option<String>,
     /// When the next attempt is due, while a retry is pending.
     pub retry_at: Option<DateTime<Utc>>,
+    /// The daemon that ran (or runs) the current attempt.
+    #[serde(default)]
+    pub daemon: Option<String>,
 }
 
 impl ExecutionRecord {
+    /// Where this write stands in a run's life: (attempt, phase) with
+    /// PENDING < RUNNING < final. Stores only move a record forward, so a
+    /// late or repeated write never undoes a later one.
+    pub fn progress(&self) -> (u32, u8) {
+        let phase = match self.status {
+            RunStatus::Pending => 0,
+            RunStatus::Running => 1,
+            _ => 2,
+        };
+        (self.attempt, phase)
+    }
+
     pub fn pending(
         run_id: RunId,
         job_id: &str,
@@ -147,6 +162,7 @@ impl ExecutionRecord {
             counts: Counts::default(),
             error: None,
             retry_at: None,
+            daemon: None,
         }
     }
 }

@@ -64,6 +64,17 @@ impl Keys {
         format!("{}:daemons", self.prefix)
     }
 
+    /// The run queue: a stream read by one consumer group shared by every
+    /// daemon. Entries are deleted once acknowledged.
+    pub fn runs(&self) -> String {
+        format!("{}:runs", self.prefix)
+    }
+
+    /// Retries waiting for their time: run JSON by due time (unix ms).
+    pub fn retries(&self) -> String {
+        format!("{}:retries", self.prefix)
+    }
+
     /// Claim of one tick by one daemon: `SET NX` with expiry.
     pub fn tick_claim(&self, job_id: &str, unix_seconds: i64) -> String {
         format!("{}:tick:{job_id}:{unix_seconds}", self.prefix)

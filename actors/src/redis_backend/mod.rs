@@ -3,10 +3,12 @@
 
 pub mod connect;
 pub mod keys;
+pub mod queue;
 pub mod store;
 pub mod stored;
 
 pub use connect::{RedisSettings, connect};
 pub use keys::Keys;
+pub use queue::{GROUP, QueueEntry, blocking_connection};
 pub use store::{BackendError, CLAIM_TTL, PendingWrite, RedisStore};
 pub use stored::{JobDefinition, Overrides, StoredJob, overrides_for, sync_job};

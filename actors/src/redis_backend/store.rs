@@ -27,6 +27,27 @@ if (not current) or tonumber(current) < tonumber(ARGV[1]) then
 end
 return 0";
 
+/// Writes a record only if it moves the run forward: (attempt, phase) with
+/// PENDING < RUNNING < final, as `ExecutionRecord::progress` and the
+/// in-memory store do. A PENDING flushed after another daemon's RUNNING,
+/// or a RUNNING after the final record, is dropped.
+const PUT_RECORD: &str = r"
+local current = redis.call('GET', KEYS[1])
+if current then
+  local ok, old = pcall(cjson.decode, current)
+  if ok and type(old) == 'table' then
+    local attempt = tonumber(old['attempt']) or 0
+    local phase = 2
+    if old['status'] == 'PENDING' then phase = 0 elseif old['status'] == 'RUNNING' then phase = 1 end
+    local new_attempt, new_phase = tonumber(ARGV[3]), tonumber(ARGV[4])
+    if new_attempt < attempt or (new_attempt == attempt and new_phase < phase) then
+      return 0
+    end
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return 1";
+
 /// How many ids one page of a filtered query reads.
 const QUERY_PAGE: isize = 256;
 
@@ -82,12 +103,22 @@ pub enum PendingWrite {
     },
     Job(Box<StoredJob>),
     RemoveJob(String),
+    /// The run queue entry is done with: acknowledge and delete it. Queued
+    /// after the record write it follows, so it is never applied first.
+    Ack {
+        entry_id: String,
+    },
+    /// A retry waiting in Redis until `due`.
+    Retry {
+        record: Box<ExecutionRecord>,
+        due: DateTime<Utc>,
+    },
 }
 
 #[derive(Clone)]
 pub struct RedisStore {
-    pool: Pool,
-    keys: Keys,
+    pub(super) pool: Pool,
+    pub(super) keys: Keys,
     limits: StoreLimits,
 }
 
@@ -104,7 +135,7 @@ impl RedisStore {
         &self.keys
     }
 
-    async fn conn(&self) -> Result<deadpool_redis::Connection, BackendError> {
+    pub(super) async fn conn(&self) -> Result<deadpool_redis::Connection, BackendError> {
         Ok(self.pool.get().await?)
     }
 
@@ -244,7 +275,16 @@ impl RedisStore {
                 PendingWrite::Record(r) => {
                     let id = r.run_id.0.as_str();
                     let score = r.created_at.timestamp_millis();
-                    p.set_ex(self.keys.execution(id), to_json(r)?, ttl).ignore();
+                    let (attempt, phase) = r.progress();
+                    p.cmd("EVAL")
+                        .arg(PUT_RECORD)
+                        .arg(1)
+                        .arg(self.keys.execution(id))
+                        .arg(to_json(r)?)
+                        .arg(ttl)
+                        .arg(attempt)
+                        .arg(phase)
+                        .ignore();
                     let history = self.keys.history(&r.job_id);
                     p.zadd(&history, id, score).ignore();
                     p.cmd("ZREMRANGEBYRANK")
@@ -275,6 +315,22 @@ impl RedisStore {
                 PendingWrite::RemoveJob(id) => {
                     p.del(self.keys.job(id)).ignore();
                     p.srem(self.keys.jobs(), id).ignore();
+                }
+                PendingWrite::Ack { entry_id } => {
+                    p.cmd("XACK")
+                        .arg(self.keys.runs())
+                        .arg(super::queue::GROUP)
+                        .arg(entry_id)
+                        .ignore();
+                    p.cmd("XDEL").arg(self.keys.runs()).arg(entry_id).ignore();
+                }
+                PendingWrite::Retry { record, due } => {
+                    p.zadd(
+                        self.keys.retries(),
+                        to_json(record.as_ref())?,
+                        due.timestamp_millis(),
+                    )
+                    .ignore();
                 }
                 PendingWrite::Claim { job_id, at, daemon } => {
                     p.cmd("SET")
@@ -414,11 +470,14 @@ impl RedisStore {
     }
 }
 
-fn to_json<T: serde::Serialize>(value: &T) -> Result<String, BackendError> {
+pub(super) fn to_json<T: serde::Serialize>(value: &T) -> Result<String, BackendError> {
     serde_json::to_string(value).map_err(|e| BackendError::Command(format!("cannot encode: {e}")))
 }
 
-fn from_json<T: serde::de::DeserializeOwned>(key: &str, json: &str) -> Result<T, BackendError> {
+pub(super) fn from_json<T: serde::de::DeserializeOwned>(
+    key: &str,
+    json: &str,
+) -> Result<T, BackendError> {
     serde_json::from_str(json).map_err(|e| BackendError::Corrupt {
         key: key.to_string(),
         message: e.to_string(),

@@ -1,0 +1,217 @@
+//! The run queue: a Redis Stream read by one consumer group that every
+//! daemon shares, plus a sorted set of retries waiting for their time.
+//!
+//! A run is an entry whose `record` field is its execution record (JSON).
+//! A daemon reads entries in batches (`XREADGROUP`), runs them, and
+//! acknowledges and deletes each entry once its final record is written
+//! (the ack travels behind the record in the store's write queue). An entry
+//! left unacknowledged longer than the visibility timeout (its daemon died)
+//! is taken over by any daemon (`XAUTOCLAIM`); a daemon still running an
+//! entry refreshes its idle time so it is not taken from it. A failed
+//! attempt with retries left becomes a member of `{p}:retries` scored by
+//! its due time; any daemon moves due retries back onto the stream with one
+//! atomic script.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use deadpool_redis::redis::aio::MultiplexedConnection;
+use deadpool_redis::redis::streams::{
+    StreamAutoClaimOptions, StreamAutoClaimReply, StreamId, StreamReadOptions, StreamReadReply,
+};
+use deadpool_redis::redis::{self, AsyncCommands, AsyncConnectionConfig};
+
+use super::store::{BackendError, RedisStore, from_json, to_json};
+use crate::record::ExecutionRecord;
+
+/// The consumer group every daemon reads the run queue through.
+pub const GROUP: &str = "herald";
+
+/// Moves due retries onto the run queue, atomically (no retry is lost or
+/// doubled if two daemons run this at once).
+const PROMOTE_RETRIES: &str = r"
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+for _, run in ipairs(due) do
+  redis.call('XADD', KEYS[2], '*', 'record', run)
+  redis.call('ZREM', KEYS[1], run)
+end
+return #due";
+
+/// One run read from the queue.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueEntry {
+    pub entry_id: String,
+    pub record: ExecutionRecord,
+}
+
+/// A connection for blocking reads: its response timeout must outlast the
+/// `BLOCK` time, or every idle read would fail as a timeout.
+pub async fn blocking_connection(
+    url: &str,
+    block: Duration,
+    connect_timeout: Duration,
+) -> Result<MultiplexedConnection, BackendError> {
+    let client = redis::Client::open(url)?;
+    let config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(connect_timeout))
+        .set_response_timeout(Some(block + Duration::from_secs(1)));
+    Ok(client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await?)
+}
+
+impl RedisStore {
+    /// Creates the stream and the group if they do not exist.
+    pub async fn ensure_queue(&self) -> Result<(), BackendError> {
+        let mut c = self.conn().await?;
+        let created: Result<(), redis::RedisError> =
+            c.xgroup_create_mkstream(self.keys.runs(), GROUP, "0").await;
+        match created {
+            Ok(()) => Ok(()),
+            Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Appends runs to the queue, one pipeline.
+    pub async fn enqueue(&self, records: &[ExecutionRecord]) -> Result<(), BackendError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let mut p = redis::pipe();
+        for r in records {
+            p.xadd(self.keys.runs(), "*", &[("record", to_json(r)?)])
+                .ignore();
+        }
+        let mut c = self.conn().await?;
+        p.query_async::<()>(&mut c).await?;
+        Ok(())
+    }
+
+    /// Reads up to `count` new entries for `consumer`, waiting up to
+    /// `block` for some to arrive.
+    pub async fn read_runs(
+        &self,
+        conn: &mut MultiplexedConnection,
+        consumer: &str,
+        count: usize,
+        block: Duration,
+    ) -> Result<Vec<QueueEntry>, BackendError> {
+        let options = StreamReadOptions::default()
+            .group(GROUP, consumer)
+            .count(count.max(1))
+            .block(block.as_millis() as usize);
+        let reply: Option<StreamReadReply> = conn
+            .xread_options(&[self.keys.runs()], &[">"], &options)
+            .await?;
+        let ids = reply
+            .map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect())
+            .unwrap_or_default();
+        self.entries(ids)
+    }
+
+    /// Takes over entries another consumer has held unacknowledged for at
+    /// least `min_idle` (it died), up to `count`.
+    pub async fn reclaim(
+        &self,
+        consumer: &str,
+        min_idle: Duration,
+        count: usize,
+    ) -> Result<Vec<QueueEntry>, BackendError> {
+        let mut c = self.conn().await?;
+        let reply: StreamAutoClaimReply = c
+            .xautoclaim_options(
+                self.keys.runs(),
+                GROUP,
+                consumer,
+                min_idle.as_millis() as u64,
+                "0-0",
+                StreamAutoClaimOptions::default().count(count.max(1)),
+            )
+            .await?;
+        self.entries(reply.claimed)
+    }
+
+    /// Resets the idle time of entries this consumer is still running, so
+    /// no other daemon reclaims them.
+    pub async fn touch(&self, consumer: &str, entry_ids: &[String]) -> Result<(), BackendError> {
+        if entry_ids.is_empty() {
+            return Ok(());
+        }
+        let mut c = self.conn().await?;
+        redis::cmd("XCLAIM")
+            .arg(self.keys.runs())
+            .arg(GROUP)
+            .arg(consumer)
+            .arg(0)
+            .arg(entry_ids)
+            .arg("JUSTID")
+            .query_async::<Vec<String>>(&mut c)
+            .await?;
+        Ok(())
+    }
+
+    /// Moves retries due by `now` onto the queue; returns how many.
+    pub async fn promote_due_retries(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<usize, BackendError> {
+        let mut c = self.conn().await?;
+        let moved: usize = redis::cmd("EVAL")
+            .arg(PROMOTE_RETRIES)
+            .arg(2)
+            .arg(self.keys.retries())
+            .arg(self.keys.runs())
+            .arg(now.timestamp_millis())
+            .arg(limit.max(1))
+            .query_async(&mut c)
+            .await?;
+        Ok(moved)
+    }
+
+    /// Entries in the queue, entries read but not acknowledged, and retries
+    /// waiting.
+    pub async fn queue_depth(&self) -> Result<(u64, u64, u64), BackendError> {
+        let mut c = self.conn().await?;
+        let (len, retries): (u64, u64) = redis::pipe()
+            .cmd("XLEN")
+            .arg(self.keys.runs())
+            .cmd("ZCARD")
+            .arg(self.keys.retries())
+            .query_async(&mut c)
+            .await?;
+        let pending: redis::Value = redis::cmd("XPENDING")
+            .arg(self.keys.runs())
+            .arg(GROUP)
+            .query_async(&mut c)
+            .await
+            .unwrap_or(redis::Value::Nil);
+        let pending_count = match pending {
+            redis::Value::Array(items) => match items.first() {
+                Some(redis::Value::Int(n)) => *n as u64,
+                _ => 0,
+            },
+            _ => 0,
+        };
+        Ok((len, pending_count, retries))
+    }
+
+    fn entries(&self, ids: Vec<StreamId>) -> Result<Vec<QueueEntry>, BackendError> {
+        let key = self.keys.runs();
+        let mut out = Vec::with_capacity(ids.len());
+        for sid in ids {
+            let Some(json) = sid.get::<String>("record") else {
+                return Err(BackendError::Corrupt {
+                    key: format!("{key} {}", sid.id),
+                    message: "entry has no record field".to_string(),
+                });
+            };
+            out.push(QueueEntry {
+                record: from_json(&key, &json)?,
+                entry_id: sid.id,
+            });
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,170 @@
+//! The run queue's Redis side against a real redis-server.
+
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use herald_actors::memory::StoreLimits;
+use herald_actors::record::{ExecutionRecord, RunId, RunStatus, Trigger};
+use herald_actors::redis_backend::{
+    PendingWrite, RedisSettings, RedisStore, blocking_connection, connect,
+};
+use herald_testkit::RedisServer;
+
+fn store(server: &RedisServer) -> RedisStore {
+    let pool = connect(&RedisSettings::new(server.url(), "herald")).expect("pool");
+    RedisStore::new(pool, "herald", StoreLimits::default())
+}
+
+fn run(n: i64) -> ExecutionRecord {
+    let at = DateTime::from_timestamp(1_700_000_000 + n, 0).unwrap();
+    ExecutionRecord::pending(
+        RunId::for_tick("job", at),
+        "job",
+        Trigger::Schedule,
+        at,
+        3,
+        Utc::now(),
+    )
+}
+
+const BLOCK: Duration = Duration::from_millis(200);
+
+#[tokio::test]
+async fn runs_are_read_in_batches_and_gone_once_acknowledged() {
+    let server = RedisServer::start();
+    let s = store(&server);
+    s.ensure_queue().await.unwrap();
+    s.ensure_queue()
+        .await
+        .expect("creating the group twice is fine");
+    let records: Vec<_> = (0..5).map(run).collect();
+    s.enqueue(&records).await.unwrap();
+    let mut conn = blocking_connection(&server.url(), BLOCK, Duration::from_secs(1))
+        .await
+        .unwrap();
+    let first = s.read_runs(&mut conn, "a", 3, BLOCK).await.unwrap();
+    let second = s.read_runs(&mut conn, "b", 10, BLOCK).await.unwrap();
+    assert_eq!(first.len() + second.len(), 5);
+    assert_eq!(first[0].record, records[0]);
+    assert!(
+        s.read_runs(&mut conn, "a", 10, BLOCK)
+            .await
+            .unwrap()
+            .is_empty(),
+        "each entry is read once"
+    );
+    assert_eq!(s.queue_depth().await.unwrap(), (5, 5, 0));
+    let acks: Vec<_> = first
+        .iter()
+        .chain(&second)
+        .map(|e| PendingWrite::Ack {
+            entry_id: e.entry_id.clone(),
+        })
+        .collect();
+    s.apply(&acks).await.unwrap();
+    assert_eq!(s.queue_depth().await.unwrap(), (0, 0, 0));
+}
+
+#[tokio::test]
+async fn a_dead_consumers_entries_are_reclaimed_unless_it_keeps_touching_them() {
+    let server = RedisServer::start();
+    let s = store(&server);
+    s.ensure_queue().await.unwrap();
+    s.enqueue(&[run(0), run(1)]).await.unwrap();
+    let mut conn = blocking_connection(&server.url(), BLOCK, Duration::from_secs(1))
+        .await
+        .unwrap();
+    let held = s.read_runs(&mut conn, "dead", 10, BLOCK).await.unwrap();
+    assert_eq!(held.len(), 2);
+    assert!(
+        s.reclaim("alive", Duration::from_millis(300), 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "not idle long enough yet"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // the holder is still working on the first entry
+    s.touch("dead", &[held[0].entry_id.clone()]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let taken = s
+        .reclaim("alive", Duration::from_millis(300), 10)
+        .await
+        .unwrap();
+    assert_eq!(taken.len(), 1);
+    assert_eq!(taken[0].entry_id, held[1].entry_id);
+    assert_eq!(taken[0].record, held[1].record);
+}
+
+#[tokio::test]
+async fn due_retries_move_onto_the_queue_once() {
+    let server = RedisServer::start();
+    let s = store(&server);
+    s.ensure_queue().await.unwrap();
+    let now = Utc::now();
+    let mut soon = run(0);
+    soon.attempt = 2;
+    let mut later = run(1);
+    later.attempt = 2;
+    s.apply(&[
+        PendingWrite::Retry {
+            record: Box::new(soon.clone()),
+            due: now - TimeDelta::milliseconds(10),
+        },
+        PendingWrite::Retry {
+            record: Box::new(later),
+            due: now + TimeDelta::seconds(60),
+        },
+    ])
+    .await
+    .unwrap();
+    let (a, b) = tokio::join!(
+        s.promote_due_retries(now, 100),
+        s.promote_due_retries(now, 100)
+    );
+    assert_eq!(
+        a.unwrap() + b.unwrap(),
+        1,
+        "moved once though two daemons tried"
+    );
+    let mut conn = blocking_connection(&server.url(), BLOCK, Duration::from_secs(1))
+        .await
+        .unwrap();
+    let entries = s.read_runs(&mut conn, "a", 10, BLOCK).await.unwrap();
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].record, soon);
+    assert_eq!(
+        s.queue_depth().await.unwrap().2,
+        1,
+        "the later retry still waits"
+    );
+}
+
+#[tokio::test]
+async fn a_record_in_redis_only_moves_forward() {
+    let server = RedisServer::start();
+    let s = store(&server);
+    let pending = run(0);
+    let mut running = pending.clone();
+    running.status = RunStatus::Running;
+    let mut done = running.clone();
+    done.status = RunStatus::Success;
+    s.put_records(std::slice::from_ref(&running)).await.unwrap();
+    s.put_records(std::slice::from_ref(&pending)).await.unwrap();
+    assert_eq!(
+        s.record(&pending.run_id).await.unwrap().unwrap().status,
+        RunStatus::Running,
+        "a late PENDING is dropped"
+    );
+    s.put_records(std::slice::from_ref(&done)).await.unwrap();
+    s.put_records(std::slice::from_ref(&running)).await.unwrap();
+    assert_eq!(
+        s.record(&pending.run_id).await.unwrap().unwrap().status,
+        RunStatus::Success,
+        "a late RUNNING is dropped"
+    );
+    let mut retry = pending.clone();
+    retry.attempt = 2;
+    s.put_records(std::slice::from_ref(&retry)).await.unwrap();
+    assert_eq!(s.record(&pending.run_id).await.unwrap().unwrap().attempt, 2);
+}
