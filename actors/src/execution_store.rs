@@ -106,8 +106,14 @@ pub enum StoreMsg {
         at: DateTime<Utc>,
         daemon: String,
     },
+    /// A queue entry is done with: acknowledge it after the writes before.
+    PutAck(String),
+    /// A retry to wait in Redis until `due`.
+    PutRetry(Box<ExecutionRecord>, DateTime<Utc>),
     PutJob(Arc<JobSpec>),
     RemoveJob(String),
+    /// The current definitions of these jobs (None where unknown).
+    Jobs(Vec<String>, RpcReplyPort<Vec<Option<Arc<JobSpec>>>>),
     GetRecord(RunId, RpcReplyPort<Option<ExecutionRecord>>),
     Query(RecordQuery, RpcReplyPort<Vec<ExecutionRecord>>),
     Latest(String, RpcReplyPort<Option<ExecutionRecord>>),
@@ -294,6 +300,20 @@ impl Actor for ExecutionStore {
             }
             StoreMsg::PutClaim { job_id, at, daemon } => {
                 state.queue(&myself, PendingWrite::Claim { job_id, at, daemon });
+            }
+            StoreMsg::PutAck(entry_id) => {
+                state.queue(&myself, PendingWrite::Ack { entry_id });
+            }
+            StoreMsg::PutRetry(record, due) => {
+                state.mem().put_record((*record).clone());
+                state.queue(&myself, PendingWrite::Record((*record).clone()));
+                state.queue(&myself, PendingWrite::Retry { record, due });
+            }
+            StoreMsg::Jobs(ids, reply) => {
+                let mem = state.mem();
+                let jobs = ids.iter().map(|id| mem.job(id)).collect();
+                drop(mem);
+                let _ = reply.send(jobs);
             }
             StoreMsg::PutJob(spec) => {
                 state.mem().put_job(spec.clone());

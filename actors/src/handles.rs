@@ -144,6 +144,27 @@ impl StoreHandle {
         )
     }
 
+    /// Acknowledges a run-queue entry, after every write queued before.
+    pub fn ack(&self, entry_id: String) -> Result<(), HandleError> {
+        cast(self.actor(), "execution store", StoreMsg::PutAck(entry_id))
+    }
+
+    /// Records a retry (PENDING, next attempt) and parks it in Redis until `due`.
+    pub fn retry(&self, record: ExecutionRecord, due: DateTime<Utc>) -> Result<(), HandleError> {
+        cast(
+            self.actor(),
+            "execution store",
+            StoreMsg::PutRetry(Box::new(record), due),
+        )
+    }
+
+    pub async fn jobs(&self, ids: Vec<String>) -> Result<Vec<Option<Arc<JobSpec>>>, HandleError> {
+        call(self.actor(), "execution store", self.timeout, |r| {
+            StoreMsg::Jobs(ids, r)
+        })
+        .await
+    }
+
     pub fn set_mode(&self, mode: Mode) -> Result<(), HandleError> {
         cast(self.actor(), "execution store", StoreMsg::Mode(mode))
     }

@@ -407,10 +407,68 @@ async fn execute(
             }
         }
     }
-    for (job, scheduled_at, trigger) in claim(state, fires).await {
-        let run_id = RunId::for_tick(&job.id, scheduled_at);
-        start_run(myself, state, job, run_id, scheduled_at, trigger);
+    let fires = claim(state, fires).await;
+    let queue = state.args.cluster.clone().filter(|_| {
+        state
+            .health
+            .as_ref()
+            .is_some_and(|h| h.mode == Mode::Online)
+    });
+    let Some(cluster) = queue else {
+        for (job, scheduled_at, trigger) in fires {
+            let run_id = RunId::for_tick(&job.id, scheduled_at);
+            start_run(myself, state, job, run_id, scheduled_at, trigger);
+        }
+        return;
+    };
+    // Online: the runs go onto the shared queue, one pipeline for all.
+    let runs: Vec<RunRequest> = fires
+        .into_iter()
+        .map(|(job, scheduled_at, trigger)| {
+            let record = pending_record(
+                state,
+                &job,
+                RunId::for_tick(&job.id, scheduled_at),
+                scheduled_at,
+                trigger,
+            );
+            RunRequest {
+                record,
+                job,
+                entry_id: None,
+            }
+        })
+        .collect();
+    let records: Vec<ExecutionRecord> = runs.iter().map(|r| r.record.clone()).collect();
+    if let Err(e) = cluster.redis.enqueue(&records).await {
+        tracing::warn!(error = %e, runs = runs.len(), "cannot enqueue; running them here");
+        for run in runs {
+            submit(myself, state, run);
+        }
     }
+}
+
+/// Creates a run's PENDING record and writes it (first: a run the pool
+/// never took is still found, and re-queued, from its record).
+fn pending_record(
+    state: &SchedulerState,
+    job: &JobSpec,
+    run_id: RunId,
+    scheduled_at: DateTime<Utc>,
+    trigger: Trigger,
+) -> ExecutionRecord {
+    let record = ExecutionRecord::pending(
+        run_id,
+        &job.id,
+        trigger,
+        scheduled_at,
+        job.retry.max_attempts,
+        Utc::now(),
+    );
+    if let Err(e) = state.args.store.put_record(record.clone()) {
+        tracing::error!(run = %record.run_id, error = %e, "could not record PENDING");
+    }
+    record
 }
 
 fn start_run(
@@ -421,20 +479,16 @@ fn start_run(
     scheduled_at: DateTime<Utc>,
     trigger: Trigger,
 ) {
-    let record = ExecutionRecord::pending(
-        run_id,
-        &job.id,
-        trigger,
-        scheduled_at,
-        job.retry.max_attempts,
-        Utc::now(),
+    let record = pending_record(state, &job, run_id, scheduled_at, trigger);
+    submit(
+        myself,
+        state,
+        RunRequest {
+            record,
+            job,
+            entry_id: None,
+        },
     );
-    // Record first: a run the pool never took is still found (and
-    // re-queued) from its PENDING record.
-    if let Err(e) = state.args.store.put_record(record.clone()) {
-        tracing::error!(run = %record.run_id, error = %e, "could not record PENDING");
-    }
-    submit(myself, state, RunRequest { record, job });
 }
 
 fn submit(myself: &ActorRef<SchedulerMsg>, state: &mut SchedulerState, run: RunRequest) {

@@ -32,7 +32,7 @@ use crate::restart::RestartLimit;
 use crate::scheduler::Cluster;
 use crate::scheduler::SchedulerArgs;
 use crate::supervisor::{Child, RootMsg, RootSupervisor, TreeArgs, TreeExit};
-use crate::worker_pool::{DrainReport, PoolArgs};
+use crate::worker_pool::{DEFAULT_VISIBILITY_TIMEOUT, DrainReport, PoolArgs, QueueArgs};
 
 /// Default worker count: runs mostly wait on the network (Telegram, HTTP
 /// services), so more workers than cores.
@@ -57,6 +57,9 @@ pub struct TreeConfig {
     /// This daemon's name among those sharing Redis (default: host, pid and
     /// a random suffix).
     pub daemon_id: Option<String>,
+    /// A run-queue entry held unacknowledged this long is taken over by
+    /// another daemon.
+    pub visibility_timeout: Duration,
 }
 
 impl Default for TreeConfig {
@@ -70,6 +73,7 @@ impl Default for TreeConfig {
             call_timeout: DEFAULT_CALL_TIMEOUT,
             redis: None,
             daemon_id: None,
+            visibility_timeout: DEFAULT_VISIBILITY_TIMEOUT,
         }
     }
 }
@@ -197,6 +201,14 @@ pub async fn spawn_tree_on(
         daemon_id: daemon_id.clone(),
         health: health_rx.clone(),
     });
+    let queue = redis.as_ref().map(|(settings, redis_store)| QueueArgs {
+        redis: redis_store.clone(),
+        url: settings.url.clone(),
+        consumer: daemon_id.clone(),
+        visibility: config.visibility_timeout,
+        connect_timeout: settings.connect_timeout,
+        health: health_rx.clone(),
+    });
     let args = TreeArgs {
         store: StoreArgs {
             memory: memory.clone(),
@@ -205,10 +217,12 @@ pub async fn spawn_tree_on(
         transport,
         pool: PoolArgs {
             size: config.workers.max(1),
+            daemon_id: daemon_id.clone(),
             registry: Arc::new(registry),
             store: store.clone(),
             notifier: notifier.clone(),
             scheduler: scheduler.clone(),
+            queue,
         },
         scheduler: SchedulerArgs {
             misfire_grace: config.misfire_grace,

@@ -37,6 +37,7 @@ pub enum WorkerMsg {
 #[derive(Clone)]
 pub struct WorkerArgs {
     pub index: usize,
+    pub daemon_id: String,
     pub pool: ActorRef<PoolMsg>,
     pub registry: Arc<Registry>,
     pub store: StoreHandle,
@@ -122,6 +123,7 @@ fn start(myself: ActorRef<WorkerMsg>, state: &mut WorkerState, mut request: RunR
     request.record.status = RunStatus::Running;
     request.record.started_at = Some(Utc::now());
     request.record.retry_at = None;
+    request.record.daemon = Some(state.args.daemon_id.clone());
     if let Err(e) = state.args.store.put_record(request.record.clone()) {
         tracing::warn!(run = %request.record.run_id, error = %e, "could not record RUNNING");
     }

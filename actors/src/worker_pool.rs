@@ -9,28 +9,60 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use tokio::sync::watch;
 
 use crate::AbortOnDrop;
 use crate::backoff::retry_delay;
 use crate::handler::Registry;
 use crate::handles::{NotifierHandle, SchedulerHandle, StoreHandle};
+use crate::health::{Health, Mode};
 use crate::job::JobSpec;
 use crate::record::{ExecutionRecord, RunId, RunStatus};
+use crate::redis_backend::{QueueEntry, RedisStore, blocking_connection};
 use crate::worker::{AttemptOutcome, Worker, WorkerArgs, WorkerMsg};
+
+/// How long one blocking read of the run queue waits for entries.
+const QUEUE_BLOCK: Duration = Duration::from_millis(500);
+/// How often due retries are moved onto the queue.
+const PROMOTE_EVERY: Duration = Duration::from_millis(200);
+/// Default visibility timeout: an entry a daemon holds unacknowledged this
+/// long is presumed lost with its daemon and taken over by another.
+pub const DEFAULT_VISIBILITY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A run to execute: its record (carrying run id and attempt) and its job.
 #[derive(Debug, Clone)]
 pub struct RunRequest {
     pub record: ExecutionRecord,
     pub job: Arc<JobSpec>,
+    /// The run-queue entry it came from; None for runs handed over locally
+    /// (offline, or started by hand).
+    pub entry_id: Option<String>,
+}
+
+/// What the pool needs to read the shared run queue.
+#[derive(Clone)]
+pub struct QueueArgs {
+    pub redis: RedisStore,
+    pub url: String,
+    pub consumer: String,
+    pub visibility: Duration,
+    pub connect_timeout: Duration,
+    pub health: watch::Receiver<Health>,
 }
 
 pub enum PoolMsg {
     Submit(RunRequest),
+    /// Runs read from the queue (or reclaimed from a dead daemon).
+    FromQueue {
+        entries: Vec<QueueEntry>,
+        reclaimed: bool,
+    },
+    /// Refresh the idle time of the queue entries this pool holds.
+    Touch,
     /// A run the pool already holds, handed back by a worker that could
     /// not take it: goes to the front of the queue.
     Requeue(RunRequest),
@@ -71,10 +103,13 @@ pub struct PoolStats {
 #[derive(Clone)]
 pub struct PoolArgs {
     pub size: usize,
+    pub daemon_id: String,
     pub registry: Arc<Registry>,
     pub store: StoreHandle,
     pub notifier: NotifierHandle,
     pub scheduler: SchedulerHandle,
+    /// None: runs only arrive locally (no Redis).
+    pub queue: Option<QueueArgs>,
 }
 
 pub struct WorkerPool;
@@ -100,6 +135,36 @@ pub struct PoolState {
     known: HashSet<RunId>,
     draining: Option<Draining>,
     worker_restarts: u64,
+    /// Idle workers not spoken for: how many entries the reader may take.
+    capacity: watch::Sender<usize>,
+    _reader: Option<AbortOnDrop>,
+    _toucher: Option<AbortOnDrop>,
+}
+
+impl PoolState {
+    fn update_capacity(&self) {
+        let idle = self.slots.iter().filter(|s| s.busy.is_none()).count();
+        let free = if self.draining.is_some() {
+            0
+        } else {
+            idle.saturating_sub(self.queue.len())
+        };
+        self.capacity.send_if_modified(|c| {
+            let changed = *c != free;
+            *c = free;
+            changed
+        });
+    }
+
+    /// Queue entries this pool holds (running or waiting in the local queue).
+    fn held_entries(&self) -> Vec<String> {
+        self.slots
+            .iter()
+            .filter_map(|s| s.busy.as_ref())
+            .chain(self.queue.iter())
+            .filter_map(|r| r.entry_id.clone())
+            .collect()
+    }
 }
 
 impl Actor for WorkerPool {
@@ -112,6 +177,28 @@ impl Actor for WorkerPool {
         myself: ActorRef<PoolMsg>,
         args: PoolArgs,
     ) -> Result<PoolState, ActorProcessingErr> {
+        let (capacity, capacity_rx) = watch::channel(0);
+        let (reader, toucher) = match &args.queue {
+            Some(q) => {
+                let reader = tokio::spawn(read_queue(myself.clone(), q.clone(), capacity_rx));
+                let touch_every = (q.visibility / 3).max(Duration::from_millis(100));
+                let me = myself.clone();
+                let toucher = tokio::spawn(async move {
+                    let mut every = tokio::time::interval(touch_every);
+                    loop {
+                        every.tick().await;
+                        if me.cast(PoolMsg::Touch).is_err() {
+                            break;
+                        }
+                    }
+                });
+                (
+                    Some(AbortOnDrop::from(reader)),
+                    Some(AbortOnDrop::from(toucher)),
+                )
+            }
+            None => (None, None),
+        };
         let mut state = PoolState {
             args,
             slots: Vec::new(),
@@ -120,6 +207,9 @@ impl Actor for WorkerPool {
             known: HashSet::new(),
             draining: None,
             worker_restarts: 0,
+            capacity,
+            _reader: reader,
+            _toucher: toucher,
         };
         for index in 0..state.args.size.max(1) {
             let slot = spawn_worker(&myself, &state.args, index).await?;
@@ -127,6 +217,7 @@ impl Actor for WorkerPool {
         }
         restore(&myself, &mut state).await;
         dispatch(&mut state);
+        state.update_capacity();
         Ok(state)
     }
 
@@ -138,6 +229,19 @@ impl Actor for WorkerPool {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             PoolMsg::Submit(request) => submit(state, request),
+            PoolMsg::FromQueue { entries, reclaimed } => {
+                from_queue(state, entries, reclaimed).await
+            }
+            PoolMsg::Touch => {
+                let held = state.held_entries();
+                if let Some(q) = &state.args.queue
+                    && !held.is_empty()
+                    && q.health.borrow().mode == Mode::Online
+                    && let Err(e) = q.redis.touch(&q.consumer, &held).await
+                {
+                    tracing::debug!(error = %e, "could not refresh held queue entries");
+                }
+            }
             PoolMsg::Requeue(request) => {
                 for slot in &mut state.slots {
                     if slot
@@ -171,6 +275,12 @@ impl Actor for WorkerPool {
                     _deadline: AbortOnDrop::from(deadline),
                 };
                 for request in std::mem::take(&mut state.queue) {
+                    if request.entry_id.is_some() {
+                        // Not started: left unacknowledged, it goes to
+                        // another daemon after the visibility timeout.
+                        state.known.remove(&request.record.run_id);
+                        continue;
+                    }
                     settle_cancelled(state, request, "cancelled: herald is shutting down");
                     draining.report.cancelled += 1;
                 }
@@ -201,6 +311,7 @@ impl Actor for WorkerPool {
         }
         dispatch(state);
         finish_drain_if_idle(state);
+        state.update_capacity();
         Ok(())
     }
 
@@ -245,6 +356,7 @@ async fn spawn_worker(
 ) -> Result<Slot, ActorProcessingErr> {
     let worker_args = WorkerArgs {
         index,
+        daemon_id: args.daemon_id.clone(),
         pool: pool.clone(),
         registry: args.registry.clone(),
         store: args.store.clone(),
@@ -282,7 +394,11 @@ async fn restore(myself: &ActorRef<PoolMsg>, state: &mut PoolState) {
             let _ = state.args.scheduler.run_settled(record.job_id);
             continue;
         };
-        let request = RunRequest { record, job };
+        let request = RunRequest {
+            record,
+            job,
+            entry_id: None,
+        };
         state.known.insert(request.record.run_id.clone());
         match request.record.retry_at {
             Some(at) if at > now => schedule_retry(myself, state, request, at),
@@ -354,7 +470,7 @@ fn attempt_done(
             record.status = RunStatus::Success;
             record.counts = counts;
             record.error = None;
-            settle(state, record);
+            settle(state, record, request.entry_id);
         }
         AttemptOutcome::Cancelled => {
             record.status = RunStatus::Cancelled;
@@ -363,7 +479,7 @@ fn attempt_done(
             } else {
                 "cancelled".to_string()
             });
-            settle(state, record);
+            settle(state, record, request.entry_id);
         }
         AttemptOutcome::Failed(error) => {
             let job = request.job.clone();
@@ -379,13 +495,28 @@ fn attempt_done(
                 record.duration_ms = None;
                 let at = now + chrono::TimeDelta::from_std(delay).unwrap_or_default();
                 record.retry_at = Some(at);
-                let _ = state.args.store.put_record(record.clone());
-                schedule_retry(myself, state, RunRequest { record, job }, at);
+                match request.entry_id {
+                    Some(entry_id) => {
+                        // The retry waits in Redis, not in a timer here.
+                        state.known.remove(&record.run_id);
+                        let _ = state.args.store.retry(record, at);
+                        let _ = state.args.store.ack(entry_id);
+                    }
+                    None => {
+                        let _ = state.args.store.put_record(record.clone());
+                        let retry = RunRequest {
+                            record,
+                            job,
+                            entry_id: None,
+                        };
+                        schedule_retry(myself, state, retry, at);
+                    }
+                }
             } else {
                 tracing::warn!(run = %record.run_id, attempt = record.attempt, %error, "run failed");
                 record.status = RunStatus::Failed;
                 record.error = Some(error);
-                settle(state, record);
+                settle(state, record, request.entry_id);
             }
         }
     }
@@ -434,11 +565,12 @@ fn settle_cancelled(state: &mut PoolState, request: RunRequest, why: &str) {
     record.finished_at = Some(Utc::now());
     record.retry_at = None;
     record.error = Some(why.to_string());
-    settle(state, record);
+    settle(state, record, request.entry_id);
 }
 
-/// Writes a final record and tells the scheduler the run is over.
-fn settle(state: &mut PoolState, record: ExecutionRecord) {
+/// Writes a final record, acknowledges its queue entry (after the record),
+/// and tells the scheduler the run is over.
+fn settle(state: &mut PoolState, record: ExecutionRecord, entry_id: Option<String>) {
     state.known.remove(&record.run_id);
     tracing::info!(
         job = %record.job_id,
@@ -454,8 +586,137 @@ fn settle(state: &mut PoolState, record: ExecutionRecord) {
     if let Err(e) = state.args.store.put_record(record) {
         tracing::error!(error = %e, "could not record a finished run");
     }
+    if let Some(entry_id) = entry_id {
+        let _ = state.args.store.ack(entry_id);
+    }
     // If the scheduler is restarting it recounts from the store.
     let _ = state.args.scheduler.run_settled(job_id);
+}
+
+/// Takes runs read from the queue. Reclaimed ones whose run already
+/// finished (the dead daemon recorded it but did not get to acknowledge)
+/// are only acknowledged.
+async fn from_queue(state: &mut PoolState, entries: Vec<QueueEntry>, reclaimed: bool) {
+    let ids: Vec<String> = entries.iter().map(|e| e.record.job_id.clone()).collect();
+    let jobs = state.args.store.jobs(ids).await.unwrap_or_default();
+    for (i, entry) in entries.into_iter().enumerate() {
+        if reclaimed
+            && let Ok(Some(current)) = state.args.store.record(entry.record.run_id.clone()).await
+            && current.status.is_terminal()
+        {
+            let _ = state.args.store.ack(entry.entry_id);
+            continue;
+        }
+        if state.draining.is_some() {
+            // Left unacknowledged for another daemon.
+            continue;
+        }
+        let Some(job) = jobs.get(i).cloned().flatten() else {
+            let mut record = entry.record;
+            record.status = RunStatus::Failed;
+            record.finished_at = Some(Utc::now());
+            record.error = Some(format!(
+                "job {:?} is not defined on this daemon",
+                record.job_id
+            ));
+            settle(state, record, Some(entry.entry_id));
+            continue;
+        };
+        if reclaimed {
+            tracing::warn!(run = %entry.record.run_id, "took over a run its daemon left unfinished");
+        }
+        if state.known.insert(entry.record.run_id.clone()) {
+            state.queue.push_back(RunRequest {
+                record: entry.record,
+                job,
+                entry_id: Some(entry.entry_id),
+            });
+        } else {
+            // This daemon already has the run (restored locally): the copy
+            // it runs settles it; this entry is redundant.
+            let _ = state.args.store.ack(entry.entry_id);
+        }
+    }
+}
+
+/// Reads the run queue for the pool while Redis is online: new entries up
+/// to the pool's free capacity, entries of dead daemons after the
+/// visibility timeout, and due retries moved onto the queue.
+async fn read_queue(pool: ActorRef<PoolMsg>, q: QueueArgs, mut capacity: watch::Receiver<usize>) {
+    let mut conn = None;
+    let mut group_ready = false;
+    let mut last_reclaim = Instant::now();
+    let mut last_promote = Instant::now();
+    loop {
+        if q.health.borrow().mode != Mode::Online {
+            conn = None;
+            group_ready = false;
+            tokio::time::sleep(PROMOTE_EVERY).await;
+            continue;
+        }
+        if !group_ready {
+            group_ready = q.redis.ensure_queue().await.is_ok();
+        }
+        if last_promote.elapsed() >= PROMOTE_EVERY {
+            last_promote = Instant::now();
+            let _ = q.redis.promote_due_retries(Utc::now(), 1_000).await;
+        }
+        let free = *capacity.borrow_and_update();
+        if free == 0 {
+            let _ = tokio::time::timeout(PROMOTE_EVERY, capacity.changed()).await;
+            continue;
+        }
+        if last_reclaim.elapsed() >= q.visibility / 2 {
+            last_reclaim = Instant::now();
+            match q.redis.reclaim(&q.consumer, q.visibility, free).await {
+                Ok(entries) if !entries.is_empty() => {
+                    if pool
+                        .cast(PoolMsg::FromQueue {
+                            entries,
+                            reclaimed: true,
+                        })
+                        .is_err()
+                    {
+                        return;
+                    }
+                    let _ = tokio::time::timeout(Duration::from_secs(1), capacity.changed()).await;
+                    continue;
+                }
+                _ => {}
+            }
+        }
+        if conn.is_none() {
+            conn = blocking_connection(&q.url, QUEUE_BLOCK, q.connect_timeout)
+                .await
+                .ok();
+        }
+        let Some(c) = conn.as_mut() else {
+            tokio::time::sleep(PROMOTE_EVERY).await;
+            continue;
+        };
+        match q.redis.read_runs(c, &q.consumer, free, QUEUE_BLOCK).await {
+            Ok(entries) if entries.is_empty() => {}
+            Ok(entries) => {
+                if pool
+                    .cast(PoolMsg::FromQueue {
+                        entries,
+                        reclaimed: false,
+                    })
+                    .is_err()
+                {
+                    return;
+                }
+                // Wait for the pool to count them before reading more.
+                let _ = tokio::time::timeout(Duration::from_secs(1), capacity.changed()).await;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "run queue read failed");
+                conn = None;
+                group_ready = false;
+                tokio::time::sleep(PROMOTE_EVERY).await;
+            }
+        }
+    }
 }
 
 fn finish_drain_if_idle(state: &mut PoolState) {

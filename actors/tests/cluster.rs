@@ -237,3 +237,64 @@ async fn operator_edits_survive_a_restart_and_orphans_are_not_run() {
     assert!(dropped.orphaned);
     second.shutdown().await;
 }
+
+#[tokio::test]
+async fn retries_wait_in_redis_and_the_queue_empties_when_runs_settle() {
+    let server = RedisServer::start();
+    let mut registry = herald_actors::handler::Registry::new();
+    registry.register(
+        "flaky",
+        |ctx: herald_actors::handler::RunContext| async move {
+            if ctx.attempt < 3 {
+                Err(herald_actors::handler::JobError::new(format!(
+                    "attempt {} failed",
+                    ctx.attempt
+                )))
+            } else {
+                Ok(herald_actors::record::Counts::default())
+            }
+        },
+    );
+    let mut job = coded("flaky", "* * * * * *", "flaky");
+    job.retry = support::quick_retry(3);
+    job.overlap = herald_actors::job::OverlapPolicy::Skip;
+    let config = TreeConfig {
+        redis: Some(RedisSettings::new(server.url(), "herald")),
+        ..TreeConfig::default()
+    };
+    let herald = spawn_tree(config, vec![job], registry, Arc::new(DryRun))
+        .await
+        .unwrap();
+    let direct = redis(&server);
+    let done = wait_for(
+        "a run to succeed on its third attempt",
+        Duration::from_secs(15),
+        || {
+            let direct = direct.clone();
+            async move {
+                let recs = direct
+                    .query(&RecordQuery {
+                        status: Some(RunStatus::Success),
+                        limit: 10,
+                        ..Default::default()
+                    })
+                    .await
+                    .ok()?;
+                recs.into_iter().find(|r| r.attempt == 3)
+            }
+        },
+    )
+    .await;
+    assert_eq!(done.error, None);
+    herald
+        .scheduler
+        .set_enabled("flaky".into(), false)
+        .await
+        .unwrap();
+    wait_for("the queue to empty", Duration::from_secs(15), || {
+        let direct = direct.clone();
+        async move { (direct.queue_depth().await.ok()? == (0, 0, 0)).then_some(()) }
+    })
+    .await;
+    herald.shutdown().await;
+}
