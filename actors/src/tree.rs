@@ -96,6 +96,7 @@ pub struct Herald {
     memory: SharedMemory,
     daemon_id: String,
     health: watch::Receiver<Health>,
+    redis: Option<RedisStore>,
     _watcher: Option<(watch::Sender<bool>, AbortOnDrop)>,
     pub scheduler: SchedulerHandle,
     pub store: StoreHandle,
@@ -238,6 +239,7 @@ pub async fn spawn_tree_on(
     let (root, _) = Actor::spawn(None, RootSupervisor, args)
         .await
         .map_err(|e| TreeError::Spawn(e.to_string()))?;
+    let redis_store_handle = redis.as_ref().map(|(_, r)| r.clone());
     let watcher = redis.map(|(settings, redis_store)| {
         let (stop_tx, stop_rx) = watch::channel(false);
         let (store_h, scheduler_h) = (store.clone(), scheduler.clone());
@@ -262,6 +264,7 @@ pub async fn spawn_tree_on(
         memory,
         daemon_id,
         health: health_rx,
+        redis: redis_store_handle,
         _watcher: watcher,
         scheduler,
         store,
@@ -342,6 +345,12 @@ impl Herald {
     /// Online (Redis reachable) or offline, as the watcher last saw it.
     pub fn mode(&self) -> Mode {
         self.health.borrow().mode
+    }
+
+    /// Round trips this daemon has made to Redis (the watcher's pings
+    /// excepted); None without Redis.
+    pub fn redis_round_trips(&self) -> Option<u64> {
+        self.redis.as_ref().map(RedisStore::round_trips)
     }
 
     /// Mode and live daemons, as a watch channel.

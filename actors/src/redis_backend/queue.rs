@@ -101,6 +101,7 @@ impl RedisStore {
             .group(GROUP, consumer)
             .count(count.max(1))
             .block(block.as_millis() as usize);
+        self.count_round_trip();
         let reply: Option<StreamReadReply> = conn
             .xread_options(&[self.keys.runs()], &[">"], &options)
             .await?;

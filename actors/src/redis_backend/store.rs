@@ -6,6 +6,8 @@
 //! than waiting: the pool's timeouts bound each call.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -30,7 +32,10 @@ return 0";
 /// Writes a record only if it moves the run forward: (attempt, phase) with
 /// PENDING < RUNNING < final, as `ExecutionRecord::progress` and the
 /// in-memory store do. A PENDING flushed after another daemon's RUNNING,
-/// or a RUNNING after the final record, is dropped.
+/// or a RUNNING after the final record, is dropped. A new record also joins
+/// the job's history (capped, TTL) and the recent index; updates do not
+/// touch the indexes. KEYS: record, history, recent. ARGV: json, ttl,
+/// attempt, phase, run id, score (created, ms), history cap.
 const PUT_RECORD: &str = r"
 local current = redis.call('GET', KEYS[1])
 if current then
@@ -46,6 +51,12 @@ if current then
   end
 end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+if not current then
+  redis.call('ZADD', KEYS[2], ARGV[6], ARGV[5])
+  redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -(tonumber(ARGV[7]) + 1))
+  redis.call('EXPIRE', KEYS[2], ARGV[2])
+  redis.call('ZADD', KEYS[3], ARGV[6], ARGV[5])
+end
 return 1";
 
 /// How many ids one page of a filtered query reads.
@@ -120,6 +131,8 @@ pub struct RedisStore {
     pub(super) pool: Pool,
     pub(super) keys: Keys,
     limits: StoreLimits,
+    /// Requests sent to Redis (a pipeline counts once): round trips.
+    round_trips: Arc<AtomicU64>,
 }
 
 impl RedisStore {
@@ -128,6 +141,7 @@ impl RedisStore {
             pool,
             keys: Keys::new(prefix),
             limits,
+            round_trips: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -135,7 +149,18 @@ impl RedisStore {
         &self.keys
     }
 
+    /// Round trips to Redis so far (every request; a pipeline is one).
+    pub fn round_trips(&self) -> u64 {
+        self.round_trips.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn count_round_trip(&self) {
+        self.round_trips.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A pooled connection, for one request (counted as a round trip).
     pub(super) async fn conn(&self) -> Result<deadpool_redis::Connection, BackendError> {
+        self.count_round_trip();
         Ok(self.pool.get().await?)
     }
 
@@ -278,22 +303,18 @@ impl RedisStore {
                     let (attempt, phase) = r.progress();
                     p.cmd("EVAL")
                         .arg(PUT_RECORD)
-                        .arg(1)
+                        .arg(3)
                         .arg(self.keys.execution(id))
+                        .arg(self.keys.history(&r.job_id))
+                        .arg(self.keys.recent())
                         .arg(to_json(r)?)
                         .arg(ttl)
                         .arg(attempt)
                         .arg(phase)
+                        .arg(id)
+                        .arg(score)
+                        .arg(history_cap)
                         .ignore();
-                    let history = self.keys.history(&r.job_id);
-                    p.zadd(&history, id, score).ignore();
-                    p.cmd("ZREMRANGEBYRANK")
-                        .arg(&history)
-                        .arg(0)
-                        .arg(-(history_cap + 1))
-                        .ignore();
-                    p.expire(&history, ttl as i64).ignore();
-                    p.zadd(self.keys.recent(), id, score).ignore();
                 }
                 PendingWrite::Skipped(s) => {
                     p.lpush(self.keys.skipped(), to_json(s)?).ignore();
