@@ -22,10 +22,13 @@ use herald_actors::job::{
 use herald_actors::memory::{
     DEFAULT_HISTORY_PER_JOB, DEFAULT_MAX_RECORDS, DEFAULT_RECORD_TTL, StoreLimits,
 };
+use herald_actors::redis_backend::RedisSettings;
+use herald_actors::redis_backend::connect::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_RESPONSE_TIMEOUT};
 use herald_actors::restart::{DEFAULT_MAX_RESTARTS, DEFAULT_RESTART_WINDOW, RestartLimit};
 use herald_actors::schedule::{CronExpr, Schedule, parse_zone};
 use herald_actors::template;
 use herald_actors::tree::{DEFAULT_MISFIRE_GRACE, DEFAULT_SHUTDOWN_GRACE, DEFAULT_WORKERS};
+use herald_actors::worker_pool::DEFAULT_VISIBILITY_TIMEOUT;
 use serde::Deserialize;
 use toml::de::{DeTable, DeValue};
 use url::Url;
@@ -156,6 +159,16 @@ impl Default for HttpSection {
 pub struct RedisSection {
     pub url: String,
     pub prefix: String,
+    /// Connecting longer than this fails (and herald goes offline).
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// A command unanswered this long fails.
+    #[serde(with = "humantime_serde")]
+    pub response_timeout: Duration,
+    /// A run-queue entry held unacknowledged this long is taken over by
+    /// another daemon.
+    #[serde(with = "humantime_serde")]
+    pub visibility_timeout: Duration,
 }
 
 impl Default for RedisSection {
@@ -163,6 +176,9 @@ impl Default for RedisSection {
         RedisSection {
             url: DEFAULT_REDIS_URL.to_string(),
             prefix: DEFAULT_REDIS_PREFIX.to_string(),
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            response_timeout: DEFAULT_RESPONSE_TIMEOUT,
+            visibility_timeout: DEFAULT_VISIBILITY_TIMEOUT,
         }
     }
 }
@@ -691,6 +707,18 @@ impl Validator<'_> {
                 "restart_window must be longer than 0s",
             );
         }
+        for (field, value) in [
+            ("connect_timeout", config.redis.connect_timeout),
+            ("response_timeout", config.redis.response_timeout),
+            ("visibility_timeout", config.redis.visibility_timeout),
+        ] {
+            if value < Duration::from_millis(10) {
+                self.problem(
+                    &[key("redis"), key(field)],
+                    format!("{field} {value:?} is too short: at least 10ms"),
+                );
+            }
+        }
         if config.store.max_records == 0 || config.store.history_per_job == 0 {
             let field = if config.store.max_records == 0 {
                 "max_records"
@@ -716,6 +744,12 @@ impl Validator<'_> {
                 record_ttl: config.store.record_ttl,
                 ..StoreLimits::default()
             },
+            redis: Some(RedisSettings {
+                connect_timeout: config.redis.connect_timeout,
+                response_timeout: config.redis.response_timeout,
+                ..RedisSettings::new(config.redis.url.as_str(), config.redis.prefix.as_str())
+            }),
+            visibility_timeout: config.redis.visibility_timeout,
             ..TreeConfig::default()
         }
     }

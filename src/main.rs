@@ -21,7 +21,6 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use clap::{Parser, Subcommand};
 use herald_actors::handler::Registry;
 use herald_actors::notifier::DryRun;
-use herald_actors::redis_backend::RedisSettings;
 use herald_actors::schedule::{Schedule, parse_zone};
 use herald_actors::spawn_tree;
 use herald_actors::supervisor::TreeExit;
@@ -164,13 +163,8 @@ async fn serve(settings: config::Settings) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let mut tree = settings.tree.clone();
-    tree.redis = Some(RedisSettings::new(
-        settings.redis_url.as_str(),
-        settings.redis_prefix.as_str(),
-    ));
     let herald = match spawn_tree(
-        tree,
+        settings.tree.clone(),
         settings.jobs.clone(),
         Registry::new(),
         Arc::new(DryRun),

@@ -25,6 +25,7 @@ use crate::health::{Health, Mode, PING_TIMEOUT, watch_redis};
 use crate::job::{JobKind, JobSpec};
 use crate::memory::{MemoryStore, StoreLimits};
 use crate::notifier::Transport;
+use crate::redis_backend::connect::redacted_url;
 use crate::redis_backend::{
     BackendError, JobDefinition, PendingWrite, RedisSettings, RedisStore, connect, sync_job,
 };
@@ -164,13 +165,13 @@ pub async fn spawn_tree_on(
         };
         match synced {
             Ok((effective, ticks)) => {
-                tracing::info!(url = %redacted(&settings.url), jobs = effective.len(), "redis reachable: online; jobs synced");
+                tracing::info!(url = %redacted_url(&settings.url), jobs = effective.len(), "redis reachable: online; jobs synced");
                 jobs = effective;
                 last_ticks = ticks;
                 health.mode = Mode::Online;
             }
             Err(e) => {
-                tracing::warn!(url = %redacted(&settings.url), error = %e, "redis unreachable at start-up: starting offline from config")
+                tracing::warn!(url = %redacted_url(&settings.url), error = %e, "redis unreachable at start-up: starting offline from config")
             }
         }
     }
@@ -312,17 +313,6 @@ async fn sync_jobs(
     let ids: Vec<String> = effective.iter().map(|j| j.id.clone()).collect();
     let last_ticks = store.last_ticks(&ids).await?;
     Ok((effective, last_ticks))
-}
-
-/// A Redis URL fit for logs: no password.
-fn redacted(url: &str) -> String {
-    match url.split_once('@') {
-        Some((scheme_and_auth, host)) => {
-            let scheme = scheme_and_auth.split("//").next().unwrap_or("redis:");
-            format!("{scheme}//***@{host}")
-        }
-        None => url.to_string(),
-    }
 }
 
 fn default_daemon_id() -> String {

@@ -14,7 +14,7 @@ pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_millis(500);
 pub const DEFAULT_POOL_WAIT_TIMEOUT: Duration = Duration::from_secs(1);
 pub const DEFAULT_POOL_SIZE: usize = 16;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct RedisSettings {
     pub url: String,
     pub prefix: String,
@@ -22,6 +22,31 @@ pub struct RedisSettings {
     pub response_timeout: Duration,
     pub pool_wait_timeout: Duration,
     pub pool_size: usize,
+}
+
+/// `Debug` leaves the password out of the URL.
+impl std::fmt::Debug for RedisSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisSettings")
+            .field("url", &redacted_url(&self.url))
+            .field("prefix", &self.prefix)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("response_timeout", &self.response_timeout)
+            .field("pool_wait_timeout", &self.pool_wait_timeout)
+            .field("pool_size", &self.pool_size)
+            .finish()
+    }
+}
+
+/// A Redis URL fit for logs: any password replaced by `***`.
+pub fn redacted_url(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
+            Some((_, host)) => format!("{scheme}://***@{host}"),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    }
 }
 
 impl RedisSettings {
@@ -34,6 +59,17 @@ impl RedisSettings {
             pool_wait_timeout: DEFAULT_POOL_WAIT_TIMEOUT,
             pool_size: DEFAULT_POOL_SIZE,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_stay_out_of_debug_output() {
+        let s = super::RedisSettings::new("redis://:s3cret@db.internal:6380/2", "herald");
+        let shown = format!("{s:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("redis://***@db.internal:6380/2"), "{shown}");
     }
 }
 
