@@ -27,26 +27,10 @@ use herald_actors::schedule::Schedule;
 use herald_actors::{TreeConfig, spawn_tree};
 use herald_testkit::RedisServer;
 
-const RUNS: usize = 100_000;
+mod support;
+use support::process_cpu_seconds;
 
-fn process_cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    let ticks: f64 = fields
-        .get(11)
-        .and_then(|u| u.parse::<f64>().ok())
-        .unwrap_or(0.0)
-        + fields
-            .get(12)
-            .and_then(|s| s.parse::<f64>().ok())
-            .unwrap_or(0.0);
-    ticks / 100.0
-}
+const RUNS: usize = 100_000;
 
 /// (total commands, redis CPU seconds)
 async fn redis_counters(url: &str) -> (u64, f64) {

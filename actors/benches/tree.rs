@@ -20,6 +20,9 @@ use herald_actors::record::{Counts, RunStatus};
 use herald_actors::schedule::Schedule;
 use herald_actors::{TreeConfig, spawn_tree};
 
+mod support;
+use support::process_cpu_seconds;
+
 const JOBS: usize = 10_000;
 const IDLE_JOBS: usize = 100_000;
 
@@ -52,26 +55,6 @@ fn config() -> TreeConfig {
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
-fn cpu_seconds() -> f64 {
-    // utime + stime of this process, from /proc (Linux).
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    let ticks: f64 = fields
-        .get(11)
-        .and_then(|u| u.parse::<f64>().ok())
-        .unwrap_or(0.0)
-        + fields
-            .get(12)
-            .and_then(|s| s.parse::<f64>().ok())
-            .unwrap_or(0.0);
-    ticks / 100.0
 }
 
 async fn burst() -> (f64, f64, f64, f64) {
@@ -141,9 +124,9 @@ async fn idle() -> (f64, f64) {
     let views = herald.scheduler.jobs().await.expect("jobs");
     assert_eq!(views.len(), IDLE_JOBS);
     let startup = started.elapsed().as_secs_f64();
-    let before = cpu_seconds();
+    let before = process_cpu_seconds();
     tokio::time::sleep(Duration::from_secs(10)).await;
-    let idle_cpu = cpu_seconds() - before;
+    let idle_cpu = process_cpu_seconds() - before;
     herald.shutdown().await;
     (startup, idle_cpu)
 }
