@@ -707,15 +707,29 @@ impl Validator<'_> {
                 "restart_window must be longer than 0s",
             );
         }
-        for (field, value) in [
-            ("connect_timeout", config.redis.connect_timeout),
-            ("response_timeout", config.redis.response_timeout),
-            ("visibility_timeout", config.redis.visibility_timeout),
+        for (field, value, min) in [
+            (
+                "connect_timeout",
+                config.redis.connect_timeout,
+                Duration::from_millis(10),
+            ),
+            (
+                "response_timeout",
+                config.redis.response_timeout,
+                Duration::from_millis(10),
+            ),
+            // Held entries are refreshed every third of it; below a second
+            // a busy daemon could lose runs it is still working on.
+            (
+                "visibility_timeout",
+                config.redis.visibility_timeout,
+                Duration::from_secs(1),
+            ),
         ] {
-            if value < Duration::from_millis(10) {
+            if value < min {
                 self.problem(
                     &[key("redis"), key(field)],
-                    format!("{field} {value:?} is too short: at least 10ms"),
+                    format!("{field} {value:?} is too short: at least {min:?}"),
                 );
             }
         }
@@ -802,6 +816,15 @@ impl Validator<'_> {
             }
             if job.max_attempts == 0 {
                 self.problem(&at("max_attempts"), "max_attempts must be at least 1");
+            }
+            if job.retry_backoff_max > Duration::from_secs(7 * 86_400) {
+                self.problem(
+                    &at("retry_backoff_max"),
+                    "retry_backoff_max is longer than 7 days",
+                );
+            }
+            if job.timeout > Duration::from_secs(86_400) {
+                self.problem(&at("timeout"), "timeout is longer than 1 day");
             }
             if job.retry_backoff > job.retry_backoff_max {
                 self.problem(

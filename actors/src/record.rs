@@ -124,6 +124,10 @@ pub struct ExecutionRecord {
     /// The daemon that ran (or runs) the current attempt.
     #[serde(default)]
     pub daemon: Option<String>,
+    /// The run travels through the shared Redis queue (which redelivers
+    /// it), rather than being handed to this daemon's pool directly.
+    #[serde(default)]
+    pub queued: bool,
 }
 
 impl ExecutionRecord {
@@ -163,6 +167,7 @@ impl ExecutionRecord {
             error: None,
             retry_at: None,
             daemon: None,
+            queued: false,
         }
     }
 }

@@ -34,6 +34,8 @@ const RESUBMIT_AFTER: Duration = Duration::from_millis(200);
 /// other daemons have flushed what they did while offline (last ticks,
 /// claims of the ticks they ran) and their ticks are not run again here.
 const RESYNC_SETTLE: Duration = Duration::from_secs(1);
+/// Pause before asking again about claims whose outcome was lost.
+const CLAIM_RETRY_AFTER: Duration = Duration::from_millis(100);
 
 pub enum SchedulerMsg {
     /// The timer fired.
@@ -315,7 +317,14 @@ async fn claim(
     if health.mode == Mode::Online {
         let ticks: Vec<(String, DateTime<Utc>)> =
             fires.iter().map(|(j, at, _)| (j.id.clone(), *at)).collect();
-        match cluster.redis.claim_ticks(&ticks, &cluster.daemon_id).await {
+        let mut claimed = cluster.redis.claim_ticks(&ticks, &cluster.daemon_id).await;
+        if claimed.is_err() {
+            // Claims are idempotent: asking again settles whether the first
+            // attempt took.
+            tokio::time::sleep(CLAIM_RETRY_AFTER).await;
+            claimed = cluster.redis.claim_ticks(&ticks, &cluster.daemon_id).await;
+        }
+        match claimed {
             Ok(won) => {
                 let mut kept = Vec::new();
                 for (fire, won) in fires.into_iter().zip(won) {
@@ -328,7 +337,14 @@ async fn claim(
                 return kept;
             }
             Err(e) => {
-                tracing::warn!(error = %e, "cannot claim ticks; deciding as if offline");
+                // Another daemon's claims may be succeeding, and ours may
+                // have been applied before the error: running them here
+                // could run them twice. The watcher decides offline.
+                tracing::warn!(error = %e, ticks = ticks.len(), "could not confirm tick claims; not running them here");
+                for (job, _, _) in &fires {
+                    state.timetable.not_started(&job.id);
+                }
+                return Vec::new();
             }
         }
     }
@@ -422,29 +438,18 @@ async fn execute(
         return;
     };
     // Online: the runs go onto the shared queue, one pipeline for all.
-    let runs: Vec<RunRequest> = fires
+    let records: Vec<ExecutionRecord> = fires
         .into_iter()
         .map(|(job, scheduled_at, trigger)| {
-            let record = pending_record(
-                state,
-                &job,
-                RunId::for_tick(&job.id, scheduled_at),
-                scheduled_at,
-                trigger,
-            );
-            RunRequest {
-                record,
-                job,
-                entry_id: None,
-            }
+            let run_id = RunId::for_tick(&job.id, scheduled_at);
+            pending_record(state, &job, run_id, scheduled_at, trigger, true)
         })
         .collect();
-    let records: Vec<ExecutionRecord> = runs.iter().map(|r| r.record.clone()).collect();
     if let Err(e) = cluster.redis.enqueue(&records).await {
-        tracing::warn!(error = %e, runs = runs.len(), "cannot enqueue; running them here");
-        for run in runs {
-            submit(myself, state, run);
-        }
+        // The XADDs may have been applied before the error came back, so
+        // running them here too could run them twice. The PENDING records
+        // stay; the runs are lost only if the XADDs really failed.
+        tracing::error!(error = %e, runs = records.len(), "could not confirm enqueuing runs");
     }
 }
 
@@ -456,8 +461,9 @@ fn pending_record(
     run_id: RunId,
     scheduled_at: DateTime<Utc>,
     trigger: Trigger,
+    queued: bool,
 ) -> ExecutionRecord {
-    let record = ExecutionRecord::pending(
+    let mut record = ExecutionRecord::pending(
         run_id,
         &job.id,
         trigger,
@@ -465,6 +471,7 @@ fn pending_record(
         job.retry.max_attempts,
         Utc::now(),
     );
+    record.queued = queued;
     if let Err(e) = state.args.store.put_record(record.clone()) {
         tracing::error!(run = %record.run_id, error = %e, "could not record PENDING");
     }
@@ -479,7 +486,7 @@ fn start_run(
     scheduled_at: DateTime<Utc>,
     trigger: Trigger,
 ) {
-    let record = pending_record(state, &job, run_id, scheduled_at, trigger);
+    let record = pending_record(state, &job, run_id, scheduled_at, trigger, false);
     submit(
         myself,
         state,

@@ -181,7 +181,7 @@ impl Actor for WorkerPool {
         let (reader, toucher) = match &args.queue {
             Some(q) => {
                 let reader = tokio::spawn(read_queue(myself.clone(), q.clone(), capacity_rx));
-                let touch_every = (q.visibility / 3).max(Duration::from_millis(100));
+                let touch_every = (q.visibility / 3).max(Duration::from_millis(1));
                 let me = myself.clone();
                 let toucher = tokio::spawn(async move {
                     let mut every = tokio::time::interval(touch_every);
@@ -381,6 +381,10 @@ async fn restore(myself: &ActorRef<PoolMsg>, state: &mut PoolState) {
     };
     let now = Utc::now();
     for mut record in snapshot.unfinished {
+        if record.queued && state.args.queue.is_some() {
+            // The shared queue redelivers it (here or on another daemon).
+            continue;
+        }
         let Some(job) = snapshot
             .jobs
             .iter()
@@ -493,7 +497,10 @@ fn attempt_done(
                 record.started_at = None;
                 record.finished_at = None;
                 record.duration_ms = None;
-                let at = now + chrono::TimeDelta::from_std(delay).unwrap_or_default();
+                let at = chrono::TimeDelta::from_std(delay)
+                    .ok()
+                    .and_then(|d| now.checked_add_signed(d))
+                    .unwrap_or(now);
                 record.retry_at = Some(at);
                 match request.entry_id {
                     Some(entry_id) => {
@@ -598,7 +605,14 @@ fn settle(state: &mut PoolState, record: ExecutionRecord, entry_id: Option<Strin
 /// are only acknowledged.
 async fn from_queue(state: &mut PoolState, entries: Vec<QueueEntry>, reclaimed: bool) {
     let ids: Vec<String> = entries.iter().map(|e| e.record.job_id.clone()).collect();
-    let jobs = state.args.store.jobs(ids).await.unwrap_or_default();
+    let jobs = match state.args.store.jobs(ids).await {
+        Ok(jobs) => jobs,
+        Err(e) => {
+            // Left unacknowledged: redelivered after the visibility timeout.
+            tracing::warn!(error = %e, entries = entries.len(), "cannot look up jobs of queued runs; leaving them queued");
+            return;
+        }
+    };
     for (i, entry) in entries.into_iter().enumerate() {
         if reclaimed
             && let Ok(Some(current)) = state.args.store.record(entry.record.run_id.clone()).await

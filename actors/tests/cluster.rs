@@ -298,3 +298,39 @@ async fn retries_wait_in_redis_and_the_queue_empties_when_runs_settle() {
     .await;
     herald.shutdown().await;
 }
+
+/// Daemon A enqueues runs that daemon B executes; A's memory still holds
+/// them as PENDING. When A's pool restarts it must leave queued runs to the
+/// queue, not run them again from its stale memory.
+#[tokio::test]
+async fn a_restarted_pool_does_not_rerun_queued_runs_another_daemon_ran() {
+    let server = RedisServer::start();
+    let calls = Calls::default();
+    let a = daemon(
+        &server,
+        vec![coded("every-second", "* * * * * *", "count")],
+        &calls,
+    )
+    .await;
+    let b = daemon(
+        &server,
+        vec![coded("every-second", "* * * * * *", "count")],
+        &calls,
+    )
+    .await;
+    wait_for("runs on both daemons", Duration::from_secs(15), || async {
+        (calls.total() >= 6).then_some(())
+    })
+    .await;
+    a.kill(herald_actors::supervisor::Child::WorkerPool);
+    let before = calls.total();
+    wait_for(
+        "runs after the restart",
+        Duration::from_secs(10),
+        || async { (calls.total() >= before + 3).then_some(()) },
+    )
+    .await;
+    a.shutdown().await;
+    b.shutdown().await;
+    assert_eq!(calls.max_per_tick(), 1, "a run ran twice");
+}

@@ -212,6 +212,17 @@ async fn a_tick_is_claimed_once_among_many_claimers() {
         }
     }
     assert_eq!(won, 1);
+    // asking again is safe: the holder still holds it, the others still do not
+    let holder = s
+        .claim_ticks(&[("a".into(), at)], "daemon-0")
+        .await
+        .unwrap();
+    let others: Vec<bool> = futures_like_join(&s, at).await;
+    assert_eq!(holder.len(), 1);
+    assert_eq!(
+        others.iter().filter(|w| **w).count() + usize::from(holder[0]),
+        1
+    );
     // the next tick is a different claim
     assert!(
         s.claim_tick(
@@ -291,4 +302,17 @@ async fn an_unreachable_redis_fails_fast_whether_refused_or_silent() {
     tokio::time::timeout(Duration::from_secs(5), back)
         .await
         .expect("the pool reconnects");
+}
+
+/// Claims of the same tick by daemons 1..20, one after the other.
+async fn futures_like_join(s: &RedisStore, at: DateTime<Utc>) -> Vec<bool> {
+    let mut out = Vec::new();
+    for i in 1..20 {
+        out.extend(
+            s.claim_ticks(&[("a".into(), at)], &format!("daemon-{i}"))
+                .await
+                .unwrap(),
+        );
+    }
+    out
 }

@@ -198,20 +198,28 @@ impl RedisStore {
         Ok((len, pending_count, retries))
     }
 
+    /// Parses entries one by one. One that cannot be read (written by a
+    /// newer herald, or damaged) is logged and left unacknowledged, so the
+    /// rest of the batch still runs and the entry stays for inspection.
     fn entries(&self, ids: Vec<StreamId>) -> Result<Vec<QueueEntry>, BackendError> {
         let key = self.keys.runs();
         let mut out = Vec::with_capacity(ids.len());
         for sid in ids {
-            let Some(json) = sid.get::<String>("record") else {
-                return Err(BackendError::Corrupt {
-                    key: format!("{key} {}", sid.id),
-                    message: "entry has no record field".to_string(),
+            let parsed = sid
+                .get::<String>("record")
+                .ok_or_else(|| "entry has no record field".to_string())
+                .and_then(|json| {
+                    from_json::<ExecutionRecord>(&key, &json).map_err(|e| e.to_string())
                 });
-            };
-            out.push(QueueEntry {
-                record: from_json(&key, &json)?,
-                entry_id: sid.id,
-            });
+            match parsed {
+                Ok(record) => out.push(QueueEntry {
+                    record,
+                    entry_id: sid.id,
+                }),
+                Err(message) => {
+                    tracing::error!(key = %key, entry = %sid.id, %message, "unreadable run-queue entry; skipping it");
+                }
+            }
         }
         Ok(out)
     }

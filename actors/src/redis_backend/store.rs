@@ -59,6 +59,17 @@ if not current then
 end
 return 1";
 
+/// Claims a tick, idempotently: 1 if this daemon holds the claim (it just
+/// took it, or took it earlier and the reply was lost), 0 if another does.
+const CLAIM: &str = r"
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
+  return 1
+end
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return 1
+end
+return 0";
+
 /// How many ids one page of a filtered query reads.
 const QUERY_PAGE: isize = 256;
 
@@ -376,7 +387,9 @@ impl RedisStore {
         Ok(dropped)
     }
 
-    /// Claims many ticks in one pipeline; `true` where this daemon won.
+    /// Claims many ticks in one pipeline; `true` where this daemon holds
+    /// the claim. Safe to repeat: a claim this daemon already holds is
+    /// reported as won again.
     pub async fn claim_ticks(
         &self,
         ticks: &[(String, DateTime<Utc>)],
@@ -387,16 +400,16 @@ impl RedisStore {
         }
         let mut p = redis::pipe();
         for (job_id, at) in ticks {
-            p.cmd("SET")
+            p.cmd("EVAL")
+                .arg(CLAIM)
+                .arg(1)
                 .arg(self.keys.tick_claim(job_id, at.timestamp()))
                 .arg(daemon)
-                .arg("NX")
-                .arg("EX")
                 .arg(CLAIM_TTL.as_secs());
         }
         let mut c = self.conn().await?;
-        let won: Vec<Option<String>> = p.query_async(&mut c).await?;
-        Ok(won.into_iter().map(|w| w.is_some()).collect())
+        let won: Vec<i64> = p.query_async(&mut c).await?;
+        Ok(won.into_iter().map(|w| w == 1).collect())
     }
 
     pub async fn record(&self, run_id: &RunId) -> Result<Option<ExecutionRecord>, BackendError> {
