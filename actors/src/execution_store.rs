@@ -110,6 +110,11 @@ pub enum StoreMsg {
     PutAck(String),
     /// A retry to wait in Redis until `due`.
     PutRetry(Box<ExecutionRecord>, DateTime<Utc>),
+    /// A queued run is final: out of its job's in-flight set.
+    PutSettled {
+        job_id: String,
+        run_id: String,
+    },
     PutJob(Arc<JobSpec>),
     RemoveJob(String),
     /// The current definitions of these jobs (None where unknown).
@@ -303,6 +308,9 @@ impl Actor for ExecutionStore {
             }
             StoreMsg::PutAck(entry_id) => {
                 state.queue(&myself, PendingWrite::Ack { entry_id });
+            }
+            StoreMsg::PutSettled { job_id, run_id } => {
+                state.queue(&myself, PendingWrite::Settled { job_id, run_id });
             }
             StoreMsg::PutRetry(record, due) => {
                 state.mem().put_record((*record).clone());

@@ -149,6 +149,15 @@ impl StoreHandle {
         cast(self.actor(), "execution store", StoreMsg::PutAck(entry_id))
     }
 
+    /// A queued run is final: takes it out of its job's in-flight set.
+    pub fn settled(&self, job_id: String, run_id: String) -> Result<(), HandleError> {
+        cast(
+            self.actor(),
+            "execution store",
+            StoreMsg::PutSettled { job_id, run_id },
+        )
+    }
+
     /// Records a retry (PENDING, next attempt) and parks it in Redis until `due`.
     pub fn retry(&self, record: ExecutionRecord, due: DateTime<Utc>) -> Result<(), HandleError> {
         cast(

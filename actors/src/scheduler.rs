@@ -34,6 +34,8 @@ const RESUBMIT_AFTER: Duration = Duration::from_millis(200);
 /// other daemons have flushed what they did while offline (last ticks,
 /// claims of the ticks they ran) and their ticks are not run again here.
 const RESYNC_SETTLE: Duration = Duration::from_secs(1);
+/// How often a tick held by queue_one checks whether its job is idle.
+const QUEUED_RECHECK: Duration = Duration::from_secs(1);
 /// Pause before asking again about claims whose outcome was lost.
 const CLAIM_RETRY_AFTER: Duration = Duration::from_millis(100);
 
@@ -246,8 +248,41 @@ async fn fire_due(myself: &ActorRef<SchedulerMsg>, state: &mut SchedulerState) {
     if state.stopped {
         return;
     }
-    let actions = state.timetable.due(Utc::now());
+    let now = Utc::now();
+    let released = sync_in_flight(state, now).await;
+    execute(myself, state, released).await;
+    let actions = state.timetable.due(now);
     execute(myself, state, actions).await;
+}
+
+/// Online with Redis, runs of a job may be going on any daemon: take the
+/// in-flight counts of the jobs whose overlap policy is about to be
+/// applied from Redis, and start queued ticks whose job is now idle.
+async fn sync_in_flight(state: &mut SchedulerState, now: DateTime<Utc>) -> Vec<Action> {
+    let (Some(cluster), Some(health)) = (&state.args.cluster, &state.health) else {
+        return Vec::new();
+    };
+    if health.mode != Mode::Online {
+        return Vec::new();
+    }
+    let ids = state.timetable.overlap_candidates(now);
+    if ids.is_empty() {
+        return Vec::new();
+    }
+    match cluster.redis.inflight_counts(&ids).await {
+        Ok(counts) => {
+            for (id, n) in ids.iter().zip(counts) {
+                state
+                    .timetable
+                    .set_in_flight(id, u32::try_from(n).unwrap_or(u32::MAX));
+            }
+            state.timetable.release_queued()
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot read in-flight runs; using this daemon's count");
+            Vec::new()
+        }
+    }
 }
 
 /// After an outage: take the jobs (other daemons' edits) and last ticks
@@ -377,10 +412,14 @@ fn rearm(myself: &ActorRef<SchedulerMsg>, state: &mut SchedulerState) {
     if state.timer.as_ref().is_some_and(|(at, _)| *at == next) {
         return;
     }
-    let delay = (next - Utc::now())
-        .to_std()
-        .unwrap_or_default()
-        .min(MAX_SLEEP);
+    // A tick held by queue_one may be freed by a run ending on another
+    // daemon, which sends no message here: look again every second.
+    let cap = if state.args.cluster.is_some() && state.timetable.has_queued() {
+        QUEUED_RECHECK
+    } else {
+        MAX_SLEEP
+    };
+    let delay = (next - Utc::now()).to_std().unwrap_or_default().min(cap);
     let handle = myself.send_after(delay, || SchedulerMsg::Wake);
     // Replacing the old timer aborts it.
     state.timer = Some((next, AbortOnDrop::from(handle)));

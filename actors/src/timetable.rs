@@ -221,6 +221,41 @@ impl Timetable {
         }
     }
 
+    /// Jobs whose in-flight count matters now: due by `now` with an
+    /// overlap policy other than `allow`, or holding a queued tick.
+    pub fn overlap_candidates(&self, now: DateTime<Utc>) -> Vec<String> {
+        self.entries
+            .iter()
+            .filter(|(_, e)| {
+                e.queued.is_some()
+                    || (e.spec.overlap != OverlapPolicy::Allow && e.next.is_some_and(|n| n <= now))
+            })
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    pub fn has_queued(&self) -> bool {
+        self.entries.values().any(|e| e.queued.is_some())
+    }
+
+    /// Starts queued ticks of jobs with nothing in flight any more.
+    pub fn release_queued(&mut self) -> Vec<Action> {
+        let mut actions = Vec::new();
+        for e in self.entries.values_mut() {
+            if e.in_flight == 0
+                && let Some(tick) = e.queued.take()
+            {
+                e.in_flight += 1;
+                actions.push(Action::Fire {
+                    job: e.spec.clone(),
+                    scheduled_at: tick,
+                    trigger: Trigger::Queued,
+                });
+            }
+        }
+        actions
+    }
+
     /// Drops every queued tick (on shutdown), reporting each.
     pub fn drain_queued(&mut self) -> Vec<Action> {
         self.entries

@@ -579,6 +579,7 @@ fn settle_cancelled(state: &mut PoolState, request: RunRequest, why: &str) {
 /// and tells the scheduler the run is over.
 fn settle(state: &mut PoolState, record: ExecutionRecord, entry_id: Option<String>) {
     state.known.remove(&record.run_id);
+    let run_id = record.run_id.0.clone();
     tracing::info!(
         job = %record.job_id,
         run = %record.run_id,
@@ -595,6 +596,7 @@ fn settle(state: &mut PoolState, record: ExecutionRecord, entry_id: Option<Strin
     }
     if let Some(entry_id) = entry_id {
         let _ = state.args.store.ack(entry_id);
+        let _ = state.args.store.settled(job_id.clone(), run_id);
     }
     // If the scheduler is restarting it recounts from the store.
     let _ = state.args.scheduler.run_settled(job_id);

@@ -334,3 +334,61 @@ async fn a_restarted_pool_does_not_rerun_queued_runs_another_daemon_ran() {
     b.shutdown().await;
     assert_eq!(calls.max_per_tick(), 1, "a run ran twice");
 }
+
+#[tokio::test]
+async fn the_overlap_policy_holds_across_daemons() {
+    let server = RedisServer::start();
+    let slow = || {
+        let mut r = herald_actors::handler::Registry::new();
+        r.register("slow", |_ctx: herald_actors::handler::RunContext| async {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            Ok(herald_actors::record::Counts::default())
+        });
+        r
+    };
+    let config = || TreeConfig {
+        redis: Some(RedisSettings::new(server.url(), "herald")),
+        ..TreeConfig::default()
+    };
+    // overlap = skip (the default)
+    let job = || vec![coded("slow", "* * * * * *", "slow")];
+    let a = spawn_tree(config(), job(), slow(), Arc::new(DryRun))
+        .await
+        .unwrap();
+    let b = spawn_tree(config(), job(), slow(), Arc::new(DryRun))
+        .await
+        .unwrap();
+    let direct = redis(&server);
+    let done = wait_for("four finished runs", Duration::from_secs(20), || {
+        let direct = direct.clone();
+        async move {
+            let recs = direct
+                .query(&RecordQuery {
+                    status: Some(RunStatus::Success),
+                    limit: 100,
+                    ..Default::default()
+                })
+                .await
+                .ok()?;
+            (recs.len() >= 4).then_some(recs)
+        }
+    })
+    .await;
+    a.shutdown().await;
+    b.shutdown().await;
+    let mut spans: Vec<_> = done
+        .iter()
+        .filter_map(|r| Some((r.started_at?, r.finished_at?, r.daemon.clone())))
+        .collect();
+    spans.sort();
+    for w in spans.windows(2) {
+        assert!(
+            w[1].0 >= w[0].1,
+            "runs overlapped: {:?} and {:?}",
+            w[0],
+            w[1]
+        );
+    }
+    let daemons: std::collections::BTreeSet<_> = spans.iter().map(|s| s.2.clone()).collect();
+    eprintln!("runs by daemon: {daemons:?}");
+}

@@ -70,6 +70,12 @@ impl Keys {
         format!("{}:runs", self.prefix)
     }
 
+    /// Runs of a job in flight on any daemon (enqueued, not yet final):
+    /// what the overlap policy looks at.
+    pub fn inflight(&self, job_id: &str) -> String {
+        format!("{}:inflight:{job_id}", self.prefix)
+    }
+
     /// Retries waiting for their time: run JSON by due time (unix ms).
     pub fn retries(&self) -> String {
         format!("{}:retries", self.prefix)

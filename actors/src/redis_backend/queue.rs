@@ -21,7 +21,7 @@ use deadpool_redis::redis::streams::{
 };
 use deadpool_redis::redis::{self, AsyncCommands, AsyncConnectionConfig};
 
-use super::store::{BackendError, RedisStore, from_json, to_json};
+use super::store::{BackendError, PUT_RECORD, RedisStore, from_json, to_json};
 use crate::record::ExecutionRecord;
 
 /// The consumer group every daemon reads the run queue through.
@@ -36,6 +36,34 @@ for _, run in ipairs(due) do
   redis.call('ZREM', KEYS[1], run)
 end
 return #due";
+
+/// How many runs of each job are in flight: members of the job's
+/// in-flight set whose record is still PENDING or RUNNING. Members whose
+/// record is final or gone are dropped, so a lost removal heals itself.
+/// KEYS: in-flight sets; ARGV[1]: the execution-record key prefix.
+const INFLIGHT_COUNTS: &str = r"
+local out = {}
+for i, key in ipairs(KEYS) do
+  for _, run in ipairs(redis.call('SMEMBERS', key)) do
+    local live = false
+    local rec = redis.call('GET', ARGV[1] .. run)
+    if rec then
+      local ok, r = pcall(cjson.decode, rec)
+      if ok and type(r) == 'table' and (r['status'] == 'PENDING' or r['status'] == 'RUNNING') then
+        live = true
+      end
+    end
+    if not live then
+      redis.call('SREM', key, run)
+    end
+  end
+  out[i] = redis.call('SCARD', key)
+end
+return out";
+
+/// In-flight sets expire if untouched this long (a safety net: members
+/// are removed when their runs settle).
+const INFLIGHT_TTL_SECONDS: u64 = 86_400;
 
 /// One run read from the queue.
 #[derive(Debug, Clone, PartialEq)]
@@ -73,15 +101,36 @@ impl RedisStore {
         }
     }
 
-    /// Appends runs to the queue, one pipeline.
+    /// Appends runs to the queue, one pipeline: each run's PENDING record,
+    /// its membership of the job's in-flight set, and its stream entry.
     pub async fn enqueue(&self, records: &[ExecutionRecord]) -> Result<(), BackendError> {
         if records.is_empty() {
             return Ok(());
         }
+        let ttl = self.limits.record_ttl.as_secs().max(1);
+        let history_cap = self.limits.history_per_job.max(1) as isize;
         let mut p = redis::pipe();
         for r in records {
-            p.xadd(self.keys.runs(), "*", &[("record", to_json(r)?)])
+            let json = to_json(r)?;
+            let (attempt, phase) = r.progress();
+            p.cmd("EVAL")
+                .arg(PUT_RECORD)
+                .arg(3)
+                .arg(self.keys.execution(&r.run_id.0))
+                .arg(self.keys.history(&r.job_id))
+                .arg(self.keys.recent())
+                .arg(&json)
+                .arg(ttl)
+                .arg(attempt)
+                .arg(phase)
+                .arg(&r.run_id.0)
+                .arg(r.created_at.timestamp_millis())
+                .arg(history_cap)
                 .ignore();
+            let inflight = self.keys.inflight(&r.job_id);
+            p.sadd(&inflight, &r.run_id.0).ignore();
+            p.expire(&inflight, INFLIGHT_TTL_SECONDS as i64).ignore();
+            p.xadd(self.keys.runs(), "*", &[("record", json)]).ignore();
         }
         let mut c = self.conn().await?;
         p.query_async::<()>(&mut c).await?;
@@ -150,6 +199,21 @@ impl RedisStore {
             .query_async::<Vec<String>>(&mut c)
             .await?;
         Ok(())
+    }
+
+    /// Runs in flight per job, on every daemon (see [`INFLIGHT_COUNTS`]).
+    pub async fn inflight_counts(&self, job_ids: &[String]) -> Result<Vec<u64>, BackendError> {
+        if job_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut c = self.conn().await?;
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(INFLIGHT_COUNTS).arg(job_ids.len());
+        for id in job_ids {
+            cmd.arg(self.keys.inflight(id));
+        }
+        cmd.arg(self.keys.execution(""));
+        Ok(cmd.query_async(&mut c).await?)
     }
 
     /// Moves retries due by `now` onto the queue; returns how many.

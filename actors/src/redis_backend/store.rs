@@ -36,7 +36,7 @@ return 0";
 /// the job's history (capped, TTL) and the recent index; updates do not
 /// touch the indexes. KEYS: record, history, recent. ARGV: json, ttl,
 /// attempt, phase, run id, score (created, ms), history cap.
-const PUT_RECORD: &str = r"
+pub(super) const PUT_RECORD: &str = r"
 local current = redis.call('GET', KEYS[1])
 if current then
   local ok, old = pcall(cjson.decode, current)
@@ -135,13 +135,18 @@ pub enum PendingWrite {
         record: Box<ExecutionRecord>,
         due: DateTime<Utc>,
     },
+    /// A queued run reached its final record: no longer in flight.
+    Settled {
+        job_id: String,
+        run_id: String,
+    },
 }
 
 #[derive(Clone)]
 pub struct RedisStore {
     pub(super) pool: Pool,
     pub(super) keys: Keys,
-    limits: StoreLimits,
+    pub(super) limits: StoreLimits,
     /// Requests sent to Redis (a pipeline counts once): round trips.
     round_trips: Arc<AtomicU64>,
 }
@@ -363,6 +368,9 @@ impl RedisStore {
                         due.timestamp_millis(),
                     )
                     .ignore();
+                }
+                PendingWrite::Settled { job_id, run_id } => {
+                    p.srem(self.keys.inflight(job_id), run_id).ignore();
                 }
                 PendingWrite::Claim { job_id, at, daemon } => {
                     p.cmd("SET")
