@@ -29,6 +29,9 @@ use crate::redis_backend::{JobDefinition, PendingWrite, RedisStore, StoredJob, o
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
 /// Writes per pipeline.
 const FLUSH_BATCH: usize = 1_000;
+/// Pipelines per flush before other messages get their turn (a backlog
+/// after an outage is flushed in slices, not in one long handler).
+const FLUSH_SLICE: usize = 10;
 /// After a failed flush, try again this soon (the watcher may not have
 /// noticed a short outage).
 const FLUSH_RETRY: Duration = Duration::from_millis(500);
@@ -200,7 +203,7 @@ impl StoreState {
         let Some(link) = self.online().cloned() else {
             return;
         };
-        loop {
+        for _ in 0..FLUSH_SLICE {
             let batch: Vec<PendingWrite> = {
                 let pending = link.pending.lock().unwrap_or_else(|p| p.into_inner());
                 pending.writes.iter().take(FLUSH_BATCH).cloned().collect()
@@ -224,6 +227,16 @@ impl StoreState {
                     return;
                 }
             }
+        }
+        // More left: continue after the messages already waiting.
+        if !link
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
+            && !self.flush_queued
+        {
+            self.flush_queued = myself.cast(StoreMsg::Flush).is_ok();
         }
     }
 }
@@ -417,7 +430,19 @@ impl Actor for ExecutionStore {
                 state.flush(&myself).await;
             }
             StoreMsg::FlushNow(reply) => {
-                state.flush(&myself).await;
+                // Everything, slice after slice, as long as Redis takes it.
+                loop {
+                    let before = state.redis.as_ref().map_or(0, |l| {
+                        l.pending.lock().unwrap_or_else(|p| p.into_inner()).len()
+                    });
+                    state.flush(&myself).await;
+                    let after = state.redis.as_ref().map_or(0, |l| {
+                        l.pending.lock().unwrap_or_else(|p| p.into_inner()).len()
+                    });
+                    if after == 0 || after >= before {
+                        break;
+                    }
+                }
                 let left = state.redis.as_ref().map_or(0, |l| {
                     l.pending.lock().unwrap_or_else(|p| p.into_inner()).len()
                 });
@@ -435,10 +460,18 @@ impl Actor for ExecutionStore {
 }
 
 /// The Redis link to read from, after flushing this daemon's own pending
-/// writes; `None` (read memory) when offline or the flush left writes
-/// behind.
+/// writes; `None` (read memory) when offline or writes are still pending
+/// (a backlog after an outage is not flushed inside a read).
 async fn redis_read(state: &mut StoreState, myself: &ActorRef<StoreMsg>) -> Option<RedisLink> {
-    state.online()?;
+    let backlog = state
+        .online()?
+        .pending
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .len();
+    if backlog > FLUSH_BATCH {
+        return None;
+    }
     state.flush(myself).await;
     let link = state.online()?.clone();
     let drained = link

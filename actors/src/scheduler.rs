@@ -235,8 +235,19 @@ impl Actor for Scheduler {
             }
             SchedulerMsg::Resync => {
                 state.resync_timer = None;
-                resync(state).await;
-                fire_due(&myself, state).await;
+                // This daemon's own offline writes (last ticks, claims of
+                // ticks it ran) must be in Redis first, or its ticks would
+                // look missed.
+                match state.args.store.flush().await {
+                    Ok(0) => {
+                        resync(state).await;
+                        fire_due(&myself, state).await;
+                    }
+                    _ => {
+                        let timer = myself.send_after(RESYNC_SETTLE, || SchedulerMsg::Resync);
+                        state.resync_timer = Some(AbortOnDrop::from(timer));
+                    }
+                }
             }
         }
         rearm(&myself, state);

@@ -616,9 +616,12 @@ async fn from_queue(state: &mut PoolState, entries: Vec<QueueEntry>, reclaimed: 
         }
     };
     for (i, entry) in entries.into_iter().enumerate() {
-        if reclaimed
+        // A reclaimed entry whose run is final (its daemon died before
+        // acknowledging), or a retry entry whose run moved on (the retry
+        // was promoted twice after a replayed write), is only acknowledged.
+        if (reclaimed || entry.record.attempt > 1)
             && let Ok(Some(current)) = state.args.store.record(entry.record.run_id.clone()).await
-            && current.status.is_terminal()
+            && superseded(&current, &entry.record, reclaimed)
         {
             let _ = state.args.store.ack(entry.entry_id);
             continue;
@@ -655,6 +658,18 @@ async fn from_queue(state: &mut PoolState, entries: Vec<QueueEntry>, reclaimed: 
     }
 }
 
+/// Has the run moved past this queue entry? For a reclaimed entry: its
+/// run is final or on a later attempt (a RUNNING record of the same attempt
+/// is the dead daemon's, which the takeover replaces). For a fresh entry:
+/// the record is anywhere past the entry's PENDING (another copy runs it).
+fn superseded(current: &ExecutionRecord, entry: &ExecutionRecord, reclaimed: bool) -> bool {
+    if reclaimed {
+        current.status.is_terminal() || current.attempt > entry.attempt
+    } else {
+        current.progress() > entry.progress()
+    }
+}
+
 /// Reads the run queue for the pool while Redis is online: new entries up
 /// to the pool's free capacity, entries of dead daemons after the
 /// visibility timeout, and due retries moved onto the queue.
@@ -663,12 +678,26 @@ async fn read_queue(pool: ActorRef<PoolMsg>, q: QueueArgs, mut capacity: watch::
     let mut group_ready = false;
     let mut last_reclaim = Instant::now();
     let mut last_promote = Instant::now();
+    // When Redis was last seen coming back (or this reader started): every
+    // entry looks idle after an outage, so nothing is reclaimed until the
+    // daemons holding entries have had a visibility timeout to touch them.
+    let mut online_since = Instant::now();
+    let mut was_online = true;
     loop {
         if q.health.borrow().mode != Mode::Online {
             conn = None;
             group_ready = false;
+            was_online = false;
             tokio::time::sleep(PROMOTE_EVERY).await;
             continue;
+        }
+        if !was_online {
+            was_online = true;
+            online_since = Instant::now();
+            // Refresh what this daemon holds before anyone else may reclaim.
+            if pool.cast(PoolMsg::Touch).is_err() {
+                return;
+            }
         }
         if !group_ready {
             group_ready = q.redis.ensure_queue().await.is_ok();
@@ -682,7 +711,7 @@ async fn read_queue(pool: ActorRef<PoolMsg>, q: QueueArgs, mut capacity: watch::
             let _ = tokio::time::timeout(PROMOTE_EVERY, capacity.changed()).await;
             continue;
         }
-        if last_reclaim.elapsed() >= q.visibility / 2 {
+        if last_reclaim.elapsed() >= q.visibility / 2 && online_since.elapsed() >= q.visibility {
             last_reclaim = Instant::now();
             match q.redis.reclaim(&q.consumer, q.visibility, free).await {
                 Ok(entries) if !entries.is_empty() => {
@@ -742,5 +771,34 @@ fn finish_drain_if_idle(state: &mut PoolState) {
         && let Some(reply) = d.reply.take()
     {
         let _ = reply.send(d.report);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::Trigger;
+
+    fn rec(attempt: u32, status: RunStatus) -> ExecutionRecord {
+        let at = Utc::now();
+        let mut r =
+            ExecutionRecord::pending(RunId::for_tick("j", at), "j", Trigger::Schedule, at, 3, at);
+        r.attempt = attempt;
+        r.status = status;
+        r
+    }
+
+    #[test]
+    fn what_supersedes_a_queue_entry() {
+        let entry = rec(2, RunStatus::Pending);
+        // fresh entry: any progress past it means another copy has it
+        assert!(!superseded(&rec(2, RunStatus::Pending), &entry, false));
+        assert!(superseded(&rec(2, RunStatus::Running), &entry, false));
+        assert!(superseded(&rec(2, RunStatus::Success), &entry, false));
+        assert!(superseded(&rec(3, RunStatus::Pending), &entry, false));
+        // reclaimed entry: the dead daemon's RUNNING is what it replaces
+        assert!(!superseded(&rec(2, RunStatus::Running), &entry, true));
+        assert!(superseded(&rec(2, RunStatus::Failed), &entry, true));
+        assert!(superseded(&rec(3, RunStatus::Pending), &entry, true));
     }
 }
