@@ -101,8 +101,10 @@ impl RedisStore {
         }
     }
 
-    /// Appends runs to the queue, one pipeline: each run's PENDING record,
-    /// its membership of the job's in-flight set, and its stream entry.
+    /// Appends runs to the queue, one atomic pipeline (MULTI/EXEC): each
+    /// run's PENDING record, its membership of the job's in-flight set, and
+    /// its stream entry, all or none, so a run is never counted in flight
+    /// without being queued.
     pub async fn enqueue(&self, records: &[ExecutionRecord]) -> Result<(), BackendError> {
         if records.is_empty() {
             return Ok(());
@@ -110,6 +112,7 @@ impl RedisStore {
         let ttl = self.limits.record_ttl.as_secs().max(1);
         let history_cap = self.limits.history_per_job.max(1) as isize;
         let mut p = redis::pipe();
+        p.atomic();
         for r in records {
             let json = to_json(r)?;
             let (attempt, phase) = r.progress();
