@@ -11,6 +11,7 @@
 //! from memory while offline. Handlers never fail.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -90,36 +91,137 @@ pub struct RedisLink {
     pub definitions: Arc<HashMap<String, JobDefinition>>,
 }
 
-#[derive(Clone)]
-pub struct StoreArgs {
+/// The store's data, shared by the actor and every handle. Writes land
+/// here directly (memory, and the queue of writes for Redis) under a short
+/// lock, so no write is lost while the actor restarts or in a mailbox it
+/// dies with; the actor serves reads and flushes the queue to Redis.
+pub struct StoreData {
     pub memory: SharedMemory,
     pub redis: Option<RedisLink>,
+    /// A flush has been asked of the actor and not started yet.
+    flush_requested: AtomicBool,
 }
 
-pub enum StoreMsg {
-    PutRecord(ExecutionRecord),
-    PutSkipped(SkippedTicks),
-    SetLastTick {
+pub type StoreArgs = Arc<StoreData>;
+
+/// One write to the store.
+pub enum StoreWrite {
+    Record(ExecutionRecord),
+    Skipped(SkippedTicks),
+    LastTick {
         job_id: String,
         at: DateTime<Utc>,
     },
     /// A tick this daemon ran while offline, to claim in Redis on return.
-    PutClaim {
+    Claim {
         job_id: String,
         at: DateTime<Utc>,
         daemon: String,
     },
-    /// A queue entry is done with: acknowledge it after the writes before.
-    PutAck(String),
-    /// A retry to wait in Redis until `due`.
-    PutRetry(Box<ExecutionRecord>, DateTime<Utc>),
+    /// A queue entry is done with: acknowledged after the writes before.
+    Ack(String),
+    /// A retry (PENDING, next attempt) to wait in Redis until `due`.
+    Retry(Box<ExecutionRecord>, DateTime<Utc>),
     /// A queued run is final: out of its job's in-flight set.
-    PutSettled {
+    Settled {
         job_id: String,
         run_id: String,
     },
-    PutJob(Arc<JobSpec>),
+    Job(Arc<JobSpec>),
     RemoveJob(String),
+}
+
+impl StoreData {
+    pub fn new(memory: SharedMemory, redis: Option<RedisLink>) -> Self {
+        StoreData {
+            memory,
+            redis,
+            flush_requested: AtomicBool::new(false),
+        }
+    }
+
+    fn mem(&self) -> MutexGuard<'_, MemoryStore> {
+        // A poisoned lock means a panic mid-operation elsewhere; the
+        // structures are still consistent enough to serve and keep going.
+        self.memory.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Applies a write to memory and queues it for Redis. Returns whether
+    /// anything was queued (a flush should follow).
+    pub fn write(&self, write: StoreWrite) -> bool {
+        let mut queued = Vec::new();
+        match write {
+            StoreWrite::Record(r) => {
+                if self.mem().put_record(r.clone()) {
+                    queued.push(PendingWrite::Record(r));
+                }
+            }
+            StoreWrite::Skipped(s) => {
+                self.mem().put_skipped(s.clone());
+                queued.push(PendingWrite::Skipped(s));
+            }
+            StoreWrite::LastTick { job_id, at } => {
+                self.mem().set_last_tick(&job_id, at);
+                queued.push(PendingWrite::LastTick { job_id, at });
+            }
+            StoreWrite::Claim { job_id, at, daemon } => {
+                queued.push(PendingWrite::Claim { job_id, at, daemon });
+            }
+            StoreWrite::Ack(entry_id) => queued.push(PendingWrite::Ack { entry_id }),
+            StoreWrite::Retry(record, due) => {
+                self.mem().put_record((*record).clone());
+                queued.push(PendingWrite::Record((*record).clone()));
+                queued.push(PendingWrite::Retry { record, due });
+            }
+            StoreWrite::Settled { job_id, run_id } => {
+                queued.push(PendingWrite::Settled { job_id, run_id });
+            }
+            StoreWrite::Job(spec) => {
+                self.mem().put_job(spec.clone());
+                if let Some(link) = &self.redis {
+                    let stored = match link.definitions.get(&spec.id) {
+                        Some(definition) => StoredJob {
+                            definition: definition.clone(),
+                            overrides: overrides_for(&spec, definition),
+                            orphaned: false,
+                        },
+                        None => StoredJob::new(JobDefinition::from(spec.as_ref())),
+                    };
+                    queued.push(PendingWrite::Job(Box::new(stored)));
+                }
+            }
+            StoreWrite::RemoveJob(id) => {
+                self.mem().remove_job(&id);
+                queued.push(PendingWrite::RemoveJob(id));
+            }
+        }
+        let Some(link) = &self.redis else {
+            return false;
+        };
+        if queued.is_empty() {
+            return false;
+        }
+        let mut pending = link.pending.lock().unwrap_or_else(|p| p.into_inner());
+        for w in queued {
+            pending.push(w);
+        }
+        true
+    }
+
+    /// Marks a flush as asked for; `true` if the caller should ask the
+    /// actor (none was outstanding).
+    pub fn request_flush(&self) -> bool {
+        !self.flush_requested.swap(true, AtomicOrdering::AcqRel)
+    }
+
+    /// A flush request was taken up, or could not be delivered: the next
+    /// write asks again.
+    pub fn clear_flush_request(&self) {
+        self.flush_requested.store(false, AtomicOrdering::Release);
+    }
+}
+
+pub enum StoreMsg {
     /// The current definitions of these jobs (None where unknown).
     Jobs(Vec<String>, RpcReplyPort<Vec<Option<Arc<JobSpec>>>>),
     GetRecord(RunId, RpcReplyPort<Option<ExecutionRecord>>),
@@ -162,7 +264,7 @@ pub struct StoreStats {
 pub struct ExecutionStore;
 
 pub struct StoreState {
-    memory: SharedMemory,
+    data: Arc<StoreData>,
     redis: Option<RedisLink>,
     mode: Mode,
     flush_queued: bool,
@@ -172,34 +274,18 @@ pub struct StoreState {
 
 impl StoreState {
     fn mem(&self) -> MutexGuard<'_, MemoryStore> {
-        // A poisoned lock means a panic mid-operation elsewhere; the
-        // structures are still consistent enough to serve and keep going.
-        self.memory.lock().unwrap_or_else(|p| p.into_inner())
+        self.data.mem()
     }
 
     fn online(&self) -> Option<&RedisLink> {
         self.redis.as_ref().filter(|_| self.mode == Mode::Online)
     }
 
-    /// Queues a write for Redis and makes sure a flush follows.
-    fn queue(&mut self, myself: &ActorRef<StoreMsg>, write: PendingWrite) {
-        let Some(link) = &self.redis else {
-            return;
-        };
-        link.pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(write);
-        if self.mode == Mode::Online && !self.flush_queued {
-            // Writes already in the mailbox join the same pipeline.
-            self.flush_queued = myself.cast(StoreMsg::Flush).is_ok();
-        }
-    }
-
     /// Sends pending writes to Redis, oldest first, batch by batch. Stops
     /// at the first failure and tries again shortly.
     async fn flush(&mut self, myself: &ActorRef<StoreMsg>) {
         self.flush_queued = false;
+        self.data.clear_flush_request();
         let Some(link) = self.online().cloned() else {
             return;
         };
@@ -267,8 +353,8 @@ impl Actor for ExecutionStore {
             .as_ref()
             .map_or(Mode::Offline, |l| l.health.borrow().mode);
         let state = StoreState {
-            memory: args.memory,
-            redis: args.redis,
+            redis: args.redis.clone(),
+            data: args,
             mode,
             flush_queued: false,
             retry_timer: None,
@@ -303,56 +389,11 @@ impl Actor for ExecutionStore {
         state: &mut StoreState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            StoreMsg::PutRecord(r) => {
-                if state.mem().put_record(r.clone()) {
-                    state.queue(&myself, PendingWrite::Record(r));
-                }
-            }
-            StoreMsg::PutSkipped(s) => {
-                state.mem().put_skipped(s.clone());
-                state.queue(&myself, PendingWrite::Skipped(s));
-            }
-            StoreMsg::SetLastTick { job_id, at } => {
-                state.mem().set_last_tick(&job_id, at);
-                state.queue(&myself, PendingWrite::LastTick { job_id, at });
-            }
-            StoreMsg::PutClaim { job_id, at, daemon } => {
-                state.queue(&myself, PendingWrite::Claim { job_id, at, daemon });
-            }
-            StoreMsg::PutAck(entry_id) => {
-                state.queue(&myself, PendingWrite::Ack { entry_id });
-            }
-            StoreMsg::PutSettled { job_id, run_id } => {
-                state.queue(&myself, PendingWrite::Settled { job_id, run_id });
-            }
-            StoreMsg::PutRetry(record, due) => {
-                state.mem().put_record((*record).clone());
-                state.queue(&myself, PendingWrite::Record((*record).clone()));
-                state.queue(&myself, PendingWrite::Retry { record, due });
-            }
             StoreMsg::Jobs(ids, reply) => {
                 let mem = state.mem();
                 let jobs = ids.iter().map(|id| mem.job(id)).collect();
                 drop(mem);
                 let _ = reply.send(jobs);
-            }
-            StoreMsg::PutJob(spec) => {
-                state.mem().put_job(spec.clone());
-                if let Some(link) = &state.redis {
-                    let stored = match link.definitions.get(&spec.id) {
-                        Some(definition) => StoredJob {
-                            definition: definition.clone(),
-                            overrides: overrides_for(&spec, definition),
-                            orphaned: false,
-                        },
-                        None => StoredJob::new(JobDefinition::from(spec.as_ref())),
-                    };
-                    state.queue(&myself, PendingWrite::Job(Box::new(stored)));
-                }
-            }
-            StoreMsg::RemoveJob(id) => {
-                state.mem().remove_job(&id);
-                state.queue(&myself, PendingWrite::RemoveJob(id));
             }
             StoreMsg::GetRecord(id, reply) => {
                 let found = match redis_read(state, &myself).await {

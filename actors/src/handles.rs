@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use ractor::rpc::CallResult;
 use ractor::{ActorRef, RpcReplyPort};
 
-use crate::execution_store::{StoreMsg, StoreSnapshot, StoreStats};
+use crate::execution_store::{StoreData, StoreMsg, StoreSnapshot, StoreStats, StoreWrite};
 use crate::health::{Health, Mode};
 use crate::job::JobSpec;
 use crate::memory::RecordQuery;
@@ -95,76 +95,78 @@ fn cast<M: ractor::Message>(
 }
 
 /// The ExecutionStore: records, skipped ticks, job table, last ticks.
+///
+/// Writes are applied by the handle itself to the store's shared data
+/// (memory and the queue for Redis), so they never wait on, or get lost
+/// with, the actor; the actor is then asked to flush. Reads go to the actor.
 #[derive(Clone)]
 pub struct StoreHandle {
     dir: Arc<Directory>,
     timeout: Duration,
+    data: Arc<StoreData>,
 }
 
 impl StoreHandle {
-    pub fn new(dir: Arc<Directory>, timeout: Duration) -> Self {
-        StoreHandle { dir, timeout }
+    pub fn new(dir: Arc<Directory>, timeout: Duration, data: Arc<StoreData>) -> Self {
+        StoreHandle { dir, timeout, data }
     }
 
     fn actor(&self) -> Option<ActorRef<StoreMsg>> {
         read(&self.dir.store)
     }
 
-    pub fn put_record(&self, record: ExecutionRecord) -> Result<(), HandleError> {
-        cast(self.actor(), "execution store", StoreMsg::PutRecord(record))
+    /// Applies a write; it is in memory and queued for Redis when this
+    /// returns. Never fails: a restarting actor finds the write and flushes.
+    pub fn write(&self, write: StoreWrite) {
+        if self.data.write(write) && self.data.request_flush() {
+            let delivered = self
+                .actor()
+                .is_some_and(|a| a.cast(StoreMsg::Flush).is_ok());
+            if !delivered {
+                // The actor is restarting; its start flushes what is queued.
+                self.data.clear_flush_request();
+            }
+        }
     }
 
-    pub fn put_skipped(&self, skipped: SkippedTicks) -> Result<(), HandleError> {
-        cast(
-            self.actor(),
-            "execution store",
-            StoreMsg::PutSkipped(skipped),
-        )
+    pub fn put_record(&self, record: ExecutionRecord) {
+        self.write(StoreWrite::Record(record));
     }
 
-    pub fn set_last_tick(&self, job_id: String, at: DateTime<Utc>) -> Result<(), HandleError> {
-        cast(
-            self.actor(),
-            "execution store",
-            StoreMsg::SetLastTick { job_id, at },
-        )
+    pub fn put_skipped(&self, skipped: SkippedTicks) {
+        self.write(StoreWrite::Skipped(skipped));
+    }
+
+    pub fn set_last_tick(&self, job_id: String, at: DateTime<Utc>) {
+        self.write(StoreWrite::LastTick { job_id, at });
     }
 
     /// A tick this daemon ran while offline, to claim in Redis on return.
-    pub fn put_claim(
-        &self,
-        job_id: String,
-        at: DateTime<Utc>,
-        daemon: String,
-    ) -> Result<(), HandleError> {
-        cast(
-            self.actor(),
-            "execution store",
-            StoreMsg::PutClaim { job_id, at, daemon },
-        )
+    pub fn put_claim(&self, job_id: String, at: DateTime<Utc>, daemon: String) {
+        self.write(StoreWrite::Claim { job_id, at, daemon });
     }
 
-    /// Acknowledges a run-queue entry, after every write queued before.
-    pub fn ack(&self, entry_id: String) -> Result<(), HandleError> {
-        cast(self.actor(), "execution store", StoreMsg::PutAck(entry_id))
+    /// Acknowledges a run-queue entry, after every write made before.
+    pub fn ack(&self, entry_id: String) {
+        self.write(StoreWrite::Ack(entry_id));
     }
 
     /// A queued run is final: takes it out of its job's in-flight set.
-    pub fn settled(&self, job_id: String, run_id: String) -> Result<(), HandleError> {
-        cast(
-            self.actor(),
-            "execution store",
-            StoreMsg::PutSettled { job_id, run_id },
-        )
+    pub fn settled(&self, job_id: String, run_id: String) {
+        self.write(StoreWrite::Settled { job_id, run_id });
     }
 
     /// Records a retry (PENDING, next attempt) and parks it in Redis until `due`.
-    pub fn retry(&self, record: ExecutionRecord, due: DateTime<Utc>) -> Result<(), HandleError> {
-        cast(
-            self.actor(),
-            "execution store",
-            StoreMsg::PutRetry(Box::new(record), due),
-        )
+    pub fn retry(&self, record: ExecutionRecord, due: DateTime<Utc>) {
+        self.write(StoreWrite::Retry(Box::new(record), due));
+    }
+
+    pub fn put_job(&self, spec: Arc<JobSpec>) {
+        self.write(StoreWrite::Job(spec));
+    }
+
+    pub fn remove_job(&self, id: String) {
+        self.write(StoreWrite::RemoveJob(id));
     }
 
     pub async fn jobs(&self, ids: Vec<String>) -> Result<Vec<Option<Arc<JobSpec>>>, HandleError> {
@@ -187,14 +189,6 @@ impl StoreHandle {
             StoreMsg::FlushNow,
         )
         .await
-    }
-
-    pub fn put_job(&self, spec: Arc<JobSpec>) -> Result<(), HandleError> {
-        cast(self.actor(), "execution store", StoreMsg::PutJob(spec))
-    }
-
-    pub fn remove_job(&self, id: String) -> Result<(), HandleError> {
-        cast(self.actor(), "execution store", StoreMsg::RemoveJob(id))
     }
 
     pub async fn record(&self, run_id: RunId) -> Result<Option<ExecutionRecord>, HandleError> {

@@ -118,7 +118,7 @@ impl Actor for Scheduler {
             let last = snapshot.last_ticks.get(&job.id).copied();
             if last.is_none() {
                 // From now on, ticks of this job are accounted for.
-                let _ = args.store.set_last_tick(job.id.clone(), now);
+                args.store.set_last_tick(job.id.clone(), now);
             }
             timetable.upsert(job.clone(), last, now);
             timetable.set_in_flight(
@@ -157,7 +157,7 @@ impl Actor for Scheduler {
             }
             SchedulerMsg::Upsert(spec, reply) => {
                 let spec = Arc::new(*spec);
-                let _ = state.args.store.put_job(spec.clone());
+                state.args.store.put_job(spec.clone());
                 let id = spec.id.clone();
                 state.timetable.upsert(spec, None, Utc::now());
                 let _ = reply.send(state.timetable.next_fire(&id));
@@ -165,14 +165,14 @@ impl Actor for Scheduler {
             SchedulerMsg::Remove(id, reply) => {
                 let existed = state.timetable.remove(&id);
                 if existed {
-                    let _ = state.args.store.remove_job(id);
+                    state.args.store.remove_job(id);
                 }
                 let _ = reply.send(existed);
             }
             SchedulerMsg::SetEnabled(id, enabled, reply) => {
                 let actions = state.timetable.set_enabled(&id, enabled, Utc::now());
                 let answer = state.timetable.job(&id).cloned().map(|spec| {
-                    let _ = state.args.store.put_job(spec);
+                    state.args.store.put_job(spec);
                     state.timetable.next_fire(&id)
                 });
                 execute(&myself, state, actions).await;
@@ -323,7 +323,7 @@ async fn resync(state: &mut SchedulerState) {
         match job.effective() {
             Ok(spec) => {
                 let spec = Arc::new(spec);
-                let _ = state.args.store.put_job(spec.clone());
+                state.args.store.put_job(spec.clone());
                 state
                     .timetable
                     .upsert(spec, last_ticks.get(&id).copied(), now);
@@ -397,11 +397,10 @@ async fn claim(
     let mut kept = Vec::new();
     for fire in fires {
         if owns_offline(&cluster, &health, &fire.0.id) {
-            let _ =
-                state
-                    .args
-                    .store
-                    .put_claim(fire.0.id.clone(), fire.1, cluster.daemon_id.clone());
+            state
+                .args
+                .store
+                .put_claim(fire.0.id.clone(), fire.1, cluster.daemon_id.clone());
             kept.push(fire);
         } else {
             state.timetable.not_started(&fire.0.id);
@@ -459,7 +458,7 @@ async fn execute(
                 count,
             } => {
                 tracing::info!(job = %job_id, reason = reason.as_str(), %first, %last, count, "ticks skipped");
-                let _ = state.args.store.put_skipped(SkippedTicks {
+                state.args.store.put_skipped(SkippedTicks {
                     job_id,
                     reason,
                     first,
@@ -469,7 +468,7 @@ async fn execute(
                 });
             }
             Action::Handled { job_id, at } => {
-                let _ = state.args.store.set_last_tick(job_id, at);
+                state.args.store.set_last_tick(job_id, at);
             }
         }
     }
@@ -522,9 +521,7 @@ fn pending_record(
         Utc::now(),
     );
     record.queued = queued;
-    if let Err(e) = state.args.store.put_record(record.clone()) {
-        tracing::error!(run = %record.run_id, error = %e, "could not record PENDING");
-    }
+    state.args.store.put_record(record.clone());
     record
 }
 

@@ -15,7 +15,7 @@ use tokio::sync::watch;
 
 use crate::AbortOnDrop;
 use crate::execution_store::{
-    DEFAULT_MAX_PENDING, PendingWrites, RedisLink, SharedMemory, StoreArgs,
+    DEFAULT_MAX_PENDING, PendingWrites, RedisLink, SharedMemory, StoreData,
 };
 use crate::handler::Registry;
 use crate::handles::{
@@ -187,17 +187,18 @@ pub async fn spawn_tree_on(
     let (health_tx, health_rx) = watch::channel(health.clone());
     let directory = Arc::new(Directory::default());
     let timeout = config.call_timeout;
-    let store = StoreHandle::new(directory.clone(), timeout);
-    let notifier = NotifierHandle::new(directory.clone(), timeout);
-    let pool = PoolHandle::new(directory.clone(), timeout);
-    let scheduler = SchedulerHandle::new(directory.clone(), timeout);
-    let (exit_tx, exit) = watch::channel(TreeExit::Running);
     let link = redis.as_ref().map(|(_, redis_store)| RedisLink {
         store: redis_store.clone(),
         pending: Arc::new(Mutex::new(PendingWrites::new(DEFAULT_MAX_PENDING))),
         health: health_rx.clone(),
         definitions: Arc::new(definitions),
     });
+    let store_data = Arc::new(StoreData::new(memory.clone(), link));
+    let store = StoreHandle::new(directory.clone(), timeout, store_data.clone());
+    let notifier = NotifierHandle::new(directory.clone(), timeout);
+    let pool = PoolHandle::new(directory.clone(), timeout);
+    let scheduler = SchedulerHandle::new(directory.clone(), timeout);
+    let (exit_tx, exit) = watch::channel(TreeExit::Running);
     let cluster = redis.as_ref().map(|(_, redis_store)| Cluster {
         redis: redis_store.clone(),
         daemon_id: daemon_id.clone(),
@@ -212,10 +213,7 @@ pub async fn spawn_tree_on(
         health: health_rx.clone(),
     });
     let args = TreeArgs {
-        store: StoreArgs {
-            memory: memory.clone(),
-            redis: link,
-        },
+        store: store_data,
         transport,
         pool: PoolArgs {
             size: config.workers.max(1),

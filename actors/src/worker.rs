@@ -124,9 +124,7 @@ fn start(myself: ActorRef<WorkerMsg>, state: &mut WorkerState, mut request: RunR
     request.record.started_at = Some(Utc::now());
     request.record.retry_at = None;
     request.record.daemon = Some(state.args.daemon_id.clone());
-    if let Err(e) = state.args.store.put_record(request.record.clone()) {
-        tracing::warn!(run = %request.record.run_id, error = %e, "could not record RUNNING");
-    }
+    state.args.store.put_record(request.record.clone());
     let run_id = request.record.run_id.clone();
     let handler = state.args.registry.resolve(&request.job.kind);
     let ctx = RunContext {

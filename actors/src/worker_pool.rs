@@ -394,7 +394,7 @@ async fn restore(myself: &ActorRef<PoolMsg>, state: &mut PoolState) {
             record.status = RunStatus::Failed;
             record.finished_at = Some(now);
             record.error = Some(format!("job {:?} no longer exists", record.job_id));
-            let _ = state.args.store.put_record(record.clone());
+            state.args.store.put_record(record.clone());
             let _ = state.args.scheduler.run_settled(record.job_id);
             continue;
         };
@@ -506,11 +506,11 @@ fn attempt_done(
                     Some(entry_id) => {
                         // The retry waits in Redis, not in a timer here.
                         state.known.remove(&record.run_id);
-                        let _ = state.args.store.retry(record, at);
-                        let _ = state.args.store.ack(entry_id);
+                        state.args.store.retry(record, at);
+                        state.args.store.ack(entry_id);
                     }
                     None => {
-                        let _ = state.args.store.put_record(record.clone());
+                        state.args.store.put_record(record.clone());
                         let retry = RunRequest {
                             record,
                             job,
@@ -591,12 +591,10 @@ fn settle(state: &mut PoolState, record: ExecutionRecord, entry_id: Option<Strin
         "run finished"
     );
     let job_id = record.job_id.clone();
-    if let Err(e) = state.args.store.put_record(record) {
-        tracing::error!(error = %e, "could not record a finished run");
-    }
+    state.args.store.put_record(record);
     if let Some(entry_id) = entry_id {
-        let _ = state.args.store.ack(entry_id);
-        let _ = state.args.store.settled(job_id.clone(), run_id);
+        state.args.store.ack(entry_id);
+        state.args.store.settled(job_id.clone(), run_id);
     }
     // If the scheduler is restarting it recounts from the store.
     let _ = state.args.scheduler.run_settled(job_id);
@@ -623,7 +621,7 @@ async fn from_queue(state: &mut PoolState, entries: Vec<QueueEntry>, reclaimed: 
             && let Ok(Some(current)) = state.args.store.record(entry.record.run_id.clone()).await
             && superseded(&current, &entry.record, reclaimed)
         {
-            let _ = state.args.store.ack(entry.entry_id);
+            state.args.store.ack(entry.entry_id);
             continue;
         }
         if state.draining.is_some() {
@@ -653,7 +651,7 @@ async fn from_queue(state: &mut PoolState, entries: Vec<QueueEntry>, reclaimed: 
         } else {
             // This daemon already has the run (restored locally): the copy
             // it runs settles it; this entry is redundant.
-            let _ = state.args.store.ack(entry.entry_id);
+            state.args.store.ack(entry.entry_id);
         }
     }
 }

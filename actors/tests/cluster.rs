@@ -378,7 +378,14 @@ async fn the_overlap_policy_holds_across_daemons() {
     b.shutdown().await;
     let mut spans: Vec<_> = done
         .iter()
-        .filter_map(|r| Some((r.started_at?, r.finished_at?, r.daemon.clone())))
+        .filter_map(|r| {
+            Some((
+                r.started_at?,
+                r.finished_at?,
+                r.daemon.clone(),
+                r.run_id.0.clone(),
+            ))
+        })
         .collect();
     spans.sort();
     for w in spans.windows(2) {

@@ -316,3 +316,44 @@ async fn futures_like_join(s: &RedisStore, at: DateTime<Utc>) -> Vec<bool> {
     }
     out
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_never_repeat_a_record_while_runs_are_added() {
+    let server = RedisServer::start();
+    let s = store(&server, StoreLimits::default());
+    let old: Vec<_> = (0..600)
+        .map(|n| record("a", n, RunStatus::Success))
+        .collect();
+    s.put_records(&old).await.unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (s, stop) = (s.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut n = 1000;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                s.put_records(&[record("a", n, RunStatus::Running)])
+                    .await
+                    .unwrap();
+                n += 1;
+            }
+        })
+    };
+    for _ in 0..30 {
+        // walks several pages of the recent index while it grows at the top
+        let got = s
+            .query(&RecordQuery {
+                status: Some(RunStatus::Success),
+                limit: 600,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let mut ids: Vec<_> = got.iter().map(|r| r.run_id.0.clone()).collect();
+        let n = ids.len();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), n, "a record came back twice");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.await.unwrap();
+}

@@ -448,29 +448,39 @@ impl RedisStore {
         let mut out = Vec::new();
         let mut skipped = 0usize;
         let mut start = 0isize;
+        // Ranks shift when runs are added at the top between two pages, so
+        // a later page can repeat ids of an earlier one: skip ids seen.
+        let mut seen = std::collections::HashSet::new();
         loop {
             let ids: Vec<String> = c.zrevrange(&index, start, start + QUERY_PAGE - 1).await?;
-            if ids.is_empty() {
-                return Ok(out);
-            }
+            let last_page = (ids.len() as isize) < QUERY_PAGE;
             start += ids.len() as isize;
-            let keys: Vec<String> = ids.iter().map(|id| self.keys.execution(id)).collect();
-            let values: Vec<Option<String>> =
-                redis::cmd("MGET").arg(&keys).query_async(&mut c).await?;
-            for (key, value) in keys.iter().zip(values) {
-                let Some(json) = value else { continue };
-                let r: ExecutionRecord = from_json(key, &json)?;
-                if q.status.is_some_and(|s| s != r.status) {
-                    continue;
+            let ids: Vec<String> = ids
+                .into_iter()
+                .filter(|id| seen.insert(id.clone()))
+                .collect();
+            if !ids.is_empty() {
+                let keys: Vec<String> = ids.iter().map(|id| self.keys.execution(id)).collect();
+                let values: Vec<Option<String>> =
+                    redis::cmd("MGET").arg(&keys).query_async(&mut c).await?;
+                for (key, value) in keys.iter().zip(values) {
+                    let Some(json) = value else { continue };
+                    let r: ExecutionRecord = from_json(key, &json)?;
+                    if q.status.is_some_and(|s| s != r.status) {
+                        continue;
+                    }
+                    if skipped < q.offset {
+                        skipped += 1;
+                        continue;
+                    }
+                    out.push(r);
+                    if out.len() >= q.limit {
+                        return Ok(out);
+                    }
                 }
-                if skipped < q.offset {
-                    skipped += 1;
-                    continue;
-                }
-                out.push(r);
-                if out.len() >= q.limit {
-                    return Ok(out);
-                }
+            }
+            if last_page {
+                return Ok(out);
             }
         }
     }
