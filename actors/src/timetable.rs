@@ -290,6 +290,27 @@ impl Timetable {
         if let Some(next) = entry.next {
             self.heap.push(Reverse((next, generation, id.to_string())));
         }
+        self.compact_if_stale();
+    }
+
+    /// Replaced entries stay in the heap until popped, which for a yearly
+    /// job is a year away: rebuild the heap from the live entries when the
+    /// stale ones outnumber them, so memory stays proportional to the jobs.
+    fn compact_if_stale(&mut self) {
+        if self.heap.len() <= 2 * self.entries.len() + 1_024 {
+            return;
+        }
+        self.heap = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.spec.enabled)
+            .filter_map(|(id, e)| e.next.map(|n| Reverse((n, e.generation, id.clone()))))
+            .collect();
+    }
+
+    /// Heap entries, live and stale (for tests of compaction).
+    pub fn heap_len(&self) -> usize {
+        self.heap.len()
     }
 
     fn on_time(&mut self, id: &str, tick: DateTime<Utc>, actions: &mut Vec<Action>) {
@@ -621,6 +642,23 @@ mod tests {
         assert_eq!(t.next_wake(), Some(at("2021-01-01T00:05:00Z")));
         t.remove("a");
         assert_eq!(t.next_wake(), Some(at("2021-01-02T00:00:00Z")));
+    }
+
+    #[test]
+    fn repeated_edits_do_not_grow_the_heap_without_bound() {
+        let mut t = table();
+        let now = at("2021-01-01T00:00:30Z");
+        for i in 0..100 {
+            t.upsert(job(&format!("y{i}"), "0 0 1 1 *", |_| {}), None, now);
+        }
+        for _ in 0..200 {
+            for i in 0..100 {
+                t.upsert(job(&format!("y{i}"), "0 0 1 1 *", |_| {}), None, now);
+            }
+        }
+        assert!(t.heap_len() <= 2 * 100 + 1_024 + 1, "{}", t.heap_len());
+        assert_eq!(t.next_wake(), Some(at("2022-01-01T00:00:00Z")));
+        assert_eq!(fires(&t.due(at("2022-01-01T00:00:00Z"))).len(), 100);
     }
 
     #[test]
