@@ -60,10 +60,19 @@ impl PendingWrites {
         }
     }
 
+    /// Queues a write. Past the cap the oldest write whose loss only costs
+    /// history (a record update, a skipped tick, a last tick, a job edit)
+    /// goes first; claims, acks, retries and in-flight removals, whose loss
+    /// could run a tick twice or lose a run, go only if nothing else is left.
     fn push(&mut self, write: PendingWrite) {
         self.writes.push_back(write);
         while self.writes.len() > self.cap {
-            self.writes.pop_front();
+            let victim = self
+                .writes
+                .iter()
+                .position(|w| !is_critical(w))
+                .unwrap_or(0);
+            self.writes.remove(victim);
             self.dropped += 1;
         }
     }
@@ -78,6 +87,51 @@ impl PendingWrites {
 
     pub fn dropped(&self) -> u64 {
         self.dropped
+    }
+}
+
+fn is_critical(write: &PendingWrite) -> bool {
+    matches!(
+        write,
+        PendingWrite::Claim { .. }
+            | PendingWrite::Ack { .. }
+            | PendingWrite::Retry { .. }
+            | PendingWrite::Settled { .. }
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overflow_drops_history_before_claims_acks_and_retries() {
+        let mut p = PendingWrites::new(3);
+        p.push(PendingWrite::Ack {
+            entry_id: "1-0".into(),
+        });
+        p.push(PendingWrite::RemoveJob("old".into()));
+        p.push(PendingWrite::Settled {
+            job_id: "j".into(),
+            run_id: "r".into(),
+        });
+        p.push(PendingWrite::Ack {
+            entry_id: "2-0".into(),
+        });
+        assert_eq!(p.dropped(), 1);
+        assert!(p.writes.iter().all(is_critical), "{:?}", p.writes);
+        // only critical writes left: the oldest goes
+        p.push(PendingWrite::Ack {
+            entry_id: "3-0".into(),
+        });
+        assert_eq!(p.len(), 3);
+        assert_eq!(
+            p.writes.front(),
+            Some(&PendingWrite::Settled {
+                job_id: "j".into(),
+                run_id: "r".into()
+            })
+        );
     }
 }
 
