@@ -328,14 +328,9 @@ impl Settings {
     }
 }
 
-/// A URL with any password replaced, for logs and summaries.
-pub fn redacted_url(url: &Url) -> String {
-    let mut shown = url.clone();
-    if shown.password().is_some() {
-        // Only fails for URLs that cannot have a password, which this has.
-        let _ = shown.set_password(Some("***"));
-    }
-    shown.to_string()
+/// A URL with any credentials hidden, for logs and summaries.
+fn redacted_url(url: &Url) -> String {
+    herald_actors::redis_backend::connect::redacted_url(url.as_str())
 }
 
 /// Where a problem is.

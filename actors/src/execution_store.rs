@@ -321,7 +321,6 @@ pub struct StoreState {
     data: Arc<StoreData>,
     redis: Option<RedisLink>,
     mode: Mode,
-    flush_queued: bool,
     retry_timer: Option<AbortOnDrop>,
     _sweeper: AbortOnDrop,
 }
@@ -338,7 +337,6 @@ impl StoreState {
     /// Sends pending writes to Redis, oldest first, batch by batch. Stops
     /// at the first failure and tries again shortly.
     async fn flush(&mut self, myself: &ActorRef<StoreMsg>) {
-        self.flush_queued = false;
         self.data.clear_flush_request();
         let Some(link) = self.online().cloned() else {
             return;
@@ -374,9 +372,10 @@ impl StoreState {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .is_empty()
-            && !self.flush_queued
+            && self.data.request_flush()
+            && myself.cast(StoreMsg::Flush).is_err()
         {
-            self.flush_queued = myself.cast(StoreMsg::Flush).is_ok();
+            self.data.clear_flush_request();
         }
     }
 }
@@ -410,7 +409,6 @@ impl Actor for ExecutionStore {
             redis: args.redis.clone(),
             data: args,
             mode,
-            flush_queued: false,
             retry_timer: None,
             _sweeper: AbortOnDrop::from(sweeper),
         };
