@@ -27,7 +27,9 @@ use herald_actors::redis_backend::connect::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_RES
 use herald_actors::restart::{DEFAULT_MAX_RESTARTS, DEFAULT_RESTART_WINDOW, RestartLimit};
 use herald_actors::schedule::{CronExpr, Schedule, parse_zone};
 use herald_actors::template;
-use herald_actors::tree::{DEFAULT_MISFIRE_GRACE, DEFAULT_SHUTDOWN_GRACE, DEFAULT_WORKERS};
+use herald_actors::tree::{
+    DEFAULT_MAX_QUEUED, DEFAULT_MISFIRE_GRACE, DEFAULT_SHUTDOWN_GRACE, DEFAULT_WORKERS,
+};
 use herald_actors::worker_pool::DEFAULT_VISIBILITY_TIMEOUT;
 use serde::Deserialize;
 use toml::de::{DeTable, DeValue};
@@ -87,12 +89,15 @@ impl Default for SchedulerSection {
 pub struct WorkersSection {
     /// Runs executed at once by this daemon.
     pub count: usize,
+    /// Runs waiting for a worker in this daemon's own queue at most.
+    pub max_queued: usize,
 }
 
 impl Default for WorkersSection {
     fn default() -> Self {
         WorkersSection {
             count: DEFAULT_WORKERS,
+            max_queued: DEFAULT_MAX_QUEUED,
         }
     }
 }
@@ -690,6 +695,12 @@ impl Validator<'_> {
                 format!("{} workers: expected 1 to 10000", config.workers.count),
             );
         }
+        if config.workers.max_queued == 0 {
+            self.problem(
+                &[key("workers"), key("max_queued")],
+                "max_queued must be at least 1",
+            );
+        }
         if config.scheduler.shutdown_grace.is_zero() {
             self.problem(
                 &[key("scheduler"), key("shutdown_grace")],
@@ -741,6 +752,7 @@ impl Validator<'_> {
         }
         TreeConfig {
             workers: config.workers.count,
+            max_queued: config.workers.max_queued,
             misfire_grace: config.scheduler.misfire_grace,
             shutdown_grace: config.scheduler.shutdown_grace,
             restart_limit: RestartLimit {
@@ -1093,8 +1105,14 @@ template = "{% if x %}"
 
     #[test]
     fn tree_settings_are_read_and_checked() {
-        let s = check("[workers]\ncount = 4\n[scheduler]\nshutdown_grace = \"2s\"\n[supervisor]\nmax_restarts = 1\nrestart_window = \"10s\"\n").unwrap();
+        let s = check("[workers]\ncount = 4\nmax_queued = 50\n[scheduler]\nshutdown_grace = \"2s\"\n[supervisor]\nmax_restarts = 1\nrestart_window = \"10s\"\n").unwrap();
         assert_eq!(s.tree.workers, 4);
+        assert_eq!(s.tree.max_queued, 50);
+        let err = check("[workers]\nmax_queued = 0\n").unwrap_err();
+        assert!(
+            err.contains("herald.toml:2:14: workers.max_queued: max_queued must be at least 1"),
+            "{err}"
+        );
         assert_eq!(s.tree.shutdown_grace, Duration::from_secs(2));
         assert_eq!(s.tree.restart_limit.max_restarts, 1);
         let err = check("[workers]\ncount = 0\n[store]\nmax_records = 0\n").unwrap_err();

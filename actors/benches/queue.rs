@@ -12,6 +12,7 @@
 //! which counts commands run inside scripts too) and round trips per run
 //! (requests the daemon sent; a pipeline is one), all over the drain.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -32,8 +33,8 @@ use support::process_cpu_seconds;
 
 const RUNS: usize = 100_000;
 
-/// (total commands, redis CPU seconds)
-async fn redis_counters(url: &str) -> (u64, f64) {
+/// (calls per command, redis CPU seconds)
+async fn redis_counters(url: &str) -> (HashMap<String, u64>, f64) {
     let mut c = redis::Client::open(url)
         .unwrap()
         .get_multiplexed_async_connection()
@@ -44,11 +45,20 @@ async fn redis_counters(url: &str) -> (u64, f64) {
         .query_async(&mut c)
         .await
         .unwrap();
+    // cmdstat_evalsha:calls=123,usec=...
     let calls = stats
         .lines()
-        .filter_map(|l| l.split("calls=").nth(1))
-        .filter_map(|rest| rest.split(',').next()?.parse::<u64>().ok())
-        .sum();
+        .filter_map(|l| {
+            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+            let n = rest
+                .strip_prefix("calls=")?
+                .split(',')
+                .next()?
+                .parse()
+                .ok()?;
+            Some((name.to_string(), n))
+        })
+        .collect();
     let cpu: String = redis::cmd("INFO")
         .arg("cpu")
         .query_async(&mut c)
@@ -72,7 +82,7 @@ fn noop_job() -> JobSpec {
     )
 }
 
-async fn drain(workers: usize) -> (f64, f64, f64, f64, f64) {
+async fn drain(workers: usize) -> (f64, f64, f64, f64, f64, String) {
     let server = RedisServer::start();
     let settings = RedisSettings::new(server.url(), "herald");
     let store = RedisStore::new(
@@ -98,7 +108,7 @@ async fn drain(workers: usize) -> (f64, f64, f64, f64, f64) {
                 )
             })
             .collect();
-        store.enqueue(&records).await.unwrap();
+        store.enqueue(&records, "bench").await.unwrap();
     }
     let mut registry = Registry::new();
     registry.register("noop", |_ctx: RunContext| async { Ok(Counts::default()) });
@@ -132,22 +142,46 @@ async fn drain(workers: usize) -> (f64, f64, f64, f64, f64) {
     let (calls_after, redis_cpu_after) = redis_counters(&server.url()).await;
     herald.shutdown().await;
     let n = RUNS as f64;
+    let mut per_command: Vec<(String, f64)> = calls_after
+        .iter()
+        .map(|(name, after)| {
+            let before = calls_before.get(name).copied().unwrap_or(0);
+            (name.clone(), (after - before) as f64 / n)
+        })
+        .filter(|(_, per_run)| *per_run >= 0.01)
+        .collect();
+    per_command.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let commands = per_command.iter().map(|(_, c)| c).sum();
+    let breakdown = per_command
+        .iter()
+        .map(|(name, c)| format!("{name} {c:.2}"))
+        .collect::<Vec<_>>()
+        .join(", ");
     (
         n / elapsed,
         cpu / n * 1e6,
         (redis_cpu_after - redis_cpu_before) / n * 1e6,
-        (calls_after - calls_before) as f64 / n,
+        commands,
         round_trips / n,
+        breakdown,
     )
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     println!("queue: drain {RUNS} pre-loaded no-op runs through the Redis run queue");
-    for workers in [1, 100] {
-        let (rate, cpu_us, redis_us, commands, round_trips) = drain(workers).await;
+    // HERALD_BENCH_CONCURRENCY=1 measures one concurrency only.
+    let only: Option<usize> = std::env::var("HERALD_BENCH_CONCURRENCY")
+        .ok()
+        .and_then(|v| v.parse().ok());
+    for workers in [1, 100]
+        .into_iter()
+        .filter(|w| only.is_none_or(|o| o == *w))
+    {
+        let (rate, cpu_us, redis_us, commands, round_trips, breakdown) = drain(workers).await;
         println!(
             "  concurrency {workers:>3}: {rate:>7.0} runs/s, herald CPU {cpu_us:.1} us/run, redis CPU {redis_us:.1} us/run, {commands:.2} redis commands/run, {round_trips:.2} round trips/run"
         );
+        println!("    commands per run: {breakdown}");
     }
 }

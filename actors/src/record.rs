@@ -210,3 +210,17 @@ pub struct SkippedTicks {
     pub count: u64,
     pub recorded_at: DateTime<Utc>,
 }
+
+impl SkippedTicks {
+    /// What makes two entries the same skip: job, reason and window (not
+    /// when or by which daemon it was recorded).
+    pub fn dedup_id(&self) -> String {
+        format!(
+            "{}|{}|{}|{}",
+            self.job_id,
+            self.reason.as_str(),
+            self.first.timestamp(),
+            self.last.timestamp()
+        )
+    }
+}

@@ -38,6 +38,11 @@ const RESYNC_SETTLE: Duration = Duration::from_secs(1);
 const QUEUED_RECHECK: Duration = Duration::from_secs(1);
 /// Pause before asking again about claims whose outcome was lost.
 const CLAIM_RETRY_AFTER: Duration = Duration::from_millis(100);
+/// Pause before sending again an enqueue whose outcome was lost.
+const REENQUEUE_AFTER: Duration = Duration::from_millis(500);
+/// Enqueues awaiting confirmation kept at most; past it the oldest is
+/// given up (logged). Bounds memory through a long Redis outage.
+const MAX_UNCONFIRMED: usize = 100_000;
 
 pub enum SchedulerMsg {
     /// The timer fired.
@@ -50,6 +55,8 @@ pub enum SchedulerMsg {
         job_id: String,
     },
     Resubmit,
+    /// Send again the enqueues whose outcome was lost.
+    Reenqueue,
     Jobs(RpcReplyPort<Vec<JobView>>),
     StopFiring(RpcReplyPort<()>),
     /// Redis reachability or the set of live daemons changed.
@@ -92,6 +99,11 @@ pub struct SchedulerState {
     /// Runs recorded but not yet accepted by the pool.
     unsubmitted: Vec<RunRequest>,
     resubmit_timer: Option<AbortOnDrop>,
+    /// Runs whose enqueue got no answer: they may or may not be on the
+    /// queue. Enqueuing is idempotent, so they are sent again until Redis
+    /// confirms; never run here, which could run them twice.
+    unconfirmed: Vec<ExecutionRecord>,
+    reenqueue_timer: Option<AbortOnDrop>,
     resync_timer: Option<AbortOnDrop>,
     health: Option<Health>,
     stopped: bool,
@@ -134,6 +146,8 @@ impl Actor for Scheduler {
             timer: None,
             unsubmitted: Vec::new(),
             resubmit_timer: None,
+            unconfirmed: Vec::new(),
+            reenqueue_timer: None,
             resync_timer: None,
             health,
             stopped: false,
@@ -201,6 +215,11 @@ impl Actor for Scheduler {
                 for run in std::mem::take(&mut state.unsubmitted) {
                     submit(&myself, state, run);
                 }
+            }
+            SchedulerMsg::Reenqueue => {
+                state.reenqueue_timer = None;
+                let records = std::mem::take(&mut state.unconfirmed);
+                enqueue(&myself, state, records).await;
             }
             SchedulerMsg::Jobs(reply) => {
                 let views = state
@@ -348,17 +367,17 @@ fn owns_offline(cluster: &Cluster, health: &Health, job_id: &str) -> bool {
     owner(job_id, &health.peers).is_none_or(|o| o == cluster.daemon_id)
 }
 
-/// Keeps the fires this daemon should start: with Redis, those whose tick
-/// it claimed; offline, those of the jobs it owns (claimed on return).
-async fn claim(
-    state: &mut SchedulerState,
-    fires: Vec<(Arc<JobSpec>, DateTime<Utc>, Trigger)>,
-) -> Vec<(Arc<JobSpec>, DateTime<Utc>, Trigger)> {
+type Fire = (Arc<JobSpec>, DateTime<Utc>, Trigger);
+
+/// Splits fires into those this daemon should start (with Redis, those
+/// whose tick it claimed; offline, those of the jobs it owns, claimed on
+/// return) and those whose claim got no answer.
+async fn claim(state: &mut SchedulerState, fires: Vec<Fire>) -> (Vec<Fire>, Vec<Fire>) {
     let (Some(cluster), Some(health)) = (state.args.cluster.clone(), state.health.clone()) else {
-        return fires;
+        return (fires, Vec::new());
     };
     if fires.is_empty() {
-        return fires;
+        return (fires, Vec::new());
     }
     if health.mode == Mode::Online {
         let ticks: Vec<(String, DateTime<Utc>)> =
@@ -380,17 +399,15 @@ async fn claim(
                         state.timetable.not_started(&fire.0.id);
                     }
                 }
-                return kept;
+                return (kept, Vec::new());
             }
             Err(e) => {
-                // Another daemon's claims may be succeeding, and ours may
-                // have been applied before the error: running them here
-                // could run them twice. The watcher decides offline.
-                tracing::warn!(error = %e, ticks = ticks.len(), "could not confirm tick claims; not running them here");
-                for (job, _, _) in &fires {
-                    state.timetable.not_started(&job.id);
-                }
-                return Vec::new();
+                // Ours may have been applied before the error, and another
+                // daemon's may be succeeding: neither running them here
+                // nor dropping them is safe. The claim-guarded enqueue,
+                // sent until Redis answers, settles who runs each.
+                tracing::warn!(error = %e, ticks = ticks.len(), "tick claims not confirmed; settling them through the queue");
+                return (Vec::new(), fires);
             }
         }
     }
@@ -406,7 +423,7 @@ async fn claim(
             state.timetable.not_started(&fire.0.id);
         }
     }
-    kept
+    (kept, Vec::new())
 }
 
 /// Sets the one timer for the earliest due job, if it changed.
@@ -472,20 +489,29 @@ async fn execute(
             }
         }
     }
-    let fires = claim(state, fires).await;
-    let queue = state.args.cluster.clone().filter(|_| {
-        state
+    let (fires, unsure) = claim(state, fires).await;
+    if !unsure.is_empty() {
+        let records = unsure
+            .into_iter()
+            .map(|(job, scheduled_at, trigger)| {
+                let run_id = RunId::for_tick(&job.id, scheduled_at);
+                pending_record(state, &job, run_id, scheduled_at, trigger, true)
+            })
+            .collect();
+        keep_unconfirmed(myself, state, records);
+    }
+    let online = state.args.cluster.is_some()
+        && state
             .health
             .as_ref()
-            .is_some_and(|h| h.mode == Mode::Online)
-    });
-    let Some(cluster) = queue else {
+            .is_some_and(|h| h.mode == Mode::Online);
+    if !online {
         for (job, scheduled_at, trigger) in fires {
             let run_id = RunId::for_tick(&job.id, scheduled_at);
             start_run(myself, state, job, run_id, scheduled_at, trigger);
         }
         return;
-    };
+    }
     // Online: the runs go onto the shared queue, one pipeline for all.
     let records: Vec<ExecutionRecord> = fires
         .into_iter()
@@ -494,11 +520,64 @@ async fn execute(
             pending_record(state, &job, run_id, scheduled_at, trigger, true)
         })
         .collect();
-    if let Err(e) = cluster.redis.enqueue(&records).await {
-        // The XADDs may have been applied before the error came back, so
-        // running them here too could run them twice. The PENDING records
-        // stay; the runs are lost only if the XADDs really failed.
-        tracing::error!(error = %e, runs = records.len(), "could not confirm enqueuing runs");
+    enqueue(myself, state, records).await;
+}
+
+/// Puts runs on the shared queue. Without an answer from Redis the runs
+/// may or may not be queued: they are kept and sent again (the enqueue is
+/// idempotent) until Redis answers, once it is reachable again.
+async fn enqueue(
+    myself: &ActorRef<SchedulerMsg>,
+    state: &mut SchedulerState,
+    records: Vec<ExecutionRecord>,
+) {
+    let Some(cluster) = state.args.cluster.clone() else {
+        return;
+    };
+    if records.is_empty() {
+        return;
+    }
+    let online = state
+        .health
+        .as_ref()
+        .is_some_and(|h| h.mode == Mode::Online);
+    if !online {
+        // Sent again once Redis is back.
+        keep_unconfirmed(myself, state, records);
+        return;
+    }
+    match cluster.redis.enqueue(&records, &cluster.daemon_id).await {
+        Ok(queued) => {
+            for (record, queued) in records.iter().zip(queued) {
+                if !queued {
+                    // Another daemon holds the tick and runs it.
+                    tracing::warn!(run = %record.run_id, "tick claimed elsewhere before it was queued; not running it here");
+                    state.timetable.not_started(&record.job_id);
+                }
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, runs = records.len(), "enqueue not confirmed; sending it again");
+            keep_unconfirmed(myself, state, records);
+        }
+    }
+}
+
+fn keep_unconfirmed(
+    myself: &ActorRef<SchedulerMsg>,
+    state: &mut SchedulerState,
+    records: Vec<ExecutionRecord>,
+) {
+    state.unconfirmed.extend(records);
+    if state.unconfirmed.len() > MAX_UNCONFIRMED {
+        let over = state.unconfirmed.len() - MAX_UNCONFIRMED;
+        for lost in state.unconfirmed.drain(..over) {
+            tracing::error!(run = %lost.run_id, "gave up confirming the enqueue of this run (too many waiting); it may not run");
+        }
+    }
+    if state.reenqueue_timer.is_none() {
+        let handle = myself.send_after(REENQUEUE_AFTER, || SchedulerMsg::Reenqueue);
+        state.reenqueue_timer = Some(AbortOnDrop::from(handle));
     }
 }
 

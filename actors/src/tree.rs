@@ -38,6 +38,9 @@ use crate::worker_pool::{DEFAULT_VISIBILITY_TIMEOUT, DrainReport, PoolArgs, Queu
 /// Default worker count: runs mostly wait on the network (Telegram, HTTP
 /// services), so more workers than cores.
 pub const DEFAULT_WORKERS: usize = 16;
+/// Runs waiting for a worker in this daemon's own queue (offline, or
+/// started by hand) at most; past it a new run is recorded FAILED.
+pub const DEFAULT_MAX_QUEUED: usize = 10_000;
 /// A tick more than this late is a misfire, not a late fire.
 pub const DEFAULT_MISFIRE_GRACE: Duration = Duration::from_secs(5);
 /// How long shutdown lets running runs finish before cancelling them; well
@@ -48,6 +51,8 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone)]
 pub struct TreeConfig {
     pub workers: usize,
+    /// Bound of the pool's local queue (memory stays bounded offline).
+    pub max_queued: usize,
     pub misfire_grace: Duration,
     pub shutdown_grace: Duration,
     pub restart_limit: RestartLimit,
@@ -67,6 +72,7 @@ impl Default for TreeConfig {
     fn default() -> Self {
         TreeConfig {
             workers: DEFAULT_WORKERS,
+            max_queued: DEFAULT_MAX_QUEUED,
             misfire_grace: DEFAULT_MISFIRE_GRACE,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             restart_limit: RestartLimit::default(),
@@ -217,6 +223,7 @@ pub async fn spawn_tree_on(
         transport,
         pool: PoolArgs {
             size: config.workers.max(1),
+            max_queued: config.max_queued.max(1),
             daemon_id: daemon_id.clone(),
             registry: Arc::new(registry),
             store: store.clone(),

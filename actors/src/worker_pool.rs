@@ -103,6 +103,8 @@ pub struct PoolStats {
 #[derive(Clone)]
 pub struct PoolArgs {
     pub size: usize,
+    /// Runs waiting in the local queue at most.
+    pub max_queued: usize,
     pub daemon_id: String,
     pub registry: Arc<Registry>,
     pub store: StoreHandle,
@@ -422,9 +424,26 @@ fn submit(state: &mut PoolState, request: RunRequest) {
         }
         return;
     }
-    if state.known.insert(request.record.run_id.clone()) {
-        state.queue.push_back(request);
+    if state.known.contains(&request.record.run_id) {
+        return;
     }
+    if state.queue.len() >= state.args.max_queued {
+        // Bounded memory: a run past the bound fails visibly rather than
+        // waiting in a queue that could grow through a long outage.
+        let mut record = request.record;
+        record.status = RunStatus::Failed;
+        record.finished_at = Some(Utc::now());
+        record.retry_at = None;
+        record.error = Some(format!(
+            "not run: {} runs were already waiting for a worker on this daemon (workers.max_queued)",
+            state.queue.len()
+        ));
+        state.known.insert(record.run_id.clone());
+        settle(state, record, request.entry_id);
+        return;
+    }
+    state.known.insert(request.record.run_id.clone());
+    state.queue.push_back(request);
 }
 
 fn dispatch(state: &mut PoolState) {

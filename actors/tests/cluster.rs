@@ -171,6 +171,64 @@ async fn a_redis_that_accepts_but_never_answers_is_offline_too() {
 }
 
 #[tokio::test]
+async fn a_tick_whose_claim_gets_no_answer_still_runs_once() {
+    let server = RedisServer::start();
+    let calls = Calls::default();
+    let herald = daemon(
+        &server,
+        vec![coded("every-second", "* * * * * *", "count")],
+        &calls,
+    )
+    .await;
+    wait_for("a first run", Duration::from_secs(5), || async {
+        (calls.total() >= 1).then_some(())
+    })
+    .await;
+    // Go silent just before a tick, so its claim reaches a Redis that takes
+    // it but answers only after the claim and its retry have timed out.
+    let into_second = Utc::now().timestamp_subsec_millis() as u64;
+    tokio::time::sleep(Duration::from_millis((1_900 - into_second) % 1_000)).await;
+    server.freeze();
+    let frozen_at = Utc::now();
+    wait_mode(&herald, Mode::Offline, Duration::from_secs(3)).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    server.thaw();
+    wait_mode(&herald, Mode::Online, Duration::from_secs(3)).await;
+    let before = calls.total();
+    wait_for("runs after the outage", Duration::from_secs(10), || async {
+        (calls.total() >= before + 3).then_some(())
+    })
+    .await;
+    let skipped = herald
+        .store
+        .skipped(Some("every-second".into()), 1_000)
+        .await
+        .unwrap();
+    herald.shutdown().await;
+    assert_eq!(calls.max_per_tick(), 1, "a tick ran twice");
+    // Every tick from the first to the last ran, or was recorded skipped
+    // (overlap: the unanswered tick counts as running until it is settled).
+    let ran = ticks(&calls);
+    let (first, last) = (ran[0], *ran.last().unwrap());
+    let mut unaccounted = Vec::new();
+    let mut at = first;
+    while at <= last {
+        let skip = skipped.iter().any(|s| s.first <= at && at <= s.last);
+        if !ran.contains(&at) && !skip {
+            unaccounted.push(at);
+        }
+        at += chrono::TimeDelta::seconds(1);
+    }
+    assert!(unaccounted.is_empty(), "ticks lost: {unaccounted:?}");
+    let tick_after_freeze = frozen_at + chrono::TimeDelta::milliseconds(100);
+    let tick_after_freeze = DateTime::from_timestamp(tick_after_freeze.timestamp(), 0).unwrap();
+    assert!(
+        ran.contains(&tick_after_freeze),
+        "the tick whose claim got no answer ran ({tick_after_freeze}); ran {ran:?}"
+    );
+}
+
+#[tokio::test]
 async fn two_daemons_through_a_redis_outage_run_no_tick_twice() {
     let mut server = RedisServer::start();
     let calls = Calls::default();

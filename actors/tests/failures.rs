@@ -185,3 +185,47 @@ async fn a_running_run_can_be_cancelled() {
     assert!(!herald.pool.cancel(RunId("nope@1".into())).await.unwrap());
     herald.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_local_queue_is_bounded_and_a_run_past_it_fails_visibly() {
+    let mut job = coded("hangs", "0 0 1 1 *", "hang");
+    job.timeout = Duration::from_secs(60);
+    job.overlap = herald_actors::job::OverlapPolicy::Allow;
+    let config = TreeConfig {
+        workers: 1,
+        max_queued: 2,
+        shutdown_grace: Duration::from_millis(200),
+        ..TreeConfig::default()
+    };
+    let herald = spawn_tree(config, vec![job], registry(), Arc::new(DryRun))
+        .await
+        .unwrap();
+    let mut runs = Vec::new();
+    for _ in 0..5 {
+        let run = herald
+            .scheduler
+            .run_now("hangs".into())
+            .await
+            .unwrap()
+            .unwrap();
+        if runs.is_empty() {
+            // one worker busy, then the queue fills
+            started(&herald, &run).await;
+        }
+        runs.push(run);
+    }
+    // 1 running + 2 waiting; the 4th and 5th are turned away, recorded
+    for run in &runs[3..] {
+        let rec = finished(&herald, run).await;
+        assert_eq!(rec.status, RunStatus::Failed);
+        let error = rec.error.unwrap_or_default();
+        assert!(error.contains("workers.max_queued"), "{error}");
+    }
+    let stats = herald.pool.stats().await.unwrap();
+    assert_eq!((stats.busy, stats.queued), (1, 2));
+    for run in &runs[..3] {
+        let rec = herald.store.record(run.clone()).await.unwrap().unwrap();
+        assert!(!rec.status.is_terminal(), "{rec:?}");
+    }
+    herald.shutdown().await;
+}

@@ -38,7 +38,7 @@ async fn runs_are_read_in_batches_and_gone_once_acknowledged() {
         .await
         .expect("creating the group twice is fine");
     let records: Vec<_> = (0..5).map(run).collect();
-    s.enqueue(&records).await.unwrap();
+    s.enqueue(&records, "test").await.unwrap();
     let mut conn = blocking_connection(&server.url(), BLOCK, Duration::from_secs(1))
         .await
         .unwrap();
@@ -66,11 +66,48 @@ async fn runs_are_read_in_batches_and_gone_once_acknowledged() {
 }
 
 #[tokio::test]
+async fn an_enqueue_sent_again_queues_nothing_twice_and_respects_other_claims() {
+    let server = RedisServer::start();
+    let s = store(&server);
+    s.ensure_queue().await.unwrap();
+    let records: Vec<_> = (0..3).map(run).collect();
+    // this daemon claimed ticks 0 and 1; another daemon claimed tick 2
+    let ticks: Vec<_> = records
+        .iter()
+        .map(|r| (r.job_id.clone(), r.scheduled_at))
+        .collect();
+    assert_eq!(
+        s.claim_ticks(&ticks[..2], "me").await.unwrap(),
+        vec![true, true]
+    );
+    assert_eq!(
+        s.claim_ticks(&ticks[2..], "other").await.unwrap(),
+        vec![true]
+    );
+    assert_eq!(
+        s.enqueue(&records, "me").await.unwrap(),
+        vec![true, true, false]
+    );
+    // the reply was lost: the same call again
+    assert_eq!(
+        s.enqueue(&records, "me").await.unwrap(),
+        vec![true, true, false]
+    );
+    assert_eq!(
+        s.queue_depth().await.unwrap(),
+        (2, 0, 0),
+        "two entries, once each"
+    );
+    // and a queued tick is not claimable again, even by its own daemon
+    assert_eq!(s.claim_ticks(&ticks[..1], "me").await.unwrap(), vec![false]);
+}
+
+#[tokio::test]
 async fn a_dead_consumers_entries_are_reclaimed_unless_it_keeps_touching_them() {
     let server = RedisServer::start();
     let s = store(&server);
     s.ensure_queue().await.unwrap();
-    s.enqueue(&[run(0), run(1)]).await.unwrap();
+    s.enqueue(&[run(0), run(1)], "test").await.unwrap();
     let mut conn = blocking_connection(&server.url(), BLOCK, Duration::from_secs(1))
         .await
         .unwrap();

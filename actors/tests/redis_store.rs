@@ -252,7 +252,7 @@ async fn skipped_ticks_are_kept_newest_first_and_capped() {
             first: at + TimeDelta::seconds(n),
             last: at + TimeDelta::seconds(n),
             count: 1,
-            recorded_at: Utc::now(),
+            recorded_at: at + TimeDelta::seconds(n),
         })
         .collect();
     s.put_skipped(&entries).await.unwrap();
@@ -261,6 +261,92 @@ async fn skipped_ticks_are_kept_newest_first_and_capped() {
     assert_eq!(all[0].first, at + TimeDelta::seconds(4));
     let a = s.skipped(Some("a"), 10).await.unwrap();
     assert_eq!(a.len(), 2);
+    // the entries trimmed away take their data with them
+    let mut c = redis_conn(&server).await;
+    let kept: usize = c.hlen("herald:skips:data").await.unwrap();
+    assert_eq!(kept, 3);
+}
+
+#[tokio::test]
+async fn a_skip_is_recorded_once_however_often_it_is_written() {
+    let server = RedisServer::start();
+    let s = store(&server, StoreLimits::default());
+    let at = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+    let skip = |recorded_at| SkippedTicks {
+        job_id: "a".into(),
+        reason: SkipReason::Misfire,
+        first: at,
+        last: at + TimeDelta::minutes(5),
+        count: 5,
+        recorded_at,
+    };
+    // a replayed pipeline, and a second daemon deciding the same skip later
+    s.put_skipped(&[skip(at)]).await.unwrap();
+    s.put_skipped(&[skip(at)]).await.unwrap();
+    s.put_skipped(&[skip(at + TimeDelta::seconds(3))])
+        .await
+        .unwrap();
+    let all = s.skipped(None, 10).await.unwrap();
+    assert_eq!(all, vec![skip(at)]);
+    // a different window is a different entry
+    let mut later = skip(at);
+    later.first = at + TimeDelta::minutes(6);
+    s.put_skipped(&[later]).await.unwrap();
+    assert_eq!(s.skipped(Some("a"), 10).await.unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn writes_survive_redis_forgetting_its_scripts() {
+    let server = RedisServer::start();
+    let s = store(&server, StoreLimits::default());
+    s.put_records(&[record("a", 1, RunStatus::Pending)])
+        .await
+        .unwrap();
+    // what a Redis restart does to the script cache
+    let mut c = redis_conn(&server).await;
+    let _: () = deadpool_redis::redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    s.put_records(&[
+        record("a", 1, RunStatus::Success),
+        record("a", 2, RunStatus::Pending),
+    ])
+    .await
+    .unwrap();
+    let stored = s.record(&record("a", 1, RunStatus::Success).run_id).await;
+    assert_eq!(stored.unwrap().unwrap().status, RunStatus::Success);
+    assert!(
+        s.record(&record("a", 2, RunStatus::Pending).run_id)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    let _: () = deadpool_redis::redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let won = s
+        .claim_ticks(
+            &[(
+                "a".into(),
+                DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
+            )],
+            "d1",
+        )
+        .await
+        .unwrap();
+    assert_eq!(won, vec![true]);
+}
+
+async fn redis_conn(server: &RedisServer) -> deadpool_redis::redis::aio::MultiplexedConnection {
+    deadpool_redis::redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
 }
 
 #[tokio::test]

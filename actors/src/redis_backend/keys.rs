@@ -54,9 +54,14 @@ impl Keys {
         format!("{}:exec:dropped", self.prefix)
     }
 
-    /// Skipped ticks (list of JSON, newest first), capped.
+    /// Skipped ticks: entry ids by time recorded (sorted set), capped.
     pub fn skipped(&self) -> String {
-        format!("{}:skipped", self.prefix)
+        format!("{}:skips", self.prefix)
+    }
+
+    /// Skipped ticks: entry id -> JSON (hash), trimmed with the index.
+    pub fn skipped_data(&self) -> String {
+        format!("{}:skips:data", self.prefix)
     }
 
     /// Daemons alive: id -> last heartbeat (unix ms), sorted set.

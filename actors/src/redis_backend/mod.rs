@@ -4,6 +4,8 @@
 pub mod connect;
 pub mod keys;
 pub mod queue;
+mod scripts;
+mod shared;
 pub mod store;
 pub mod stored;
 

@@ -21,45 +21,12 @@ use deadpool_redis::redis::streams::{
 };
 use deadpool_redis::redis::{self, AsyncCommands, AsyncConnectionConfig};
 
-use super::store::{BackendError, PUT_RECORD, RedisStore, from_json, to_json};
+use super::scripts::{ENQUEUE, INFLIGHT_COUNTS, PROMOTE_RETRIES};
+use super::store::{BackendError, CLAIM_TTL, RedisStore, from_json, to_json};
 use crate::record::ExecutionRecord;
 
 /// The consumer group every daemon reads the run queue through.
 pub const GROUP: &str = "herald";
-
-/// Moves due retries onto the run queue, atomically (no retry is lost or
-/// doubled if two daemons run this at once).
-const PROMOTE_RETRIES: &str = r"
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
-for _, run in ipairs(due) do
-  redis.call('XADD', KEYS[2], '*', 'record', run)
-  redis.call('ZREM', KEYS[1], run)
-end
-return #due";
-
-/// How many runs of each job are in flight: members of the job's
-/// in-flight set whose record is still PENDING or RUNNING. Members whose
-/// record is final or gone are dropped, so a lost removal heals itself.
-/// KEYS: in-flight sets; ARGV[1]: the execution-record key prefix.
-const INFLIGHT_COUNTS: &str = r"
-local out = {}
-for i, key in ipairs(KEYS) do
-  for _, run in ipairs(redis.call('SMEMBERS', key)) do
-    local live = false
-    local rec = redis.call('GET', ARGV[1] .. run)
-    if rec then
-      local ok, r = pcall(cjson.decode, rec)
-      if ok and type(r) == 'table' and (r['status'] == 'PENDING' or r['status'] == 'RUNNING') then
-        live = true
-      end
-    end
-    if not live then
-      redis.call('SREM', key, run)
-    end
-  end
-  out[i] = redis.call('SCARD', key)
-end
-return out";
 
 /// In-flight sets expire if untouched this long (a safety net: members
 /// are removed when their runs settle).
@@ -101,43 +68,50 @@ impl RedisStore {
         }
     }
 
-    /// Appends runs to the queue, one atomic pipeline (MULTI/EXEC): each
-    /// run's PENDING record, its membership of the job's in-flight set, and
-    /// its stream entry, all or none, so a run is never counted in flight
-    /// without being queued.
-    pub async fn enqueue(&self, records: &[ExecutionRecord]) -> Result<(), BackendError> {
+    /// Puts claimed ticks' runs on the queue, one pipeline: for each run,
+    /// one script writes its PENDING record, adds it to the job's in-flight
+    /// set and appends its stream entry, all or none, and marks the tick's
+    /// claim as queued. A run already marked is not queued again, so after
+    /// an error (the reply lost, the writes perhaps applied) the same call
+    /// can simply be repeated. Returns, per run, whether it is on the queue
+    /// (false: another daemon holds the tick).
+    pub async fn enqueue(
+        &self,
+        records: &[ExecutionRecord],
+        daemon: &str,
+    ) -> Result<Vec<bool>, BackendError> {
         if records.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let ttl = self.limits.record_ttl.as_secs().max(1);
         let history_cap = self.limits.history_per_job.max(1) as isize;
         let mut p = redis::pipe();
-        p.atomic();
         for r in records {
             let json = to_json(r)?;
             let (attempt, phase) = r.progress();
-            p.cmd("EVAL")
-                .arg(PUT_RECORD)
-                .arg(3)
-                .arg(self.keys.execution(&r.run_id.0))
-                .arg(self.keys.history(&r.job_id))
-                .arg(self.keys.recent())
-                .arg(&json)
-                .arg(ttl)
-                .arg(attempt)
-                .arg(phase)
-                .arg(&r.run_id.0)
-                .arg(r.created_at.timestamp_millis())
-                .arg(history_cap)
-                .ignore();
-            let inflight = self.keys.inflight(&r.job_id);
-            p.sadd(&inflight, &r.run_id.0).ignore();
-            p.expire(&inflight, INFLIGHT_TTL_SECONDS as i64).ignore();
-            p.xadd(self.keys.runs(), "*", &[("record", json)]).ignore();
+            p.invoke_script(
+                ENQUEUE
+                    .key(self.keys.tick_claim(&r.job_id, r.scheduled_at.timestamp()))
+                    .key(self.keys.execution(&r.run_id.0))
+                    .key(self.keys.history(&r.job_id))
+                    .key(self.keys.recent())
+                    .key(self.keys.inflight(&r.job_id))
+                    .key(self.keys.runs())
+                    .arg(daemon)
+                    .arg(&json)
+                    .arg(ttl)
+                    .arg(attempt)
+                    .arg(phase)
+                    .arg(&r.run_id.0)
+                    .arg(r.created_at.timestamp_millis())
+                    .arg(history_cap)
+                    .arg(INFLIGHT_TTL_SECONDS)
+                    .arg(CLAIM_TTL.as_secs()),
+            );
         }
         let mut c = self.conn().await?;
-        p.query_async::<()>(&mut c).await?;
-        Ok(())
+        let done: Vec<i64> = self.query_scripted(&mut c, &p).await?;
+        Ok(done.into_iter().map(|d| d >= 0).collect())
     }
 
     /// Reads up to `count` new entries for `consumer`, waiting up to
@@ -210,13 +184,12 @@ impl RedisStore {
             return Ok(Vec::new());
         }
         let mut c = self.conn().await?;
-        let mut cmd = redis::cmd("EVAL");
-        cmd.arg(INFLIGHT_COUNTS).arg(job_ids.len());
+        let mut invocation = INFLIGHT_COUNTS.prepare_invoke();
         for id in job_ids {
-            cmd.arg(self.keys.inflight(id));
+            invocation.key(self.keys.inflight(id));
         }
-        cmd.arg(self.keys.execution(""));
-        Ok(cmd.query_async(&mut c).await?)
+        invocation.arg(self.keys.execution(""));
+        Ok(invocation.invoke_async(&mut c).await?)
     }
 
     /// Moves retries due by `now` onto the queue; returns how many.
@@ -226,14 +199,12 @@ impl RedisStore {
         limit: usize,
     ) -> Result<usize, BackendError> {
         let mut c = self.conn().await?;
-        let moved: usize = redis::cmd("EVAL")
-            .arg(PROMOTE_RETRIES)
-            .arg(2)
-            .arg(self.keys.retries())
-            .arg(self.keys.runs())
+        let moved: usize = PROMOTE_RETRIES
+            .key(self.keys.retries())
+            .key(self.keys.runs())
             .arg(now.timestamp_millis())
             .arg(limit.max(1))
-            .query_async(&mut c)
+            .invoke_async(&mut c)
             .await?;
         Ok(moved)
     }

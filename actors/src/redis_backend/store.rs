@@ -15,60 +15,11 @@ use deadpool_redis::Pool;
 use deadpool_redis::redis::{self, AsyncCommands};
 
 use super::keys::Keys;
+use super::scripts::{CLAIM, PUT_RECORD, PUT_SKIPPED, RAISE_LAST_RUN};
+use super::shared::{Conn, SharedConnection};
 use super::stored::StoredJob;
 use crate::memory::{RecordQuery, StoreLimits};
 use crate::record::{ExecutionRecord, RunId, SkippedTicks};
-
-/// Raises a job's last tick only if the new one is later, atomically, so
-/// two daemons (or a late write) never move it backwards.
-const RAISE_LAST_RUN: &str = r"
-local current = redis.call('GET', KEYS[1])
-if (not current) or tonumber(current) < tonumber(ARGV[1]) then
-  redis.call('SET', KEYS[1], ARGV[1])
-  return 1
-end
-return 0";
-
-/// Writes a record only if it moves the run forward: (attempt, phase) with
-/// PENDING < RUNNING < final, as `ExecutionRecord::progress` and the
-/// in-memory store do. A PENDING flushed after another daemon's RUNNING,
-/// or a RUNNING after the final record, is dropped. A new record also joins
-/// the job's history (capped, TTL) and the recent index; updates do not
-/// touch the indexes. KEYS: record, history, recent. ARGV: json, ttl,
-/// attempt, phase, run id, score (created, ms), history cap.
-pub(super) const PUT_RECORD: &str = r"
-local current = redis.call('GET', KEYS[1])
-if current then
-  local ok, old = pcall(cjson.decode, current)
-  if ok and type(old) == 'table' then
-    local attempt = tonumber(old['attempt']) or 0
-    local phase = 2
-    if old['status'] == 'PENDING' then phase = 0 elseif old['status'] == 'RUNNING' then phase = 1 end
-    local new_attempt, new_phase = tonumber(ARGV[3]), tonumber(ARGV[4])
-    if new_attempt < attempt or (new_attempt == attempt and new_phase < phase) then
-      return 0
-    end
-  end
-end
-redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-if not current then
-  redis.call('ZADD', KEYS[2], ARGV[6], ARGV[5])
-  redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -(tonumber(ARGV[7]) + 1))
-  redis.call('EXPIRE', KEYS[2], ARGV[2])
-  redis.call('ZADD', KEYS[3], ARGV[6], ARGV[5])
-end
-return 1";
-
-/// Claims a tick, idempotently: 1 if this daemon holds the claim (it just
-/// took it, or took it earlier and the reply was lost), 0 if another does.
-const CLAIM: &str = r"
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
-  return 1
-end
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return 1
-end
-return 0";
 
 /// How many ids one page of a filtered query reads.
 const QUERY_PAGE: isize = 256;
@@ -147,6 +98,7 @@ pub struct RedisStore {
     pub(super) pool: Pool,
     pub(super) keys: Keys,
     pub(super) limits: StoreLimits,
+    shared: SharedConnection,
     /// Requests sent to Redis (a pipeline counts once): round trips.
     round_trips: Arc<AtomicU64>,
 }
@@ -157,6 +109,7 @@ impl RedisStore {
             pool,
             keys: Keys::new(prefix),
             limits,
+            shared: SharedConnection::default(),
             round_trips: Arc::new(AtomicU64::new(0)),
         }
     }
@@ -174,10 +127,10 @@ impl RedisStore {
         self.round_trips.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// A pooled connection, for one request (counted as a round trip).
-    pub(super) async fn conn(&self) -> Result<deadpool_redis::Connection, BackendError> {
+    /// The shared connection, for one request (counted as a round trip).
+    pub(super) async fn conn(&self) -> Result<Conn, BackendError> {
         self.count_round_trip();
-        Ok(self.pool.get().await?)
+        self.shared.get(&self.pool).await
     }
 
     /// PING: is Redis answering?
@@ -241,12 +194,10 @@ impl RedisStore {
         at: DateTime<Utc>,
     ) -> Result<(), BackendError> {
         let mut c = self.conn().await?;
-        redis::cmd("EVAL")
-            .arg(RAISE_LAST_RUN)
-            .arg(1)
-            .arg(self.keys.last_run(job_id))
+        RAISE_LAST_RUN
+            .key(self.keys.last_run(job_id))
             .arg(at.timestamp())
-            .query_async::<i64>(&mut c)
+            .invoke_async::<i64>(&mut c)
             .await?;
         Ok(())
     }
@@ -317,32 +268,40 @@ impl RedisStore {
                     let id = r.run_id.0.as_str();
                     let score = r.created_at.timestamp_millis();
                     let (attempt, phase) = r.progress();
-                    p.cmd("EVAL")
-                        .arg(PUT_RECORD)
-                        .arg(3)
-                        .arg(self.keys.execution(id))
-                        .arg(self.keys.history(&r.job_id))
-                        .arg(self.keys.recent())
-                        .arg(to_json(r)?)
-                        .arg(ttl)
-                        .arg(attempt)
-                        .arg(phase)
-                        .arg(id)
-                        .arg(score)
-                        .arg(history_cap)
-                        .ignore();
+                    p.invoke_script(
+                        PUT_RECORD
+                            .key(self.keys.execution(id))
+                            .key(self.keys.history(&r.job_id))
+                            .key(self.keys.recent())
+                            .arg(to_json(r)?)
+                            .arg(ttl)
+                            .arg(attempt)
+                            .arg(phase)
+                            .arg(id)
+                            .arg(score)
+                            .arg(history_cap),
+                    )
+                    .ignore();
                 }
                 PendingWrite::Skipped(s) => {
-                    p.lpush(self.keys.skipped(), to_json(s)?).ignore();
-                    p.ltrim(self.keys.skipped(), 0, skipped_cap - 1).ignore();
+                    p.invoke_script(
+                        PUT_SKIPPED
+                            .key(self.keys.skipped())
+                            .key(self.keys.skipped_data())
+                            .arg(s.dedup_id())
+                            .arg(s.recorded_at.timestamp_millis())
+                            .arg(to_json(s)?)
+                            .arg(skipped_cap),
+                    )
+                    .ignore();
                 }
                 PendingWrite::LastTick { job_id, at } => {
-                    p.cmd("EVAL")
-                        .arg(RAISE_LAST_RUN)
-                        .arg(1)
-                        .arg(self.keys.last_run(job_id))
-                        .arg(at.timestamp())
-                        .ignore();
+                    p.invoke_script(
+                        RAISE_LAST_RUN
+                            .key(self.keys.last_run(job_id))
+                            .arg(at.timestamp()),
+                    )
+                    .ignore();
                 }
                 PendingWrite::Job(job) => {
                     let id = &job.definition.id;
@@ -388,7 +347,7 @@ impl RedisStore {
             .arg(0)
             .arg(-(recent_cap + 1));
         let mut c = self.conn().await?;
-        let (dropped,): (u64,) = p.query_async(&mut c).await?;
+        let (dropped,): (u64,) = self.query_scripted(&mut c, &p).await?;
         if dropped > 0 {
             let _: i64 = c.incr(self.keys.dropped(), dropped).await?;
         }
@@ -408,15 +367,15 @@ impl RedisStore {
         }
         let mut p = redis::pipe();
         for (job_id, at) in ticks {
-            p.cmd("EVAL")
-                .arg(CLAIM)
-                .arg(1)
-                .arg(self.keys.tick_claim(job_id, at.timestamp()))
-                .arg(daemon)
-                .arg(CLAIM_TTL.as_secs());
+            p.invoke_script(
+                CLAIM
+                    .key(self.keys.tick_claim(job_id, at.timestamp()))
+                    .arg(daemon)
+                    .arg(CLAIM_TTL.as_secs()),
+            );
         }
         let mut c = self.conn().await?;
-        let won: Vec<i64> = p.query_async(&mut c).await?;
+        let won: Vec<i64> = self.query_scripted(&mut c, &p).await?;
         Ok(won.into_iter().map(|w| w == 1).collect())
     }
 
@@ -505,11 +464,19 @@ impl RedisStore {
         job_id: Option<&str>,
         limit: usize,
     ) -> Result<Vec<SkippedTicks>, BackendError> {
-        let key = self.keys.skipped();
+        let key = self.keys.skipped_data();
         let mut c = self.conn().await?;
-        let all: Vec<String> = c.lrange(&key, 0, -1).await?;
+        let ids: Vec<String> = c.zrevrange(self.keys.skipped(), 0, -1).await?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let all: Vec<Option<String>> = redis::cmd("HMGET")
+            .arg(&key)
+            .arg(&ids)
+            .query_async(&mut c)
+            .await?;
         let mut out = Vec::new();
-        for json in all {
+        for json in all.into_iter().flatten() {
             let s: SkippedTicks = from_json(&key, &json)?;
             if job_id.is_none_or(|j| s.job_id == j) {
                 out.push(s);

@@ -1,0 +1,215 @@
+//! The Lua scripts herald runs in Redis, each atomic.
+//!
+//! They are sent by `EVALSHA` (a 40-byte hash instead of the source on
+//! every call). Redis forgets scripts when it restarts: a `NOSCRIPT` reply
+//! makes [`RedisStore::query_scripted`] load them all and send the request
+//! once more, which is safe because every write herald sends is idempotent.
+
+use std::sync::LazyLock;
+
+use deadpool_redis::redis::{self, ErrorKind, FromRedisValue, Pipeline, Script, ServerErrorKind};
+
+use super::store::{BackendError, RedisStore};
+
+/// Writes a record only if it moves the run forward: (attempt, phase) with
+/// PENDING < RUNNING < final, as `ExecutionRecord::progress` and the
+/// in-memory store do. A PENDING flushed after another daemon's RUNNING,
+/// or a RUNNING after the final record, is dropped. A new record also joins
+/// the job's history (capped, TTL) and the recent index; updates do not
+/// touch the indexes.
+const PUT_RECORD_FN: &str = r"
+local function put_record(rkey, hkey, recent, json, ttl, attempt, phase, id, score, cap)
+  local current = redis.call('GET', rkey)
+  if current then
+    local ok, old = pcall(cjson.decode, current)
+    if ok and type(old) == 'table' then
+      local old_attempt = tonumber(old['attempt']) or 0
+      local old_phase = 2
+      if old['status'] == 'PENDING' then old_phase = 0 elseif old['status'] == 'RUNNING' then old_phase = 1 end
+      local a, p = tonumber(attempt), tonumber(phase)
+      if a < old_attempt or (a == old_attempt and p < old_phase) then
+        return 0
+      end
+    end
+  end
+  redis.call('SET', rkey, json, 'EX', ttl)
+  if not current then
+    redis.call('ZADD', hkey, score, id)
+    redis.call('ZREMRANGEBYRANK', hkey, 0, -(tonumber(cap) + 1))
+    redis.call('EXPIRE', hkey, ttl)
+    redis.call('ZADD', recent, score, id)
+  end
+  return 1
+end
+";
+
+/// KEYS: record, history, recent. ARGV: json, ttl, attempt, phase, run id,
+/// score (created, ms), history cap.
+pub(super) static PUT_RECORD: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "{PUT_RECORD_FN}
+return put_record(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7])"
+    ))
+});
+
+/// Puts one claimed tick's run on the queue, once: its PENDING record, its
+/// membership of the job's in-flight set and its stream entry, then marks
+/// the claim `<daemon>:queued`. Sent again after a reply was lost, it finds
+/// the mark and does nothing, so an enqueue can be retried until it is
+/// known to have happened. A claim gone (Redis lost its data) is taken
+/// again; a claim another daemon holds means that daemon runs the tick.
+/// KEYS: claim, record, history, recent, in-flight set, run stream.
+/// ARGV: daemon, json, ttl, attempt, phase, run id, score, history cap,
+/// in-flight ttl, claim ttl. Returns 1 queued, 0 already queued, -1 the
+/// tick is another daemon's.
+pub(super) static ENQUEUE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "{PUT_RECORD_FN}
+local claim = redis.call('GET', KEYS[1])
+if claim == ARGV[1] .. ':queued' then return 0 end
+if claim and claim ~= ARGV[1] then return -1 end
+put_record(KEYS[2], KEYS[3], KEYS[4], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8])
+redis.call('SADD', KEYS[5], ARGV[6])
+redis.call('EXPIRE', KEYS[5], ARGV[9])
+redis.call('XADD', KEYS[6], '*', 'record', ARGV[2])
+redis.call('SET', KEYS[1], ARGV[1] .. ':queued', 'EX', ARGV[10])
+return 1"
+    ))
+});
+
+/// Raises a job's last tick only if the new one is later, atomically, so
+/// two daemons (or a late write) never move it backwards.
+pub(super) static RAISE_LAST_RUN: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local current = redis.call('GET', KEYS[1])
+if (not current) or tonumber(current) < tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[1], ARGV[1])
+  return 1
+end
+return 0",
+    )
+});
+
+/// Claims a tick, idempotently: 1 if this daemon holds the claim (it just
+/// took it, or took it earlier and the reply was lost), 0 if another does
+/// (or this daemon already queued the tick).
+pub(super) static CLAIM: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
+  return 1
+end
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return 1
+end
+return 0",
+    )
+});
+
+/// Records skipped ticks once: the entry's id names the job, reason and
+/// window, so a replayed write, or a second daemon deciding the same skip,
+/// adds nothing. The oldest entries past the cap are dropped.
+/// KEYS: index (sorted set by time), data (hash id -> JSON).
+/// ARGV: id, score (ms), json, cap.
+pub(super) static PUT_SKIPPED: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('ZADD', KEYS[1], 'NX', ARGV[2], ARGV[1]) == 0 then
+  return 0
+end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+local over = redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[4])
+if over > 0 then
+  for _, old in ipairs(redis.call('ZRANGE', KEYS[1], 0, over - 1)) do
+    redis.call('HDEL', KEYS[2], old)
+  end
+  redis.call('ZREMRANGEBYRANK', KEYS[1], 0, over - 1)
+end
+return 1",
+    )
+});
+
+/// Moves due retries onto the run queue, atomically (no retry is lost or
+/// doubled if two daemons run this at once).
+pub(super) static PROMOTE_RETRIES: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+for _, run in ipairs(due) do
+  redis.call('XADD', KEYS[2], '*', 'record', run)
+  redis.call('ZREM', KEYS[1], run)
+end
+return #due",
+    )
+});
+
+/// How many runs of each job are in flight: members of the job's
+/// in-flight set whose record is still PENDING or RUNNING. Members whose
+/// record is final or gone are dropped, so a lost removal heals itself.
+/// KEYS: in-flight sets; ARGV[1]: the execution-record key prefix.
+pub(super) static INFLIGHT_COUNTS: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local out = {}
+for i, key in ipairs(KEYS) do
+  for _, run in ipairs(redis.call('SMEMBERS', key)) do
+    local live = false
+    local rec = redis.call('GET', ARGV[1] .. run)
+    if rec then
+      local ok, r = pcall(cjson.decode, rec)
+      if ok and type(r) == 'table' and (r['status'] == 'PENDING' or r['status'] == 'RUNNING') then
+        live = true
+      end
+    end
+    if not live then
+      redis.call('SREM', key, run)
+    end
+  end
+  out[i] = redis.call('SCARD', key)
+end
+return out",
+    )
+});
+
+fn all() -> [&'static Script; 7] {
+    [
+        &PUT_RECORD,
+        &ENQUEUE,
+        &RAISE_LAST_RUN,
+        &CLAIM,
+        &PUT_SKIPPED,
+        &PROMOTE_RETRIES,
+        &INFLIGHT_COUNTS,
+    ]
+}
+
+fn is_noscript(e: &redis::RedisError) -> bool {
+    e.kind() == ErrorKind::Server(ServerErrorKind::NoScript)
+}
+
+impl RedisStore {
+    /// Sends a pipeline that calls scripts by hash. If Redis does not know
+    /// them (first use, or it restarted), loads every script and sends the
+    /// pipeline once more: the writes that did apply the first time are
+    /// idempotent, so applying them again changes nothing.
+    pub(super) async fn query_scripted<T: FromRedisValue>(
+        &self,
+        c: &mut super::shared::Conn,
+        p: &Pipeline,
+    ) -> Result<T, BackendError> {
+        match p.query_async::<T>(c).await {
+            Err(e) if is_noscript(&e) => {
+                self.count_round_trip();
+                let mut load = redis::pipe();
+                for script in all() {
+                    load.load_script(script).ignore();
+                }
+                load.query_async::<()>(c).await?;
+                self.count_round_trip();
+                Ok(p.query_async::<T>(c).await?)
+            }
+            other => Ok(other?),
+        }
+    }
+}
