@@ -43,9 +43,11 @@ pub mod restart;
 pub mod schedule;
 pub mod scheduler;
 pub mod supervisor;
+pub mod telegram;
 pub mod template;
 pub mod timetable;
 pub mod tree;
+pub mod webhook;
 pub mod worker;
 pub mod worker_pool;
 

@@ -4,6 +4,9 @@
 //!   can stop, restart on the same port, or freeze (SIGSTOP: the port
 //!   accepts connections and nothing answers) and thaw.
 
+pub mod telegram;
+pub mod webhook;
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;

@@ -1,0 +1,2 @@
+//! Telegram HTML: the allowed-tags check and the long-message splitter.
+//! (being written)

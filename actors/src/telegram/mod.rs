@@ -1,0 +1,3 @@
+//! Telegram delivery: the HTML rules and (later) the transport.
+
+pub mod html;

@@ -1,0 +1,2 @@
+//! Signed webhook delivery.
+//! (being written)

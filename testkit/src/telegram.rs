@@ -1,0 +1,2 @@
+//! A fake Telegram Bot API server on loopback.
+//! (being written)

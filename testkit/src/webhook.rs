@@ -1,0 +1,2 @@
+//! A local webhook receiver that verifies signatures.
+//! (being written)
