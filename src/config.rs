@@ -17,7 +17,8 @@ use chrono_tz::Tz;
 use herald_actors::TreeConfig;
 use herald_actors::job::{
     DEFAULT_MAX_ATTEMPTS, DEFAULT_MISFIRE_LIMIT, DEFAULT_RETRY_BACKOFF, DEFAULT_RETRY_BACKOFF_MAX,
-    DEFAULT_TIMEOUT, JobKind, JobSpec, MisfirePolicy, OverlapPolicy, RetryPolicy, check_job_id,
+    DEFAULT_TIMEOUT, DeliverySpec, JobKind, JobSpec, MisfirePolicy, OverlapPolicy, RetryPolicy,
+    check_job_id,
 };
 use herald_actors::memory::{
     DEFAULT_HISTORY_PER_JOB, DEFAULT_MAX_RECORDS, DEFAULT_RECORD_TTL, StoreLimits,
@@ -30,6 +31,7 @@ use herald_actors::template;
 use herald_actors::tree::{
     DEFAULT_MAX_QUEUED, DEFAULT_MISFIRE_GRACE, DEFAULT_SHUTDOWN_GRACE, DEFAULT_WORKERS,
 };
+use herald_actors::webhook::WebhookEndpoint;
 use herald_actors::worker_pool::DEFAULT_VISIBILITY_TIMEOUT;
 use serde::Deserialize;
 use toml::de::{DeTable, DeValue};
@@ -58,7 +60,29 @@ pub struct Config {
     pub http: HttpSection,
     pub redis: RedisSection,
     pub telegram: TelegramSection,
+    pub webhooks: Vec<WebhookSection>,
     pub jobs: Vec<JobSection>,
+}
+
+/// A webhook endpoint messages can be posted to.
+#[derive(Debug, Clone, Deserialize)]
+pub struct WebhookSection {
+    pub name: String,
+    pub url: String,
+    /// HMAC-SHA256 key for `X-Herald-Signature`; empty: unsigned.
+    #[serde(default)]
+    pub secret: Option<Secret>,
+    #[serde(default = "default_webhook_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    #[serde(default = "default_webhook_attempts")]
+    pub max_attempts: u32,
+}
+
+fn default_webhook_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_webhook_attempts() -> u32 {
+    5
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -194,6 +218,8 @@ pub struct TelegramSection {
     /// No token: dry-run delivery (messages are logged, not sent).
     pub token: Option<Secret>,
     pub api_url: String,
+    /// The owner chat that jobs with `save = true` also send to.
+    pub save_chat: Option<i64>,
 }
 
 impl Default for TelegramSection {
@@ -201,6 +227,7 @@ impl Default for TelegramSection {
         TelegramSection {
             token: None,
             api_url: DEFAULT_TELEGRAM_API_URL.to_string(),
+            save_chat: None,
         }
     }
 }
@@ -228,6 +255,18 @@ pub struct JobSection {
     pub retry_backoff: Duration,
     #[serde(default = "default_retry_backoff_max", with = "humantime_serde")]
     pub retry_backoff_max: Duration,
+    /// Telegram chats the message goes to directly.
+    #[serde(default)]
+    pub chats: Vec<i64>,
+    /// Also send to `telegram.save_chat`.
+    #[serde(default)]
+    pub save: bool,
+    /// Webhook endpoints (by name) the message is posted to.
+    #[serde(default)]
+    pub webhooks: Vec<String>,
+    /// Deliver without a notification sound.
+    #[serde(default)]
+    pub silent: bool,
 }
 
 fn yes() -> bool {
@@ -671,8 +710,11 @@ impl Validator<'_> {
             }
         };
 
-        let jobs = self.jobs(&config.jobs, default_tz);
-        let tree = self.tree(config);
+        let webhooks = self.webhooks(&config.webhooks);
+        let jobs = self.jobs(&config.jobs, default_tz, config, &webhooks);
+        let mut tree = self.tree(config);
+        tree.webhooks = webhooks;
+        tree.save_chat = config.telegram.save_chat;
 
         Some(Settings {
             source: path.to_path_buf(),
@@ -775,7 +817,52 @@ impl Validator<'_> {
         }
     }
 
-    fn jobs(&mut self, jobs: &[JobSection], default_tz: Option<Tz>) -> Vec<JobSpec> {
+    fn webhooks(&mut self, sections: &[WebhookSection]) -> Vec<WebhookEndpoint> {
+        let mut endpoints: Vec<WebhookEndpoint> = Vec::new();
+        for (i, w) in sections.iter().enumerate() {
+            let at = |field: &str| [key("webhooks"), Seg::Index(i), key(field)];
+            if w.name.is_empty()
+                || !w
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+            {
+                self.problem(&at("name"), format!("webhook name {:?} must be non-empty and use only a-z, A-Z, 0-9, '_', '-', '.'", w.name));
+            } else if endpoints.iter().any(|e| e.name == w.name) {
+                self.problem(&at("name"), format!("duplicate webhook name {:?}", w.name));
+            }
+            match Url::parse(&w.url) {
+                Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => {}
+                _ => self.problem(&at("url"), format!("{:?} is not an http(s) URL", w.url)),
+            }
+            if w.timeout.is_zero() || w.timeout > Duration::from_secs(300) {
+                self.problem(&at("timeout"), "timeout must be between 1ms and 5m");
+            }
+            if w.max_attempts == 0 {
+                self.problem(&at("max_attempts"), "max_attempts must be at least 1");
+            }
+            endpoints.push(WebhookEndpoint {
+                name: w.name.clone(),
+                url: w.url.clone(),
+                secret: w
+                    .secret
+                    .as_ref()
+                    .map(|s| s.expose().to_string())
+                    .unwrap_or_default(),
+                timeout: w.timeout,
+                max_attempts: w.max_attempts,
+            });
+        }
+        endpoints
+    }
+
+    fn jobs(
+        &mut self,
+        jobs: &[JobSection],
+        default_tz: Option<Tz>,
+        config: &Config,
+        webhooks: &[WebhookEndpoint],
+    ) -> Vec<JobSpec> {
         let mut specs = Vec::new();
         let mut seen: Vec<(&str, usize)> = Vec::new();
         for (i, job) in jobs.iter().enumerate() {
@@ -845,6 +932,17 @@ impl Validator<'_> {
             if job.misfire_limit == 0 {
                 self.problem(&at("misfire_limit"), "misfire_limit must be at least 1");
             }
+            if job.save && config.telegram.save_chat.is_none() {
+                self.problem(&at("save"), "save = true needs telegram.save_chat");
+            }
+            for name in &job.webhooks {
+                if !webhooks.iter().any(|w| &w.name == name) {
+                    self.problem(
+                        &at("webhooks"),
+                        format!("no [[webhooks]] endpoint is named {name:?}"),
+                    );
+                }
+            }
             if let (Some(expr), Some(tz)) = (expr, tz) {
                 specs.push(JobSpec {
                     id: job.id.clone(),
@@ -861,6 +959,12 @@ impl Validator<'_> {
                     },
                     kind: JobKind::Message {
                         template: job.template.clone(),
+                    },
+                    delivery: DeliverySpec {
+                        chats: job.chats.clone(),
+                        save: job.save,
+                        webhooks: job.webhooks.clone(),
+                        silent: job.silent,
                     },
                 });
             }

@@ -20,10 +20,11 @@ use std::sync::Arc;
 use chrono::{DateTime, SecondsFormat, Utc};
 use clap::{Parser, Subcommand};
 use herald_actors::handler::Registry;
-use herald_actors::notifier::DryRun;
+use herald_actors::notifier::{DryRun, TelegramLimits, Transport};
 use herald_actors::schedule::{Schedule, parse_zone};
 use herald_actors::spawn_tree;
 use herald_actors::supervisor::TreeExit;
+use herald_actors::telegram::TelegramTransport;
 use tracing::info;
 
 /// Exit code for bad input (config, expression, zone), as clap uses for bad
@@ -163,14 +164,25 @@ async fn serve(settings: config::Settings) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let herald = match spawn_tree(
-        settings.tree.clone(),
-        settings.jobs.clone(),
-        Registry::new(),
-        Arc::new(DryRun),
-    )
-    .await
-    {
+    // Without a token messages are logged, not sent (dry-run), and
+    // Telegram's limits do not apply.
+    let mut tree = settings.tree.clone();
+    let transport: Arc<dyn Transport> = match &settings.telegram_token {
+        Some(token) => {
+            match TelegramTransport::new(token.expose(), Some(settings.telegram_api_url.as_str())) {
+                Ok(t) => Arc::new(t),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot set up Telegram delivery");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        None => {
+            tree.telegram_limits = TelegramLimits::unlimited();
+            Arc::new(DryRun)
+        }
+    };
+    let herald = match spawn_tree(tree, settings.jobs.clone(), Registry::new(), transport).await {
         Ok(h) => h,
         Err(e) => {
             tracing::error!(error = %e, "cannot start the actor tree");

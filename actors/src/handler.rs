@@ -9,9 +9,8 @@ use std::sync::Arc;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 
-use crate::handles::NotifierHandle;
+use crate::delivery::{ChatRole, Message, Outbox};
 use crate::job::{JobKind, JobSpec};
-use crate::notifier::Notification;
 use crate::record::{Counts, RunId};
 use crate::template;
 
@@ -43,7 +42,24 @@ pub struct RunContext {
     pub scheduled_at: DateTime<Utc>,
     /// 1 for the first try.
     pub attempt: u32,
-    pub notifier: NotifierHandle,
+    /// Messages the run sends: handed to the Notifier when the handler
+    /// returns Ok (a failed attempt sends nothing), so the worker never
+    /// waits on Telegram's rate limits.
+    pub outbox: Outbox,
+    /// The owner chat for `save` deliveries, if configured.
+    pub save_chat: Option<i64>,
+}
+
+impl RunContext {
+    /// Queues a Telegram message to a user's private chat (or a group).
+    pub fn send_dm(&self, chat_id: i64, html: String) {
+        self.outbox.push(Message::Telegram {
+            chat_id,
+            role: ChatRole::Dm,
+            html,
+            silent: self.job.delivery.silent,
+        });
+    }
 }
 
 /// A job's code. Runs in its own task: a panic, an error or a timeout ends
@@ -98,7 +114,7 @@ impl Registry {
     }
 }
 
-/// Renders the job's template and hands the message to the Notifier.
+/// Renders the job's template and sends it to the job's destinations.
 struct MessageJob {
     template: String,
 }
@@ -107,17 +123,36 @@ impl JobHandler for MessageJob {
     fn run(&self, ctx: RunContext) -> BoxFuture<Result<Counts, JobError>> {
         let rendered = render_message(&self.template, &ctx);
         Box::pin(async move {
-            let text = rendered?;
-            let notification = Notification {
-                run_id: ctx.run_id.clone(),
-                job_id: ctx.job.id.clone(),
-                recipient: "all active users".to_string(),
-                text,
-            };
-            ctx.notifier
-                .deliver(vec![notification])
-                .await
-                .map_err(|e| JobError::new(e.to_string()))
+            let html = rendered?;
+            let delivery = &ctx.job.delivery;
+            for chat_id in &delivery.chats {
+                ctx.send_dm(*chat_id, html.clone());
+            }
+            if delivery.save {
+                let chat_id = ctx.save_chat.ok_or_else(|| {
+                    JobError::new(
+                        "the job saves to the owner chat, but telegram.save_chat is not set",
+                    )
+                })?;
+                ctx.outbox.push(Message::Telegram {
+                    chat_id,
+                    role: ChatRole::Save,
+                    html: html.clone(),
+                    silent: delivery.silent,
+                });
+            }
+            for endpoint in &delivery.webhooks {
+                ctx.outbox.push(Message::Webhook {
+                    endpoint: endpoint.clone(),
+                    body: serde_json::json!({
+                        "job_id": ctx.job.id,
+                        "run_id": ctx.run_id.0,
+                        "scheduled_at": ctx.scheduled_at.to_rfc3339_opts(SecondsFormat::Secs, true),
+                        "text": html,
+                    }),
+                });
+            }
+            Ok(Counts::default())
         })
     }
 }

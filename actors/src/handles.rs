@@ -12,12 +12,13 @@ use chrono::{DateTime, Utc};
 use ractor::rpc::CallResult;
 use ractor::{ActorRef, RpcReplyPort};
 
+use crate::delivery::{DeliveryReport, Message};
 use crate::execution_store::{StoreData, StoreMsg, StoreSnapshot, StoreStats, StoreWrite};
 use crate::health::{Health, Mode};
 use crate::job::JobSpec;
 use crate::memory::RecordQuery;
-use crate::notifier::{Notification, NotifierMsg};
-use crate::record::{Counts, ExecutionRecord, RunId, SkippedTicks};
+use crate::notifier::{NotifierMsg, NotifierStats};
+use crate::record::{ExecutionRecord, RunId, SkippedTicks};
 use crate::scheduler::{JobView, SchedulerMsg};
 use crate::worker_pool::{PoolMsg, PoolStats, RunRequest};
 
@@ -260,12 +261,42 @@ impl NotifierHandle {
         NotifierHandle { dir, timeout }
     }
 
-    /// Delivers and reports what happened to each notification.
-    pub async fn deliver(&self, notifications: Vec<Notification>) -> Result<Counts, HandleError> {
-        call(read(&self.dir.notifier), "notifier", self.timeout, |r| {
-            NotifierMsg::Deliver(notifications, r)
+    fn actor(&self) -> Option<ActorRef<NotifierMsg>> {
+        read(&self.dir.notifier)
+    }
+
+    /// Hands a run's messages over; the pool hears of progress and the end.
+    pub fn fan_out(
+        &self,
+        run_id: RunId,
+        job_id: String,
+        messages: Vec<Message>,
+    ) -> Result<(), HandleError> {
+        cast(
+            self.actor(),
+            "notifier",
+            NotifierMsg::FanOut {
+                run_id,
+                job_id,
+                messages,
+            },
+        )
+    }
+
+    /// Which of these runs the Notifier is delivering for.
+    pub async fn known(&self, run_ids: Vec<RunId>) -> Result<Vec<bool>, HandleError> {
+        call(self.actor(), "notifier", self.timeout, |r| {
+            NotifierMsg::Known(run_ids, r)
         })
         .await
+    }
+
+    pub fn abandon(&self, run_ids: Vec<RunId>) -> Result<(), HandleError> {
+        cast(self.actor(), "notifier", NotifierMsg::Abandon(run_ids))
+    }
+
+    pub async fn stats(&self) -> Result<NotifierStats, HandleError> {
+        call(self.actor(), "notifier", self.timeout, NotifierMsg::Stats).await
     }
 }
 
@@ -300,6 +331,26 @@ impl PoolHandle {
 
     pub async fn stats(&self) -> Result<PoolStats, HandleError> {
         call(self.actor(), "worker pool", self.timeout, PoolMsg::Stats).await
+    }
+
+    pub fn fan_out_progress(
+        &self,
+        run_id: RunId,
+        report: DeliveryReport,
+    ) -> Result<(), HandleError> {
+        cast(
+            self.actor(),
+            "worker pool",
+            PoolMsg::FanOutProgress { run_id, report },
+        )
+    }
+
+    pub fn fan_out_done(&self, run_id: RunId, report: DeliveryReport) -> Result<(), HandleError> {
+        cast(
+            self.actor(),
+            "worker pool",
+            PoolMsg::FanOutDone { run_id, report },
+        )
     }
 }
 

@@ -79,6 +79,25 @@ pub struct JobSpec {
     pub timeout: Duration,
     pub retry: RetryPolicy,
     pub kind: JobKind,
+    /// Where a message job's message goes.
+    pub delivery: DeliverySpec,
+}
+
+/// Destinations of a message job (the seed's DM / save / webhook).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DeliverySpec {
+    /// Telegram chats messaged directly.
+    #[serde(default)]
+    pub chats: Vec<i64>,
+    /// Also send to the owner chat (`telegram.save_chat`).
+    #[serde(default)]
+    pub save: bool,
+    /// Webhook endpoints (by name) posted to.
+    #[serde(default)]
+    pub webhooks: Vec<String>,
+    /// Deliver without a notification sound.
+    #[serde(default)]
+    pub silent: bool,
 }
 
 impl JobSpec {
@@ -94,6 +113,7 @@ impl JobSpec {
             timeout: DEFAULT_TIMEOUT,
             retry: RetryPolicy::default(),
             kind,
+            delivery: DeliverySpec::default(),
         }
     }
 }

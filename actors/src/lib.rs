@@ -30,11 +30,13 @@
 //! run executes; [`tree`] builds the tree from plain data ([`spawn_tree`]).
 
 pub mod backoff;
+pub mod delivery;
 pub mod execution_store;
 pub mod handler;
 pub mod handles;
 pub mod health;
 pub mod job;
+pub mod ledger;
 pub mod memory;
 pub mod notifier;
 pub mod record;

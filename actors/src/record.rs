@@ -128,6 +128,9 @@ pub struct ExecutionRecord {
     /// it), rather than being handed to this daemon's pool directly.
     #[serde(default)]
     pub queued: bool,
+    /// The run's messages: per destination, while they go out and after.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deliveries: Option<crate::delivery::DeliveryReport>,
 }
 
 impl ExecutionRecord {
@@ -168,6 +171,7 @@ impl ExecutionRecord {
             retry_at: None,
             daemon: None,
             queued: false,
+            deliveries: None,
         }
     }
 }

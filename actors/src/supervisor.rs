@@ -18,7 +18,7 @@ use tokio::sync::watch;
 
 use crate::execution_store::{ExecutionStore, StoreArgs};
 use crate::handles::{Directory, SchedulerHandle};
-use crate::notifier::{Notifier, Transport};
+use crate::notifier::{Notifier, NotifierArgs};
 use crate::restart::{RestartLimit, RestartTracker};
 use crate::scheduler::{Scheduler, SchedulerArgs};
 use crate::worker_pool::{DrainReport, PoolArgs, PoolMsg, WorkerPool};
@@ -78,7 +78,7 @@ pub enum RootMsg {
 #[derive(Clone)]
 pub struct TreeArgs {
     pub store: StoreArgs,
-    pub transport: Arc<dyn Transport>,
+    pub notifier: NotifierArgs,
     pub pool: PoolArgs,
     pub scheduler: SchedulerArgs,
     pub scheduler_handle: SchedulerHandle,
@@ -301,7 +301,7 @@ async fn spawn_child(
         }
         Child::Notifier => {
             let (r, _) =
-                Actor::spawn_linked(None, Notifier, args.transport.clone(), supervisor).await?;
+                Actor::spawn_linked(None, Notifier, args.notifier.clone(), supervisor).await?;
             dir.set_notifier(Some(r.clone()));
             r.get_cell()
         }

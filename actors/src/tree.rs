@@ -23,8 +23,9 @@ use crate::handles::{
 };
 use crate::health::{Health, Mode, PING_TIMEOUT, watch_redis};
 use crate::job::{JobKind, JobSpec};
+use crate::ledger::DeliveryLedger;
 use crate::memory::{MemoryStore, StoreLimits};
-use crate::notifier::Transport;
+use crate::notifier::{NotifierArgs, TelegramLimits, Transport, Webhooks};
 use crate::redis_backend::connect::redacted_url;
 use crate::redis_backend::{
     BackendError, JobDefinition, PendingWrite, RedisSettings, RedisStore, connect, sync_job,
@@ -33,6 +34,7 @@ use crate::restart::RestartLimit;
 use crate::scheduler::Cluster;
 use crate::scheduler::SchedulerArgs;
 use crate::supervisor::{Child, RootMsg, RootSupervisor, TreeArgs, TreeExit};
+use crate::webhook::{WebhookEndpoint, WebhookSender};
 use crate::worker_pool::{DEFAULT_VISIBILITY_TIMEOUT, DrainReport, PoolArgs, QueueArgs};
 
 /// Default worker count: runs mostly wait on the network (Telegram, HTTP
@@ -66,6 +68,12 @@ pub struct TreeConfig {
     /// A run-queue entry held unacknowledged this long is taken over by
     /// another daemon.
     pub visibility_timeout: Duration,
+    /// Telegram's limits as kept by the Notifier.
+    pub telegram_limits: TelegramLimits,
+    /// The owner chat `save` deliveries go to.
+    pub save_chat: Option<i64>,
+    /// Webhook endpoints messages may be posted to.
+    pub webhooks: Vec<WebhookEndpoint>,
 }
 
 impl Default for TreeConfig {
@@ -81,6 +89,9 @@ impl Default for TreeConfig {
             redis: None,
             daemon_id: None,
             visibility_timeout: DEFAULT_VISIBILITY_TIMEOUT,
+            telegram_limits: TelegramLimits::default(),
+            save_chat: None,
+            webhooks: Vec::new(),
         }
     }
 }
@@ -218,9 +229,27 @@ pub async fn spawn_tree_on(
         connect_timeout: settings.connect_timeout,
         health: health_rx.clone(),
     });
+    let ledger = DeliveryLedger::new(
+        redis.as_ref().map(|(_, r)| (r.clone(), health_rx.clone())),
+        daemon_id.clone(),
+    );
+    let webhooks = Webhooks {
+        sender: WebhookSender::new(),
+        endpoints: config
+            .webhooks
+            .iter()
+            .map(|w| (w.name.clone(), w.clone()))
+            .collect(),
+    };
     let args = TreeArgs {
         store: store_data,
-        transport,
+        notifier: NotifierArgs {
+            transport,
+            webhooks: Arc::new(webhooks),
+            ledger,
+            limits: config.telegram_limits,
+            pool: pool.clone(),
+        },
         pool: PoolArgs {
             size: config.workers.max(1),
             max_queued: config.max_queued.max(1),
@@ -230,6 +259,7 @@ pub async fn spawn_tree_on(
             notifier: notifier.clone(),
             scheduler: scheduler.clone(),
             queue,
+            save_chat: config.save_chat,
         },
         scheduler: SchedulerArgs {
             misfire_grace: config.misfire_grace,

@@ -12,21 +12,23 @@ use chrono::Utc;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use crate::AbortOnDrop;
+use crate::delivery::{Message, Outbox};
 use crate::handler::{Registry, RunContext};
-use crate::handles::{NotifierHandle, StoreHandle};
+use crate::handles::StoreHandle;
 use crate::record::{Counts, RunId, RunStatus};
 use crate::worker_pool::{PoolMsg, RunRequest};
 
 /// How one attempt ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum AttemptOutcome {
-    Success(Counts),
+    /// The handler's counts, and the messages it left to send.
+    Success(Counts, Vec<Message>),
     Failed(String),
     Cancelled,
 }
 
 pub enum WorkerMsg {
-    Execute(RunRequest),
+    Execute(Box<RunRequest>),
     Cancel(RunId),
     Finished {
         run_id: RunId,
@@ -41,7 +43,7 @@ pub struct WorkerArgs {
     pub pool: ActorRef<PoolMsg>,
     pub registry: Arc<Registry>,
     pub store: StoreHandle,
-    pub notifier: NotifierHandle,
+    pub save_chat: Option<i64>,
 }
 
 pub struct Worker;
@@ -80,7 +82,7 @@ impl Actor for Worker {
         state: &mut WorkerState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            WorkerMsg::Execute(request) => start(myself, state, request),
+            WorkerMsg::Execute(request) => start(myself, state, *request),
             WorkerMsg::Cancel(run_id) => {
                 if let Some(current) = &state.current
                     && current.request.record.run_id == run_id
@@ -127,12 +129,14 @@ fn start(myself: ActorRef<WorkerMsg>, state: &mut WorkerState, mut request: RunR
     state.args.store.put_record(request.record.clone());
     let run_id = request.record.run_id.clone();
     let handler = state.args.registry.resolve(&request.job.kind);
+    let outbox = Outbox::default();
     let ctx = RunContext {
         run_id: run_id.clone(),
         job: request.job.clone(),
         scheduled_at: request.record.scheduled_at,
         attempt: request.record.attempt,
-        notifier: state.args.notifier.clone(),
+        outbox: outbox.clone(),
+        save_chat: state.args.save_chat,
     };
     let timeout = request.job.timeout;
     let handler_task = match handler {
@@ -147,7 +151,7 @@ fn start(myself: ActorRef<WorkerMsg>, state: &mut WorkerState, mut request: RunR
                 abort.abort();
                 AttemptOutcome::Failed(format!("timed out after {timeout:?}"))
             }
-            Ok(Ok(Ok(counts))) => AttemptOutcome::Success(counts),
+            Ok(Ok(Ok(counts))) => AttemptOutcome::Success(counts, outbox.take()),
             Ok(Ok(Err(e))) => AttemptOutcome::Failed(e.to_string()),
             Ok(Err(join)) if join.is_panic() => {
                 AttemptOutcome::Failed(format!("panicked: {}", panic_message(join.into_panic())))

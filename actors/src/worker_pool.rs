@@ -17,11 +17,12 @@ use tokio::sync::watch;
 
 use crate::AbortOnDrop;
 use crate::backoff::retry_delay;
+use crate::delivery::{DeliveryReport, Message};
 use crate::handler::Registry;
 use crate::handles::{NotifierHandle, SchedulerHandle, StoreHandle};
 use crate::health::{Health, Mode};
 use crate::job::JobSpec;
-use crate::record::{ExecutionRecord, RunId, RunStatus};
+use crate::record::{Counts, ExecutionRecord, RunId, RunStatus};
 use crate::redis_backend::{QueueEntry, RedisStore, blocking_connection};
 use crate::worker::{AttemptOutcome, Worker, WorkerArgs, WorkerMsg};
 
@@ -81,7 +82,30 @@ pub enum PoolMsg {
     },
     DrainDeadline,
     Stats(RpcReplyPort<PoolStats>),
+    /// A run's deliveries so far: written to its RUNNING record.
+    FanOutProgress {
+        run_id: RunId,
+        report: DeliveryReport,
+    },
+    /// A run's deliveries all settled: its record completes.
+    FanOutDone {
+        run_id: RunId,
+        report: DeliveryReport,
+    },
+    /// Hand again to the Notifier fan-outs it lost (it restarted).
+    CheckFanOuts,
 }
+
+/// A run whose handler finished and whose messages are going out.
+struct Delivering {
+    request: RunRequest,
+    messages: Vec<Message>,
+    /// The handler's own counts, added to the deliveries' at the end.
+    counts: Counts,
+}
+
+/// How often the pool checks that the Notifier still has its fan-outs.
+const CHECK_FAN_OUTS_EVERY: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DrainReport {
@@ -97,6 +121,8 @@ pub struct PoolStats {
     pub busy: usize,
     pub queued: usize,
     pub waiting_retry: usize,
+    /// Runs whose messages are going out (no worker held).
+    pub delivering: usize,
     pub worker_restarts: u64,
 }
 
@@ -112,6 +138,8 @@ pub struct PoolArgs {
     pub scheduler: SchedulerHandle,
     /// None: runs only arrive locally (no Redis).
     pub queue: Option<QueueArgs>,
+    /// The owner chat for `save` deliveries.
+    pub save_chat: Option<i64>,
 }
 
 pub struct WorkerPool;
@@ -133,6 +161,7 @@ pub struct PoolState {
     slots: Vec<Slot>,
     queue: VecDeque<RunRequest>,
     retries: HashMap<RunId, (RunRequest, AbortOnDrop)>,
+    delivering: HashMap<RunId, Delivering>,
     /// Runs this pool holds: queued, running or waiting to retry.
     known: HashSet<RunId>,
     draining: Option<Draining>,
@@ -141,6 +170,7 @@ pub struct PoolState {
     capacity: watch::Sender<usize>,
     _reader: Option<AbortOnDrop>,
     _toucher: Option<AbortOnDrop>,
+    _fan_out_checker: AbortOnDrop,
 }
 
 impl PoolState {
@@ -158,12 +188,14 @@ impl PoolState {
         });
     }
 
-    /// Queue entries this pool holds (running or waiting in the local queue).
+    /// Queue entries this pool holds (running, waiting in the local
+    /// queue, or delivering).
     fn held_entries(&self) -> Vec<String> {
         self.slots
             .iter()
             .filter_map(|s| s.busy.as_ref())
             .chain(self.queue.iter())
+            .chain(self.delivering.values().map(|d| &d.request))
             .filter_map(|r| r.entry_id.clone())
             .collect()
     }
@@ -201,11 +233,23 @@ impl Actor for WorkerPool {
             }
             None => (None, None),
         };
+        let me = myself.clone();
+        let checker = tokio::spawn(async move {
+            let mut every = tokio::time::interval(CHECK_FAN_OUTS_EVERY);
+            loop {
+                every.tick().await;
+                if me.cast(PoolMsg::CheckFanOuts).is_err() {
+                    break;
+                }
+            }
+        });
         let mut state = PoolState {
             args,
             slots: Vec::new(),
             queue: VecDeque::new(),
             retries: HashMap::new(),
+            delivering: HashMap::new(),
+            _fan_out_checker: AbortOnDrop::from(checker),
             known: HashSet::new(),
             draining: None,
             worker_restarts: 0,
@@ -293,6 +337,28 @@ impl Actor for WorkerPool {
                 state.draining = Some(draining);
             }
             PoolMsg::DrainDeadline => {
+                // Deliveries still going: a queued run's entry stays
+                // unacknowledged, so another daemon finishes them (the
+                // ledger skips what went out); a local run ends CANCELLED
+                // with what was delivered so far.
+                let runs: Vec<RunId> = state.delivering.keys().cloned().collect();
+                let _ = state.args.notifier.abandon(runs.clone());
+                for run_id in runs {
+                    if let Some(d) = state.delivering.remove(&run_id) {
+                        if let Some(drain) = &mut state.draining {
+                            drain.report.cancelled += 1;
+                        }
+                        if d.request.entry_id.is_some() {
+                            state.known.remove(&run_id);
+                        } else {
+                            settle_cancelled(
+                                state,
+                                d.request,
+                                "cancelled: still delivering at the shutdown deadline",
+                            );
+                        }
+                    }
+                }
                 for slot in &state.slots {
                     if let Some(request) = &slot.busy {
                         let _ = slot
@@ -307,8 +373,34 @@ impl Actor for WorkerPool {
                     busy: state.slots.iter().filter(|s| s.busy.is_some()).count(),
                     queued: state.queue.len(),
                     waiting_retry: state.retries.len(),
+                    delivering: state.delivering.len(),
                     worker_restarts: state.worker_restarts,
                 });
+            }
+            PoolMsg::FanOutProgress { run_id, report } => {
+                if let Some(d) = state.delivering.get_mut(&run_id) {
+                    d.request.record.counts = add(d.counts, report.totals());
+                    d.request.record.deliveries = Some(report);
+                    state.args.store.put_record(d.request.record.clone());
+                }
+            }
+            PoolMsg::FanOutDone { run_id, report } => fan_out_done(state, run_id, report),
+            PoolMsg::CheckFanOuts => {
+                let runs: Vec<RunId> = state.delivering.keys().cloned().collect();
+                if !runs.is_empty()
+                    && let Ok(known) = state.args.notifier.known(runs.clone()).await
+                {
+                    for (run_id, known) in runs.into_iter().zip(known) {
+                        if let (false, Some(d)) = (known, state.delivering.get(&run_id)) {
+                            tracing::warn!(run = %run_id, "the notifier lost this run's deliveries; handing them over again");
+                            let _ = state.args.notifier.fan_out(
+                                run_id.clone(),
+                                d.request.record.job_id.clone(),
+                                d.messages.clone(),
+                            );
+                        }
+                    }
+                }
             }
         }
         dispatch(state);
@@ -362,7 +454,7 @@ async fn spawn_worker(
         pool: pool.clone(),
         registry: args.registry.clone(),
         store: args.store.clone(),
-        notifier: args.notifier.clone(),
+        save_chat: args.save_chat,
     };
     let (worker, _) = Actor::spawn_linked(None, Worker, worker_args, pool.get_cell()).await?;
     Ok(Slot {
@@ -451,7 +543,10 @@ fn dispatch(state: &mut PoolState) {
         let Some(request) = state.queue.pop_front() else {
             return;
         };
-        match slot.worker.cast(WorkerMsg::Execute(request.clone())) {
+        match slot
+            .worker
+            .cast(WorkerMsg::Execute(Box::new(request.clone())))
+        {
             Ok(()) => slot.busy = Some(request),
             Err(_) => {
                 // The worker is dying; its replacement will take the run.
@@ -489,7 +584,35 @@ fn attempt_done(
         }
     }
     match outcome {
-        AttemptOutcome::Success(counts) => {
+        AttemptOutcome::Success(counts, messages) if !messages.is_empty() => {
+            // The worker is free; the record completes when the messages
+            // have settled (the Notifier reports progress meanwhile).
+            let report = DeliveryReport::expecting(&messages);
+            record.finished_at = None;
+            record.duration_ms = None;
+            record.counts = counts;
+            record.deliveries = Some(report);
+            state.args.store.put_record(record.clone());
+            let run_id = record.run_id.clone();
+            let job_id = record.job_id.clone();
+            if let Err(e) = state
+                .args
+                .notifier
+                .fan_out(run_id.clone(), job_id, messages.clone())
+            {
+                // Handed over again by the next fan-out check.
+                tracing::warn!(run = %run_id, error = %e, "notifier unavailable; will hand the messages over again");
+            }
+            state.delivering.insert(
+                run_id,
+                Delivering {
+                    request: RunRequest { record, ..request },
+                    messages,
+                    counts,
+                },
+            );
+        }
+        AttemptOutcome::Success(counts, _) => {
             record.status = RunStatus::Success;
             record.counts = counts;
             record.error = None;
@@ -563,7 +686,48 @@ fn schedule_retry(
         .insert(run_id, (request, AbortOnDrop::from(timer)));
 }
 
+fn add(a: Counts, b: Counts) -> Counts {
+    Counts {
+        sent: a.sent + b.sent,
+        failed: a.failed + b.failed,
+        deactivated: a.deactivated + b.deactivated,
+        skipped: a.skipped + b.skipped,
+    }
+}
+
+/// A run's messages have all settled: its final record. A fan-out fails
+/// the run only if nothing at all got through (not retried: whatever was
+/// retryable was retried per message).
+fn fan_out_done(state: &mut PoolState, run_id: RunId, report: DeliveryReport) {
+    let Some(d) = state.delivering.remove(&run_id) else {
+        return;
+    };
+    let mut record = d.request.record;
+    let now = Utc::now();
+    record.finished_at = Some(now);
+    record.duration_ms = record
+        .started_at
+        .map(|s| (now - s).num_milliseconds().max(0) as u64);
+    record.counts = add(d.counts, report.totals());
+    record.status = if report.failed_entirely() {
+        RunStatus::Failed
+    } else {
+        RunStatus::Success
+    };
+    record.error = report.error_summary();
+    record.deliveries = Some(report);
+    if let Some(drain) = &mut state.draining {
+        drain.report.finished += 1;
+    }
+    settle(state, record, d.request.entry_id);
+}
+
 fn cancel(state: &mut PoolState, run_id: &RunId) -> bool {
+    if let Some(d) = state.delivering.remove(run_id) {
+        let _ = state.args.notifier.abandon(vec![run_id.clone()]);
+        settle_cancelled(state, d.request, "cancelled while delivering");
+        return true;
+    }
     if let Some(pos) = state.queue.iter().position(|r| &r.record.run_id == run_id) {
         if let Some(request) = state.queue.remove(pos) {
             settle_cancelled(state, request, "cancelled");
@@ -782,7 +946,7 @@ async fn read_queue(pool: ActorRef<PoolMsg>, q: QueueArgs, mut capacity: watch::
 }
 
 fn finish_drain_if_idle(state: &mut PoolState) {
-    let idle = state.slots.iter().all(|s| s.busy.is_none());
+    let idle = state.slots.iter().all(|s| s.busy.is_none()) && state.delivering.is_empty();
     if idle
         && let Some(d) = &mut state.draining
         && let Some(reply) = d.reply.take()

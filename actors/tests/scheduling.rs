@@ -116,13 +116,15 @@ async fn a_thousand_jobs_due_in_the_same_second_each_run_exactly_once() {
 #[tokio::test]
 async fn a_message_job_renders_its_template_and_hands_it_to_the_notifier() {
     let recorder = Arc::new(Recorder::default());
-    let job = JobSpec::new(
+    let mut job = JobSpec::new(
         "greeting",
         Schedule::parse("0 0 1 1 *", chrono_tz::UTC).unwrap(),
         JobKind::Message {
             template: "<b>{{ job_id }}</b> says {{ '<hi>' }}".into(),
         },
     );
+    job.delivery.chats = vec![42];
+    job.delivery.silent = true;
     let herald = spawn_tree(
         TreeConfig::default(),
         vec![job],
@@ -141,6 +143,12 @@ async fn a_message_job_renders_its_template_and_hands_it_to_the_notifier() {
     assert_eq!((rec.status, rec.counts.sent), (RunStatus::Success, 1));
     let sent = recorder.0.lock().unwrap().clone();
     assert_eq!(sent.len(), 1);
-    assert_eq!(sent[0].text, "<b>greeting</b> says &lt;hi&gt;");
+    assert_eq!(
+        sent[0],
+        (42, "<b>greeting</b> says &lt;hi&gt;".to_string(), true)
+    );
+    let report = rec.deliveries.expect("the record carries the deliveries");
+    assert_eq!(report.by_destination["dm"].sent, 1);
+    assert_eq!(report.pending, 0);
     herald.shutdown().await;
 }

@@ -8,15 +8,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use herald_actors::handler::{Registry, RunContext};
-use herald_actors::job::{JobKind, JobSpec};
 use herald_actors::memory::RecordQuery;
 use herald_actors::notifier::DryRun;
 use herald_actors::record::{Counts, RunStatus};
 use herald_actors::restart::RestartLimit;
-use herald_actors::schedule::Schedule;
 use herald_actors::supervisor::{Child, TreeExit};
 use herald_actors::{TreeConfig, spawn_tree};
-use support::{Calls, Exploding, coded, counting, finished, quick_retry, started, wait_for};
+use support::{Calls, coded, counting, finished, started, wait_for};
 
 async fn successes(herald: &herald_actors::Herald) -> usize {
     herald
@@ -103,24 +101,22 @@ async fn a_child_failing_past_the_restart_limit_stops_the_tree() {
         },
         ..TreeConfig::default()
     };
-    let mut job = JobSpec::new(
-        "greeting",
-        Schedule::parse("* * * * * *", chrono_tz::UTC).unwrap(),
-        JobKind::Message {
-            template: "hello".into(),
-        },
-    );
-    job.retry = quick_retry(1);
-    let herald = spawn_tree(config, vec![job], Registry::new(), Arc::new(Exploding))
+    let herald = spawn_tree(config, Vec::new(), Registry::new(), Arc::new(DryRun))
         .await
         .unwrap();
+    // Three failures of one child within the window: two restarts are
+    // allowed, the third failure stops the tree.
+    for _ in 0..3 {
+        herald.kill(Child::Notifier);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let exit = tokio::time::timeout(Duration::from_secs(15), herald.stopped())
         .await
         .expect("the tree gives up within 15 s");
     match exit {
         TreeExit::Failed { actor, reason } => {
             assert_eq!(actor, "notifier");
-            assert!(reason.contains("transport exploded"), "{reason}");
+            assert!(!reason.is_empty());
         }
         other => panic!("expected a failure exit, got {other:?}"),
     }

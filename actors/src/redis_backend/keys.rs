@@ -86,6 +86,18 @@ impl Keys {
         format!("{}:retries", self.prefix)
     }
 
+    /// One message part of one run to one recipient: `sending:<daemon>`
+    /// while it goes out, `sent` after. TTL: record TTL.
+    pub fn delivery(&self, key: &str) -> String {
+        format!("{}:delivery:{key}", self.prefix)
+    }
+
+    /// A Telegram user (hash; `active` is "0" once Telegram says the user
+    /// blocked the bot or is gone).
+    pub fn user(&self, chat_id: i64) -> String {
+        format!("{}:user:{chat_id}", self.prefix)
+    }
+
     /// Claim of one tick by one daemon: `SET NX` with expiry.
     pub fn tick_claim(&self, job_id: &str, unix_seconds: i64) -> String {
         format!("{}:tick:{job_id}:{unix_seconds}", self.prefix)

@@ -2,6 +2,7 @@
 //! jobs, and the store itself.
 
 pub mod connect;
+pub mod deliveries;
 pub mod keys;
 pub mod queue;
 mod scripts;
@@ -10,6 +11,7 @@ pub mod store;
 pub mod stored;
 
 pub use connect::{RedisSettings, connect};
+pub use deliveries::DeliveryClaim;
 pub use keys::Keys;
 pub use queue::{GROUP, QueueEntry, blocking_connection};
 pub use store::{BackendError, CLAIM_TTL, PendingWrite, RedisStore};

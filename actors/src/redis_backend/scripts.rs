@@ -172,8 +172,27 @@ return out",
     )
 });
 
-fn all() -> [&'static Script; 7] {
+/// Claims the right to send one message part, once per (run, recipient,
+/// part): 1 this daemon may send it (fresh, or its own earlier claim),
+/// 2 already sent, 0 another send of it is (or was) in progress: its
+/// outcome is unknown, so it is not sent again.
+/// KEYS: the delivery key. ARGV: owner mark (`sending:<daemon>`), ttl.
+pub(super) static CLAIM_DELIVERY: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
+  return 1
+end
+local v = redis.call('GET', KEYS[1])
+if v == 'sent' then return 2 end
+if v == ARGV[1] then return 1 end
+return 0",
+    )
+});
+
+fn all() -> [&'static Script; 8] {
     [
+        &CLAIM_DELIVERY,
         &PUT_RECORD,
         &ENQUEUE,
         &RAISE_LAST_RUN,

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::job::{JobKind, JobSpec, MisfirePolicy, OverlapPolicy, RetryPolicy};
+use crate::job::{DeliverySpec, JobKind, JobSpec, MisfirePolicy, OverlapPolicy, RetryPolicy};
 use crate::schedule::{CronExpr, Schedule, parse_zone};
 
 /// A job definition in plain, serializable form.
@@ -31,6 +31,8 @@ pub struct JobDefinition {
     pub retry_backoff_ms: u64,
     pub retry_backoff_max_ms: u64,
     pub kind: StoredKind,
+    #[serde(default)]
+    pub delivery: DeliverySpec,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -97,6 +99,7 @@ impl From<&JobSpec> for JobDefinition {
                     handler: handler.clone(),
                 },
             },
+            delivery: spec.delivery.clone(),
         }
     }
 }
@@ -147,6 +150,7 @@ impl StoredJob {
                     handler: handler.clone(),
                 },
             },
+            delivery: d.delivery.clone(),
         })
     }
 }

@@ -9,9 +9,11 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use herald_actors::Herald;
+use herald_actors::delivery::SendResult;
+use herald_actors::handler::BoxFuture;
 use herald_actors::handler::{Registry, RunContext};
 use herald_actors::job::{JobKind, JobSpec, RetryPolicy};
-use herald_actors::notifier::{DeliveryOutcome, Notification, Transport};
+use herald_actors::notifier::Transport;
 use herald_actors::record::{Counts, ExecutionRecord, RunId, RunStatus};
 use herald_actors::schedule::Schedule;
 
@@ -102,7 +104,12 @@ pub fn counting(calls: &Calls) -> Registry {
 
 /// Waits until the run's record reaches a final status.
 pub async fn finished(herald: &Herald, run: &RunId) -> ExecutionRecord {
-    wait_for("the run to finish", Duration::from_secs(10), || {
+    finished_within(herald, run, Duration::from_secs(10)).await
+}
+
+/// Waits up to `within` until the run's record reaches a final status.
+pub async fn finished_within(herald: &Herald, run: &RunId, within: Duration) -> ExecutionRecord {
+    wait_for("the run to finish", within, || {
         let (store, run) = (herald.store.clone(), run.clone());
         async move {
             let r = store.record(run).await.ok()??;
@@ -121,22 +128,25 @@ pub async fn started(herald: &Herald, run: &RunId) {
     .await
 }
 
-/// A transport that keeps what it was given.
+/// A transport that keeps what it was given: (chat, text, silent).
 #[derive(Default)]
-pub struct Recorder(pub Mutex<Vec<Notification>>);
+pub struct Recorder(pub Mutex<Vec<(i64, String, bool)>>);
 
 impl Transport for Recorder {
     fn name(&self) -> &'static str {
         "recorder"
     }
 
-    fn send(&self, n: &Notification) -> DeliveryOutcome {
-        self.0.lock().unwrap().push(n.clone());
-        DeliveryOutcome::Sent
+    fn send(&self, chat_id: i64, html: &str, silent: bool) -> BoxFuture<SendResult> {
+        self.0
+            .lock()
+            .unwrap()
+            .push((chat_id, html.to_string(), silent));
+        Box::pin(async { SendResult::Sent })
     }
 }
 
-/// A transport that panics on every send: crashes the Notifier.
+/// A transport that panics on every send.
 pub struct Exploding;
 
 impl Transport for Exploding {
@@ -144,7 +154,7 @@ impl Transport for Exploding {
         "exploding"
     }
 
-    fn send(&self, _: &Notification) -> DeliveryOutcome {
+    fn send(&self, _: i64, _: &str, _: bool) -> BoxFuture<SendResult> {
         panic!("transport exploded");
     }
 }

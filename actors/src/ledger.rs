@@ -1,0 +1,142 @@
+//! The delivery ledger: which message parts of which runs went out, so a
+//! retried or reclaimed run never messages anyone twice.
+//!
+//! Online the keys live in Redis (shared by every daemon, with the record
+//! TTL); offline, and when Redis fails to answer, in a bounded map in
+//! memory that outlives actor restarts. A part is claimed right before it
+//! is sent and marked sent after: a part whose send started and never
+//! reported (its daemon died) is "in doubt" and not sent again. herald
+//! chooses at most once over at least once for messages to people.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::watch;
+
+use crate::health::{Health, Mode};
+use crate::redis_backend::{DeliveryClaim, RedisStore};
+
+/// Keys remembered in memory at most; the oldest go first.
+const MEMORY_KEYS: usize = 200_000;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mark {
+    Sending,
+    Sent,
+}
+
+#[derive(Default)]
+struct MemoryLedger {
+    marks: HashMap<String, Mark>,
+    order: VecDeque<String>,
+}
+
+impl MemoryLedger {
+    fn claim(&mut self, key: &str) -> DeliveryClaim {
+        match self.marks.get(key) {
+            Some(Mark::Sent) => DeliveryClaim::Sent,
+            // A send that started and never reported (its task died with a
+            // restarting Notifier): it may have reached the user.
+            Some(Mark::Sending) => DeliveryClaim::InDoubt,
+            None => {
+                self.insert(key, Mark::Sending);
+                DeliveryClaim::Mine
+            }
+        }
+    }
+
+    /// Sets a key's mark (new keys count toward the bound).
+    fn insert(&mut self, key: &str, mark: Mark) {
+        if self.marks.insert(key.to_string(), mark).is_none() {
+            self.order.push_back(key.to_string());
+            while self.order.len() > MEMORY_KEYS {
+                if let Some(old) = self.order.pop_front() {
+                    self.marks.remove(&old);
+                }
+            }
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct DeliveryLedger {
+    redis: Option<(RedisStore, watch::Receiver<Health>)>,
+    daemon_id: String,
+    memory: Arc<Mutex<MemoryLedger>>,
+}
+
+impl DeliveryLedger {
+    pub fn new(redis: Option<(RedisStore, watch::Receiver<Health>)>, daemon_id: String) -> Self {
+        DeliveryLedger {
+            redis,
+            daemon_id,
+            memory: Arc::new(Mutex::new(MemoryLedger::default())),
+        }
+    }
+
+    fn online(&self) -> Option<&RedisStore> {
+        self.redis
+            .as_ref()
+            .filter(|(_, health)| health.borrow().mode == Mode::Online)
+            .map(|(store, _)| store)
+    }
+
+    /// Claims parts before sending them.
+    pub async fn claim(&self, keys: &[String]) -> Vec<DeliveryClaim> {
+        if let Some(store) = self.online() {
+            match store.claim_deliveries(keys, &self.daemon_id).await {
+                Ok(claims) => return claims,
+                Err(e) => {
+                    tracing::warn!(error = %e, "delivery keys unavailable in redis; using memory")
+                }
+            }
+        }
+        match self.memory.lock() {
+            Ok(mut m) => keys.iter().map(|k| m.claim(k)).collect(),
+            Err(_) => vec![DeliveryClaim::Mine; keys.len()],
+        }
+    }
+
+    /// Which parts were already sent (no claim taken): lets a reclaimed
+    /// fan-out settle what went out before without waiting on rate limits.
+    pub async fn already_sent(&self, keys: &[String]) -> Vec<bool> {
+        if let Some(store) = self.online()
+            && let Ok(sent) = store.sent_deliveries(keys).await
+        {
+            return sent;
+        }
+        match self.memory.lock() {
+            Ok(m) => keys
+                .iter()
+                .map(|k| m.marks.get(k) == Some(&Mark::Sent))
+                .collect(),
+            Err(_) => vec![false; keys.len()],
+        }
+    }
+
+    /// After a send: `sent` true marks the part sent; false releases the
+    /// claim (definitely not delivered: a later attempt may send it).
+    pub async fn settle(&self, key: String, sent: bool) {
+        if let Ok(mut m) = self.memory.lock() {
+            if sent {
+                m.insert(&key, Mark::Sent);
+            } else if m.marks.get(&key) == Some(&Mark::Sending) {
+                m.marks.remove(&key);
+            }
+        }
+        if let Some(store) = self.online()
+            && let Err(e) = store.settle_deliveries(&[(key, sent)]).await
+        {
+            tracing::warn!(error = %e, "could not record a delivery in redis");
+        }
+    }
+
+    /// Marks a user inactive in Redis (issue: users live there).
+    pub async fn deactivate_user(&self, chat_id: i64, reason: &str) {
+        if let Some(store) = self.online()
+            && let Err(e) = store.deactivate_user(chat_id, reason).await
+        {
+            tracing::warn!(error = %e, chat_id, "could not mark the user inactive in redis");
+        }
+    }
+}

@@ -1,0 +1,104 @@
+//! Delivery idempotency keys and user deactivation in Redis.
+
+use deadpool_redis::redis::{self, AsyncCommands};
+
+use super::scripts::CLAIM_DELIVERY;
+use super::store::{BackendError, RedisStore};
+
+/// Where one message part stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryClaim {
+    /// Not sent yet (or this daemon's own claim): send it.
+    Mine,
+    /// Sent by an earlier attempt of the run.
+    Sent,
+    /// Another send of it started and never reported: not sent again.
+    InDoubt,
+}
+
+impl RedisStore {
+    /// Claims message parts for `daemon`, one pipeline.
+    pub async fn claim_deliveries(
+        &self,
+        keys: &[String],
+        daemon: &str,
+    ) -> Result<Vec<DeliveryClaim>, BackendError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ttl = self.limits.record_ttl.as_secs().max(1);
+        let mark = format!("sending:{daemon}");
+        let mut p = redis::pipe();
+        for key in keys {
+            p.invoke_script(
+                CLAIM_DELIVERY
+                    .key(self.keys.delivery(key))
+                    .arg(&mark)
+                    .arg(ttl),
+            );
+        }
+        let mut c = self.conn().await?;
+        let states: Vec<i64> = self.query_scripted(&mut c, &p).await?;
+        Ok(states
+            .into_iter()
+            .map(|s| match s {
+                1 => DeliveryClaim::Mine,
+                2 => DeliveryClaim::Sent,
+                _ => DeliveryClaim::InDoubt,
+            })
+            .collect())
+    }
+
+    /// Which parts were already sent (without claiming anything).
+    pub async fn sent_deliveries(&self, keys: &[String]) -> Result<Vec<bool>, BackendError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let names: Vec<String> = keys.iter().map(|k| self.keys.delivery(k)).collect();
+        let mut c = self.conn().await?;
+        let values: Vec<Option<String>> =
+            redis::cmd("MGET").arg(&names).query_async(&mut c).await?;
+        Ok(values
+            .into_iter()
+            .map(|v| v.as_deref() == Some("sent"))
+            .collect())
+    }
+
+    /// Records parts as sent (`sent = true`) or releases their claims so a
+    /// later attempt may send them (`sent = false`: definitely not sent).
+    pub async fn settle_deliveries(&self, keys: &[(String, bool)]) -> Result<(), BackendError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let ttl = self.limits.record_ttl.as_secs().max(1);
+        let mut p = redis::pipe();
+        for (key, sent) in keys {
+            let name = self.keys.delivery(key);
+            if *sent {
+                p.set_ex(&name, "sent", ttl).ignore();
+            } else {
+                p.del(&name).ignore();
+            }
+        }
+        let mut c = self.conn().await?;
+        p.query_async::<()>(&mut c).await?;
+        Ok(())
+    }
+
+    /// Marks a Telegram user inactive (blocked the bot, deactivated).
+    pub async fn deactivate_user(&self, chat_id: i64, reason: &str) -> Result<(), BackendError> {
+        let key = self.keys.user(chat_id);
+        let mut c = self.conn().await?;
+        let _: () = c
+            .hset_multiple(
+                &key,
+                &[
+                    ("id", chat_id.to_string()),
+                    ("active", "0".to_string()),
+                    ("inactive_reason", reason.to_string()),
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+}
