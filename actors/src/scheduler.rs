@@ -219,7 +219,7 @@ impl Actor for Scheduler {
             SchedulerMsg::Reenqueue => {
                 state.reenqueue_timer = None;
                 let records = std::mem::take(&mut state.unconfirmed);
-                enqueue(&myself, state, records).await;
+                enqueue(&myself, state, records, true).await;
             }
             SchedulerMsg::Jobs(reply) => {
                 let views = state
@@ -498,7 +498,7 @@ async fn execute(
                 pending_record(state, &job, run_id, scheduled_at, trigger, true)
             })
             .collect();
-        keep_unconfirmed(myself, state, records);
+        keep_unconfirmed(myself, state, records, true);
     }
     let online = state.args.cluster.is_some()
         && state
@@ -520,16 +520,18 @@ async fn execute(
             pending_record(state, &job, run_id, scheduled_at, trigger, true)
         })
         .collect();
-    enqueue(myself, state, records).await;
+    enqueue(myself, state, records, false).await;
 }
 
 /// Puts runs on the shared queue. Without an answer from Redis the runs
 /// may or may not be queued: they are kept and sent again (the enqueue is
-/// idempotent) until Redis answers, once it is reachable again.
+/// idempotent) until Redis answers, once it is reachable again. `again`:
+/// these were kept from an earlier attempt (and no longer counted here).
 async fn enqueue(
     myself: &ActorRef<SchedulerMsg>,
     state: &mut SchedulerState,
     records: Vec<ExecutionRecord>,
+    again: bool,
 ) {
     let Some(cluster) = state.args.cluster.clone() else {
         return;
@@ -543,7 +545,7 @@ async fn enqueue(
         .is_some_and(|h| h.mode == Mode::Online);
     if !online {
         // Sent again once Redis is back.
-        keep_unconfirmed(myself, state, records);
+        keep_unconfirmed(myself, state, records, !again);
         return;
     }
     match cluster.redis.enqueue(&records, &cluster.daemon_id).await {
@@ -552,22 +554,34 @@ async fn enqueue(
                 if !queued {
                     // Another daemon holds the tick and runs it.
                     tracing::warn!(run = %record.run_id, "tick claimed elsewhere before it was queued; not running it here");
-                    state.timetable.not_started(&record.job_id);
+                    if !again {
+                        state.timetable.not_started(&record.job_id);
+                    }
                 }
             }
         }
         Err(e) => {
             tracing::warn!(error = %e, runs = records.len(), "enqueue not confirmed; sending it again");
-            keep_unconfirmed(myself, state, records);
+            keep_unconfirmed(myself, state, records, !again);
         }
     }
 }
 
+/// Keeps runs whose enqueue is unconfirmed. `newly`: they were just
+/// fired, so they stop counting as in flight here: during a long outage an
+/// unconfirmed run must not hold back (overlap `skip`) the ticks this
+/// daemon fires offline. Once queued, Redis's in-flight set counts them.
 fn keep_unconfirmed(
     myself: &ActorRef<SchedulerMsg>,
     state: &mut SchedulerState,
     records: Vec<ExecutionRecord>,
+    newly: bool,
 ) {
+    if newly {
+        for r in &records {
+            state.timetable.not_started(&r.job_id);
+        }
+    }
     state.unconfirmed.extend(records);
     if state.unconfirmed.len() > MAX_UNCONFIRMED {
         let over = state.unconfirmed.len() - MAX_UNCONFIRMED;

@@ -222,3 +222,97 @@ async fn an_invalid_url_fails_at_once() {
         "{error}"
     );
 }
+
+/// A message job posting to a webhook through the whole tree: the run's
+/// record counts the delivery per destination.
+#[tokio::test]
+async fn a_message_job_posts_to_its_webhook_and_the_record_counts_it() {
+    use herald_actors::handler::Registry;
+    use herald_actors::job::{JobKind, JobSpec};
+    use herald_actors::notifier::DryRun;
+    use herald_actors::record::RunStatus;
+    use herald_actors::schedule::Schedule;
+    use herald_actors::{TreeConfig, spawn_tree};
+
+    let receiver = WebhookReceiver::start(SECRET).await;
+    let mut ok = JobSpec::new(
+        "hooked",
+        Schedule::parse("0 0 1 1 *", chrono_tz::UTC).unwrap(),
+        JobKind::Message {
+            template: "<b>{{ job_id }}</b> fired".into(),
+        },
+    );
+    ok.delivery.webhooks = vec!["ops".into()];
+    let mut refused = ok.clone();
+    refused.id = "refused".into();
+    refused.delivery.webhooks = vec!["gone".into()];
+    let config = TreeConfig {
+        webhooks: vec![
+            endpoint(receiver.url("/hook"), 3),
+            WebhookEndpoint {
+                name: "gone".into(),
+                ..endpoint(receiver.url("/gone"), 1)
+            },
+        ],
+        ..TreeConfig::default()
+    };
+    let herald = spawn_tree(
+        config,
+        vec![ok, refused],
+        Registry::new(),
+        std::sync::Arc::new(DryRun),
+    )
+    .await
+    .unwrap();
+
+    let run = herald
+        .scheduler
+        .run_now("hooked".into())
+        .await
+        .unwrap()
+        .unwrap();
+    let rec = wait_final(&herald, &run).await;
+    assert_eq!(rec.status, RunStatus::Success, "{rec:?}");
+    let report = rec.deliveries.unwrap();
+    assert_eq!(report.by_destination["webhook:ops"].sent, 1);
+    let got = receiver.received();
+    assert_eq!(got.len(), 1);
+    assert!(got[0].signature_valid);
+    assert_eq!(got[0].path, "/hook");
+    assert_eq!(got[0].body["job_id"], "hooked");
+    assert_eq!(got[0].body["run_id"], run.0.as_str());
+    assert_eq!(got[0].body["text"], "<b>hooked</b> fired");
+
+    // the only destination refuses (400): nothing got through, FAILED
+    receiver.fail_next(1, 400);
+    let run = herald
+        .scheduler
+        .run_now("refused".into())
+        .await
+        .unwrap()
+        .unwrap();
+    let rec = wait_final(&herald, &run).await;
+    assert_eq!(rec.status, RunStatus::Failed, "{rec:?}");
+    let error = rec.error.unwrap_or_default();
+    assert!(
+        error.contains("webhook:gone") && error.contains("400"),
+        "{error}"
+    );
+    herald.shutdown().await;
+}
+
+async fn wait_final(
+    herald: &herald_actors::Herald,
+    run: &herald_actors::record::RunId,
+) -> herald_actors::record::ExecutionRecord {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(Some(r)) = herald.store.record(run.clone()).await
+            && r.status.is_terminal()
+        {
+            return r;
+        }
+        assert!(Instant::now() < deadline, "the run did not finish");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
