@@ -24,7 +24,15 @@ impl Drop for Daemon {
 }
 
 fn start(server: &RedisServer, id: &str) -> Daemon {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_herald-test-daemon"))
+    start_with(server, id, &[])
+}
+
+fn start_with(server: &RedisServer, id: &str, env: &[(&str, String)]) -> Daemon {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_herald-test-daemon"));
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let mut child = command
         .env("REDIS_URL", server.url())
         .env("DAEMON_ID", id)
         .env("VISIBILITY_MS", "2000")
@@ -94,4 +102,65 @@ async fn a_run_on_a_killed_daemon_completes_once_on_another() {
         .unwrap();
     let completed: i64 = c.get(format!("test:completed:{run}")).await.unwrap();
     assert_eq!(completed, 1, "the run completed exactly once");
+}
+
+#[tokio::test]
+async fn a_fan_out_reclaimed_mid_way_messages_nobody_twice() {
+    let server = RedisServer::start();
+    let fake = herald_testkit::telegram::FakeTelegram::start().await;
+    // At Telegram's pace 60 chats take two seconds: time to kill mid-way.
+    fake.enforce_limits(true);
+    let store = RedisStore::new(
+        connect(&RedisSettings::new(server.url(), "herald")).unwrap(),
+        "herald",
+        StoreLimits::default(),
+    );
+    // one tick, 4 s from now, so only one run ever fans out
+    let at = chrono::Utc::now() + chrono::TimeDelta::seconds(4);
+    let schedule = at.format("%S %M %H %d %m *").to_string();
+    let env = [
+        ("TELEGRAM_API_URL", fake.api_url()),
+        ("FANOUT_CHATS", "60".to_string()),
+        ("FANOUT_SCHEDULE", schedule),
+    ];
+    let victim = start_with(&server, "victim", &env);
+    wait_until(
+        "the fan-out to be under way",
+        Duration::from_secs(20),
+        async || (fake.sent().len() >= 15).then_some(()),
+    )
+    .await;
+    drop(victim); // SIGKILL mid-fan-out
+    let sent_before = fake.sent().len();
+    assert!(sent_before < 60, "the fan-out finished before the kill");
+    let _survivor = start_with(&server, "survivor", &env);
+    let run = RunId(format!("fanout@{}", at.timestamp()));
+    let done = wait_until(
+        "the reclaimed fan-out to complete",
+        Duration::from_secs(30),
+        async || {
+            let r = store.record(&run).await.ok()??;
+            r.status.is_terminal().then_some(r)
+        },
+    )
+    .await;
+    assert_eq!(done.status, RunStatus::Success, "{done:?}");
+    assert_eq!(done.daemon.as_deref(), Some("survivor"));
+    let mut missing = Vec::new();
+    for chat in 1..=60 {
+        let got = fake.sent_to(chat).len();
+        assert!(got <= 1, "chat {chat} got {got} messages");
+        if got == 0 {
+            missing.push(chat);
+        }
+    }
+    // A part in flight at the kill has an unknown outcome: not resent
+    // (at most once), counted skipped.
+    assert!(missing.len() <= 1, "not delivered: {missing:?}");
+    let c = done.counts;
+    assert_eq!(c.sent + c.skipped, 60, "{done:?}");
+    assert!(c.skipped <= 1, "{done:?}");
+    // what the record calls sent did arrive
+    assert!(c.sent as usize <= 60 - missing.len(), "{done:?}");
+    assert_eq!(fake.too_many_requests(), 0);
 }

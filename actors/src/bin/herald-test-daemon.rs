@@ -3,6 +3,10 @@
 //! in Redis under `test:completed:{run_id}`. Configured by environment:
 //! REDIS_URL, DAEMON_ID, VISIBILITY_MS. Prints "ready" once running; stops
 //! on SIGTERM.
+//!
+//! With TELEGRAM_API_URL (a fake Bot API server), FANOUT_CHATS (n) and
+//! FANOUT_SCHEDULE (a cron expression) it also has a message job "fanout"
+//! that messages chats 1..=n through teloxide, at Telegram's limits.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,10 +14,11 @@ use std::time::Duration;
 use deadpool_redis::redis::{self, AsyncCommands};
 use herald_actors::handler::{JobError, Registry, RunContext};
 use herald_actors::job::{JobKind, JobSpec};
-use herald_actors::notifier::DryRun;
+use herald_actors::notifier::{DryRun, Transport};
 use herald_actors::record::Counts;
 use herald_actors::redis_backend::RedisSettings;
 use herald_actors::schedule::Schedule;
+use herald_actors::telegram::TelegramTransport;
 use herald_actors::{TreeConfig, spawn_tree};
 
 fn env(name: &str) -> String {
@@ -51,13 +56,30 @@ async fn main() {
         },
     );
     job.timeout = Duration::from_secs(30);
+    let mut jobs = vec![job];
+    let transport: Arc<dyn Transport> = match std::env::var("TELEGRAM_API_URL") {
+        Ok(api_url) => {
+            let chats: i64 = env("FANOUT_CHATS").parse().expect("FANOUT_CHATS");
+            let mut fanout = JobSpec::new(
+                "fanout",
+                Schedule::parse(&env("FANOUT_SCHEDULE"), chrono_tz::UTC).expect("FANOUT_SCHEDULE"),
+                JobKind::Message {
+                    template: "fan-out {{ run_id }}".into(),
+                },
+            );
+            fanout.delivery.chats = (1..=chats).collect();
+            jobs.push(fanout);
+            Arc::new(TelegramTransport::new("123456:TEST", Some(&api_url)).expect("transport"))
+        }
+        Err(_) => Arc::new(DryRun),
+    };
     let config = TreeConfig {
         redis: Some(RedisSettings::new(url, "herald")),
         daemon_id: Some(env("DAEMON_ID")),
         visibility_timeout: visibility,
         ..TreeConfig::default()
     };
-    let herald = spawn_tree(config, vec![job], registry, Arc::new(DryRun))
+    let herald = spawn_tree(config, jobs, registry, transport)
         .await
         .expect("tree starts");
     println!("ready");
