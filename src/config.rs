@@ -1208,6 +1208,37 @@ template = "{% if x %}"
     }
 
     #[test]
+    fn destinations_are_read_and_checked() {
+        let ok = check(
+            "[telegram]\nsave_chat = -100\n\n[[webhooks]]\nname = \"ops\"\nurl = \"http://127.0.0.1:9/h\"\nsecret = \"k\"\n\n[[jobs]]\nid = \"a\"\nschedule = \"@daily\"\ntemplate = \"hi\"\nchats = [1, 2]\nsave = true\nwebhooks = [\"ops\"]\nsilent = true\n",
+        )
+        .unwrap();
+        let d = &ok.jobs[0].delivery;
+        assert_eq!(
+            (d.chats.clone(), d.save, d.webhooks.clone(), d.silent),
+            (vec![1, 2], true, vec!["ops".to_string()], true)
+        );
+        assert_eq!(ok.tree.save_chat, Some(-100));
+        assert_eq!(ok.tree.webhooks[0].secret, "k");
+        let err = check(
+            "[[webhooks]]\nname = \"ops\"\nurl = \"ftp://x\"\n\n[[jobs]]\nid = \"a\"\nschedule = \"@daily\"\ntemplate = \"hi\"\nsave = true\nwebhooks = [\"nope\"]\n",
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("webhooks[0].url: \"ftp://x\" is not an http(s) URL"),
+            "{err}"
+        );
+        assert!(
+            err.contains("jobs[0].save: save = true needs telegram.save_chat"),
+            "{err}"
+        );
+        assert!(
+            err.contains("jobs[0].webhooks: no [[webhooks]] endpoint is named \"nope\""),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn tree_settings_are_read_and_checked() {
         let s = check("[workers]\ncount = 4\nmax_queued = 50\n[scheduler]\nshutdown_grace = \"2s\"\n[supervisor]\nmax_restarts = 1\nrestart_window = \"10s\"\n").unwrap();
         assert_eq!(s.tree.workers, 4);

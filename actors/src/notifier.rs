@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota};
+use governor::{DefaultKeyedRateLimiter, Quota};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use crate::AbortOnDrop;
@@ -74,7 +74,7 @@ pub struct TelegramLimits {
 impl Default for TelegramLimits {
     fn default() -> Self {
         TelegramLimits {
-            overall_per_second: 29.7,
+            overall_per_second: 29.6,
             private_chat_interval: Duration::from_secs(1),
             group_per_minute: 20,
             max_in_flight: 64,
@@ -206,12 +206,46 @@ pub struct NotifierState {
     in_flight: usize,
     webhook_queue: VecDeque<Item>,
     webhooks_in_flight: usize,
-    overall: DefaultDirectRateLimiter,
+    overall: Pacer,
     private: DefaultKeyedRateLimiter<i64>,
     groups: DefaultKeyedRateLimiter<i64>,
     clock: DefaultClock,
     pump_timer: Option<(Instant, AbortOnDrop)>,
     _progress: AbortOnDrop,
+}
+
+/// The bot's overall limit as a fixed timetable of send slots, one per
+/// `period`. A send that goes late (timer granularity, a busy runtime)
+/// does not move the later slots, so lateness never accumulates; after
+/// an idle spell the timetable restarts from now, so there is no burst.
+/// In any window of 30 periods at most 30 sends happen (give or take the
+/// lateness of one), which is what a strict sliding-window limit wants.
+/// governor's GCRA does not fit here: with a burst of 1 every late wake-up
+/// is lost for good (measured: 28.6/s instead of 29.7), and with a larger
+/// burst it sends more than 30 in some second after an idle spell.
+struct Pacer {
+    period: Duration,
+    next: Option<Instant>,
+}
+
+impl Pacer {
+    fn new(period: Duration) -> Self {
+        Pacer { period, next: None }
+    }
+
+    /// Takes the next slot if it is due; otherwise says when it will be.
+    fn take(&mut self, now: Instant) -> Result<(), Instant> {
+        let slot = match self.next {
+            // More than a period behind: idle, not late. Start afresh.
+            Some(next) if next + self.period > now => next,
+            _ => now,
+        };
+        if slot > now {
+            return Err(slot);
+        }
+        self.next = Some(slot + self.period);
+        Ok(())
+    }
 }
 
 fn quota_every(interval: Duration) -> Quota {
@@ -230,9 +264,6 @@ impl Actor for Notifier {
         args: NotifierArgs,
     ) -> Result<NotifierState, ActorProcessingErr> {
         let limits = args.limits;
-        let overall = quota_every(Duration::from_secs_f64(
-            1.0 / limits.overall_per_second.max(1e-3),
-        ));
         let group = quota_every(Duration::from_secs_f64(
             60.0 / f64::from(limits.group_per_minute.max(1)),
         ));
@@ -247,7 +278,9 @@ impl Actor for Notifier {
             }
         });
         Ok(NotifierState {
-            overall: DefaultDirectRateLimiter::direct(overall),
+            overall: Pacer::new(Duration::from_secs_f64(
+                1.0 / limits.overall_per_second.max(1e-3),
+            )),
             private: DefaultKeyedRateLimiter::keyed(quota_every(limits.private_chat_interval)),
             groups: DefaultKeyedRateLimiter::keyed(group),
             clock: DefaultClock::default(),
@@ -510,11 +543,10 @@ fn pump(myself: &ActorRef<NotifierMsg>, state: &mut NotifierState) {
                 }
             }
         }
-        if let Err(not_until) = state.overall.check() {
-            let wait = not_until.wait_time_from(state.clock.now());
+        if let Err(slot) = state.overall.take(now) {
             state.ready.push_front(chat);
             state.in_ready.insert(chat);
-            next_wake = Some(now + wait);
+            next_wake = Some(slot);
             break;
         }
         item.chat_permit = false;
@@ -781,5 +813,41 @@ fn settle(state: &mut NotifierState, run_id: &RunId, index: usize, outcome: Mess
         let totals = done.report.totals();
         tracing::info!(run = %run_id, job = %done.job_id, sent = totals.sent, failed = totals.failed, deactivated = totals.deactivated, skipped = totals.skipped, "delivery finished");
         let _ = state.args.pool.fan_out_done(run_id.clone(), done.report);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pacer_keeps_its_timetable_through_late_sends_and_never_bursts() {
+        let period = Duration::from_millis(100);
+        let mut pacer = Pacer::new(period);
+        let t0 = Instant::now();
+        assert_eq!(pacer.take(t0), Ok(()));
+        // the next slot is one period on
+        assert_eq!(pacer.take(t0 + Duration::from_millis(50)), Err(t0 + period));
+        // taken 30 ms late: the slot after stays on the timetable
+        assert_eq!(pacer.take(t0 + Duration::from_millis(130)), Ok(()));
+        assert_eq!(
+            pacer.take(t0 + Duration::from_millis(150)),
+            Err(t0 + 2 * period)
+        );
+        assert_eq!(pacer.take(t0 + 2 * period), Ok(()));
+        // 30 slots, each taken a little late, span at least 29 periods
+        let mut sent = Vec::new();
+        let mut now = t0 + 3 * period;
+        while sent.len() < 30 {
+            match pacer.take(now) {
+                Ok(()) => sent.push(now),
+                Err(slot) => now = slot + Duration::from_millis(7),
+            }
+        }
+        assert!(sent[29] - sent[0] >= 29 * period - Duration::from_millis(7));
+        // idle for a while: one send now, the next a full period later
+        let later = now + 10 * period;
+        assert_eq!(pacer.take(later), Ok(()));
+        assert_eq!(pacer.take(later), Err(later + period));
     }
 }

@@ -243,3 +243,23 @@ async fn a_fan_out_keeps_telegrams_limits_and_frees_its_worker() {
     assert!(took >= Duration::from_millis(1_400), "{took:?}");
     herald.shutdown().await;
 }
+
+#[tokio::test]
+async fn save_goes_to_the_owner_chat_and_is_counted_apart() {
+    let fake = FakeTelegram::start().await;
+    let mut job = message_job("saved", "<b>saved</b>", vec![11]);
+    job.delivery.save = true;
+    let config = TreeConfig {
+        save_chat: Some(-100_500),
+        ..TreeConfig::default()
+    };
+    let herald = tree(&fake, config, vec![job], Registry::new()).await;
+    let rec = run(&herald, "saved").await;
+    assert_eq!(rec.status, RunStatus::Success, "{rec:?}");
+    let report = rec.deliveries.unwrap();
+    assert_eq!(report.by_destination["dm"].sent, 1);
+    assert_eq!(report.by_destination["save"].sent, 1);
+    assert_eq!(fake.sent_to(-100_500), vec!["<b>saved</b>".to_string()]);
+    assert_eq!(fake.sent_to(11), vec!["<b>saved</b>".to_string()]);
+    herald.shutdown().await;
+}
