@@ -263,3 +263,38 @@ async fn save_goes_to_the_owner_chat_and_is_counted_apart() {
     assert_eq!(fake.sent_to(11), vec!["<b>saved</b>".to_string()]);
     herald.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_request_that_gets_no_answer_is_retried_as_a_network_error() {
+    let fake = FakeTelegram::start().await;
+    fake.fail_next(3, Fault::Hang);
+    let config = TreeConfig {
+        telegram_limits: TelegramLimits {
+            backoff_base: Duration::from_millis(50),
+            ..TelegramLimits::default()
+        },
+        ..TreeConfig::default()
+    };
+    let transport =
+        TelegramTransport::with_timeout(TOKEN, Some(&fake.api_url()), Duration::from_millis(500))
+            .unwrap();
+    let herald = spawn_tree(
+        config,
+        vec![message_job("nudge", "nudge", vec![3])],
+        Registry::new(),
+        Arc::new(transport),
+    )
+    .await
+    .unwrap();
+    let rec = run(&herald, "nudge").await;
+    assert_eq!(rec.status, RunStatus::Success, "{rec:?}");
+    assert_eq!(rec.counts.sent, 1);
+    let tries = fake
+        .requests()
+        .iter()
+        .filter(|r| r.chat_id == Some(3))
+        .count();
+    assert_eq!(tries, 2, "timed out once, then sent");
+    assert_eq!(fake.sent_to(3).len(), 1);
+    herald.shutdown().await;
+}

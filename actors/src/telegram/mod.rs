@@ -33,8 +33,17 @@ impl TelegramTransport {
     /// `api_url`: another Bot API server (self-hosted, or a test's fake);
     /// None is Telegram's.
     pub fn new(token: &str, api_url: Option<&str>) -> Result<Self, TelegramSetupError> {
+        Self::with_timeout(token, api_url, REQUEST_TIMEOUT)
+    }
+
+    /// As [`TelegramTransport::new`], with another time limit per request.
+    pub fn with_timeout(
+        token: &str,
+        api_url: Option<&str>,
+        timeout: Duration,
+    ) -> Result<Self, TelegramSetupError> {
         let client = reqwest::Client::builder()
-            .timeout(REQUEST_TIMEOUT)
+            .timeout(timeout)
             .connect_timeout(Duration::from_secs(5))
             .build()
             .map_err(|e| TelegramSetupError::Client(e.to_string()))?;
