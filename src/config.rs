@@ -31,6 +31,7 @@ use herald_actors::template;
 use herald_actors::tree::{
     DEFAULT_MAX_QUEUED, DEFAULT_MISFIRE_GRACE, DEFAULT_SHUTDOWN_GRACE, DEFAULT_WORKERS,
 };
+use herald_actors::users::{Targets, check_pack_name};
 use herald_actors::webhook::WebhookEndpoint;
 use herald_actors::worker_pool::DEFAULT_VISIBILITY_TIMEOUT;
 use serde::Deserialize;
@@ -255,9 +256,18 @@ pub struct JobSection {
     pub retry_backoff: Duration,
     #[serde(default = "default_retry_backoff_max", with = "humantime_serde")]
     pub retry_backoff_max: Duration,
-    /// Telegram chats the message goes to directly.
+    /// Message users directly (false: only save and webhooks).
+    #[serde(default = "yes")]
+    pub dm: bool,
+    /// Chats messaged directly (users or groups).
     #[serde(default)]
-    pub chats: Vec<i64>,
+    pub include: Vec<i64>,
+    /// Chats never messaged by this job.
+    #[serde(default)]
+    pub exclude: Vec<i64>,
+    /// Packs whose members are messaged.
+    #[serde(default)]
+    pub packs: Vec<String>,
     /// Also send to `telegram.save_chat`.
     #[serde(default)]
     pub save: bool,
@@ -932,6 +942,11 @@ impl Validator<'_> {
             if job.misfire_limit == 0 {
                 self.problem(&at("misfire_limit"), "misfire_limit must be at least 1");
             }
+            for pack in &job.packs {
+                if let Err(e) = check_pack_name(pack) {
+                    self.problem(&at("packs"), e);
+                }
+            }
             if job.save && config.telegram.save_chat.is_none() {
                 self.problem(&at("save"), "save = true needs telegram.save_chat");
             }
@@ -961,7 +976,12 @@ impl Validator<'_> {
                         template: job.template.clone(),
                     },
                     delivery: DeliverySpec {
-                        chats: job.chats.clone(),
+                        dm: job.dm,
+                        targets: Targets {
+                            include: job.include.clone(),
+                            exclude: job.exclude.clone(),
+                            packs: job.packs.clone(),
+                        },
                         save: job.save,
                         webhooks: job.webhooks.clone(),
                         silent: job.silent,
@@ -1210,13 +1230,21 @@ template = "{% if x %}"
     #[test]
     fn destinations_are_read_and_checked() {
         let ok = check(
-            "[telegram]\nsave_chat = -100\n\n[[webhooks]]\nname = \"ops\"\nurl = \"http://127.0.0.1:9/h\"\nsecret = \"k\"\n\n[[jobs]]\nid = \"a\"\nschedule = \"@daily\"\ntemplate = \"hi\"\nchats = [1, 2]\nsave = true\nwebhooks = [\"ops\"]\nsilent = true\n",
+            "[telegram]\nsave_chat = -100\n\n[[webhooks]]\nname = \"ops\"\nurl = \"http://127.0.0.1:9/h\"\nsecret = \"k\"\n\n[[jobs]]\nid = \"a\"\nschedule = \"@daily\"\ntemplate = \"hi\"\ninclude = [1, 2]\nexclude = [3]\npacks = [\"ops\"]\nsave = true\nwebhooks = [\"ops\"]\nsilent = true\n",
         )
         .unwrap();
         let d = &ok.jobs[0].delivery;
         assert_eq!(
-            (d.chats.clone(), d.save, d.webhooks.clone(), d.silent),
-            (vec![1, 2], true, vec!["ops".to_string()], true)
+            (
+                d.targets.include.clone(),
+                d.targets.exclude.clone(),
+                d.targets.packs.clone()
+            ),
+            (vec![1, 2], vec![3], vec!["ops".to_string()])
+        );
+        assert_eq!(
+            (d.dm, d.save, d.webhooks.clone(), d.silent),
+            (true, true, vec!["ops".to_string()], true)
         );
         assert_eq!(ok.tree.save_chat, Some(-100));
         assert_eq!(ok.tree.webhooks[0].secret, "k");

@@ -13,6 +13,7 @@ use crate::delivery::{ChatRole, Message, Outbox};
 use crate::job::{JobKind, JobSpec};
 use crate::record::{Counts, RunId};
 use crate::template;
+use crate::users::UserDirectory;
 
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
@@ -48,6 +49,8 @@ pub struct RunContext {
     pub outbox: Outbox,
     /// The owner chat for `save` deliveries, if configured.
     pub save_chat: Option<i64>,
+    /// Users and packs, for targeting.
+    pub users: UserDirectory,
 }
 
 impl RunContext {
@@ -125,8 +128,10 @@ impl JobHandler for MessageJob {
         Box::pin(async move {
             let html = rendered?;
             let delivery = &ctx.job.delivery;
-            for chat_id in &delivery.chats {
-                ctx.send_dm(*chat_id, html.clone());
+            if delivery.dm {
+                for chat_id in ctx.users.resolve(&delivery.targets).await {
+                    ctx.send_dm(chat_id, html.clone());
+                }
             }
             if delivery.save {
                 let chat_id = ctx.save_chat.ok_or_else(|| {

@@ -1,6 +1,7 @@
 //! What a job is: its identity, schedule and policies. Plain data, shared by
 //! the config loader, the store and the actors.
 
+use crate::users::Targets;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -84,11 +85,14 @@ pub struct JobSpec {
 }
 
 /// Destinations of a message job (the seed's DM / save / webhook).
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DeliverySpec {
-    /// Telegram chats messaged directly.
+    /// Message users directly (the targets below).
+    #[serde(default = "yes")]
+    pub dm: bool,
+    /// Who: include ∪ packs − exclude; none = every active user.
     #[serde(default)]
-    pub chats: Vec<i64>,
+    pub targets: Targets,
     /// Also send to the owner chat (`telegram.save_chat`).
     #[serde(default)]
     pub save: bool,
@@ -98,6 +102,22 @@ pub struct DeliverySpec {
     /// Deliver without a notification sound.
     #[serde(default)]
     pub silent: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for DeliverySpec {
+    fn default() -> Self {
+        DeliverySpec {
+            dm: true,
+            targets: Targets::default(),
+            save: false,
+            webhooks: Vec::new(),
+            silent: false,
+        }
+    }
 }
 
 impl JobSpec {

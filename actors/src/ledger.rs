@@ -130,13 +130,4 @@ impl DeliveryLedger {
             tracing::warn!(error = %e, "could not record a delivery in redis");
         }
     }
-
-    /// Marks a user inactive in Redis (issue: users live there).
-    pub async fn deactivate_user(&self, chat_id: i64, reason: &str) {
-        if let Some(store) = self.online()
-            && let Err(e) = store.deactivate_user(chat_id, reason).await
-        {
-            tracing::warn!(error = %e, chat_id, "could not mark the user inactive in redis");
-        }
-    }
 }

@@ -49,6 +49,7 @@ pub mod telegram;
 pub mod template;
 pub mod timetable;
 pub mod tree;
+pub mod users;
 pub mod webhook;
 pub mod worker;
 pub mod worker_pool;

@@ -30,6 +30,7 @@ use crate::ledger::DeliveryLedger;
 use crate::record::RunId;
 use crate::redis_backend::DeliveryClaim;
 use crate::telegram::html;
+use crate::users::UserDirectory;
 use crate::webhook::{WebhookEndpoint, WebhookOutcome, WebhookSender};
 
 /// Sends one Telegram message part. Telegram (teloxide) in production;
@@ -115,6 +116,8 @@ pub struct NotifierArgs {
     pub ledger: DeliveryLedger,
     pub limits: TelegramLimits,
     pub pool: PoolHandle,
+    /// Where a 403 marks the user inactive.
+    pub users: UserDirectory,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -770,9 +773,9 @@ fn attempted(
             }
         }
         Attempt::Telegram(SendResult::Deactivated(why)) => {
-            let ledger = state.args.ledger.clone();
+            let users = state.args.users.clone();
             let reason = why.clone();
-            tokio::spawn(async move { ledger.deactivate_user(chat, &reason).await });
+            tokio::spawn(async move { users.deactivate(chat, &reason).await });
             Some(MessageOutcome::Deactivated(why))
         }
         Attempt::Telegram(SendResult::Rejected(why)) => Some(MessageOutcome::Failed(why)),

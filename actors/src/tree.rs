@@ -34,6 +34,7 @@ use crate::restart::RestartLimit;
 use crate::scheduler::Cluster;
 use crate::scheduler::SchedulerArgs;
 use crate::supervisor::{Child, RootMsg, RootSupervisor, TreeArgs, TreeExit};
+use crate::users::UserDirectory;
 use crate::webhook::{WebhookEndpoint, WebhookSender};
 use crate::worker_pool::{DEFAULT_VISIBILITY_TIMEOUT, DrainReport, PoolArgs, QueueArgs};
 
@@ -120,6 +121,8 @@ pub struct Herald {
     pub store: StoreHandle,
     pub pool: PoolHandle,
     pub notifier: NotifierHandle,
+    /// Users and packs (targeting).
+    pub users: UserDirectory,
 }
 
 /// Starts the tree on a fresh in-memory store.
@@ -241,9 +244,11 @@ pub async fn spawn_tree_on(
             .map(|w| (w.name.clone(), w.clone()))
             .collect(),
     };
+    let users = UserDirectory::new(redis.as_ref().map(|(_, r)| (r.clone(), health_rx.clone())));
     let args = TreeArgs {
         store: store_data,
         notifier: NotifierArgs {
+            users: users.clone(),
             transport,
             webhooks: Arc::new(webhooks),
             ledger,
@@ -260,6 +265,7 @@ pub async fn spawn_tree_on(
             scheduler: scheduler.clone(),
             queue,
             save_chat: config.save_chat,
+            users: users.clone(),
         },
         scheduler: SchedulerArgs {
             misfire_grace: config.misfire_grace,
@@ -306,6 +312,7 @@ pub async fn spawn_tree_on(
         store,
         pool,
         notifier,
+        users,
     })
 }
 

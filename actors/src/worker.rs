@@ -16,6 +16,7 @@ use crate::delivery::{Message, Outbox};
 use crate::handler::{Registry, RunContext};
 use crate::handles::StoreHandle;
 use crate::record::{Counts, RunId, RunStatus};
+use crate::users::UserDirectory;
 use crate::worker_pool::{PoolMsg, RunRequest};
 
 /// How one attempt ended.
@@ -44,6 +45,7 @@ pub struct WorkerArgs {
     pub registry: Arc<Registry>,
     pub store: StoreHandle,
     pub save_chat: Option<i64>,
+    pub users: UserDirectory,
 }
 
 pub struct Worker;
@@ -137,6 +139,7 @@ fn start(myself: ActorRef<WorkerMsg>, state: &mut WorkerState, mut request: RunR
         attempt: request.record.attempt,
         outbox: outbox.clone(),
         save_chat: state.args.save_chat,
+        users: state.args.users.clone(),
     };
     let timeout = request.job.timeout;
     let handler_task = match handler {

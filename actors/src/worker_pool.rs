@@ -24,6 +24,7 @@ use crate::health::{Health, Mode};
 use crate::job::JobSpec;
 use crate::record::{Counts, ExecutionRecord, RunId, RunStatus};
 use crate::redis_backend::{QueueEntry, RedisStore, blocking_connection};
+use crate::users::UserDirectory;
 use crate::worker::{AttemptOutcome, Worker, WorkerArgs, WorkerMsg};
 
 /// How long one blocking read of the run queue waits for entries.
@@ -140,6 +141,7 @@ pub struct PoolArgs {
     pub queue: Option<QueueArgs>,
     /// The owner chat for `save` deliveries.
     pub save_chat: Option<i64>,
+    pub users: UserDirectory,
 }
 
 pub struct WorkerPool;
@@ -455,6 +457,7 @@ async fn spawn_worker(
         registry: args.registry.clone(),
         store: args.store.clone(),
         save_chat: args.save_chat,
+        users: args.users.clone(),
     };
     let (worker, _) = Actor::spawn_linked(None, Worker, worker_args, pool.get_cell()).await?;
     Ok(Slot {

@@ -123,7 +123,7 @@ async fn a_message_job_renders_its_template_and_hands_it_to_the_notifier() {
             template: "<b>{{ job_id }}</b> says {{ '<hi>' }}".into(),
         },
     );
-    job.delivery.chats = vec![42];
+    job.delivery.targets.include = vec![42];
     job.delivery.silent = true;
     let herald = spawn_tree(
         TreeConfig::default(),

@@ -31,7 +31,7 @@ fn message_job(id: &str, template: &str, chats: Vec<i64>) -> JobSpec {
             template: template.into(),
         },
     );
-    job.delivery.chats = chats;
+    job.delivery.targets.include = chats;
     job.overlap = OverlapPolicy::Allow;
     job
 }

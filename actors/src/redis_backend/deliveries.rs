@@ -1,6 +1,6 @@
 //! Delivery idempotency keys and user deactivation in Redis.
 
-use deadpool_redis::redis::{self, AsyncCommands};
+use deadpool_redis::redis;
 
 use super::scripts::CLAIM_DELIVERY;
 use super::store::{BackendError, RedisStore};
@@ -82,23 +82,6 @@ impl RedisStore {
         }
         let mut c = self.conn().await?;
         p.query_async::<()>(&mut c).await?;
-        Ok(())
-    }
-
-    /// Marks a Telegram user inactive (blocked the bot, deactivated).
-    pub async fn deactivate_user(&self, chat_id: i64, reason: &str) -> Result<(), BackendError> {
-        let key = self.keys.user(chat_id);
-        let mut c = self.conn().await?;
-        let _: () = c
-            .hset_multiple(
-                &key,
-                &[
-                    ("id", chat_id.to_string()),
-                    ("active", "0".to_string()),
-                    ("inactive_reason", reason.to_string()),
-                ],
-            )
-            .await?;
         Ok(())
     }
 }

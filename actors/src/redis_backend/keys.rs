@@ -92,8 +92,13 @@ impl Keys {
         format!("{}:delivery:{key}", self.prefix)
     }
 
-    /// A Telegram user (hash; `active` is "0" once Telegram says the user
-    /// blocked the bot or is gone).
+    /// Ids of every user (set).
+    pub fn users(&self) -> String {
+        format!("{}:users", self.prefix)
+    }
+
+    /// A Telegram user (hash: id, name, active "1"/"0", packs as a JSON
+    /// list, inactive_reason).
     pub fn user(&self, chat_id: i64) -> String {
         format!("{}:user:{chat_id}", self.prefix)
     }

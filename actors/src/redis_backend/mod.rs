@@ -9,6 +9,7 @@ mod scripts;
 mod shared;
 pub mod store;
 pub mod stored;
+pub mod users;
 
 pub use connect::{RedisSettings, connect};
 pub use deliveries::DeliveryClaim;

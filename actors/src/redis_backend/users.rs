@@ -1,0 +1,102 @@
+//! Users in Redis: `{p}:users` (ids) and one hash per user.
+
+use std::collections::BTreeSet;
+
+use deadpool_redis::redis::{self, AsyncCommands};
+
+use super::store::{BackendError, RedisStore};
+use crate::users::User;
+
+impl RedisStore {
+    pub async fn put_user(&self, user: &User) -> Result<(), BackendError> {
+        let packs = serde_json::to_string(&user.packs)
+            .map_err(|e| BackendError::Command(format!("cannot encode packs: {e}")))?;
+        let mut c = self.conn().await?;
+        redis::pipe()
+            .sadd(self.keys.users(), user.chat_id)
+            .ignore()
+            .hset_multiple(
+                self.keys.user(user.chat_id),
+                &[
+                    ("id", user.chat_id.to_string()),
+                    ("name", user.name.clone()),
+                    ("active", if user.active { "1" } else { "0" }.to_string()),
+                    ("packs", packs),
+                ],
+            )
+            .ignore()
+            .query_async::<()>(&mut c)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn remove_user(&self, chat_id: i64) -> Result<bool, BackendError> {
+        let mut c = self.conn().await?;
+        let (removed,): (i64,) = redis::pipe()
+            .srem(self.keys.users(), chat_id)
+            .del(self.keys.user(chat_id))
+            .ignore()
+            .query_async(&mut c)
+            .await?;
+        Ok(removed > 0)
+    }
+
+    /// Sets a user's active flag (creating the user if unknown).
+    pub async fn set_user_active(
+        &self,
+        chat_id: i64,
+        active: bool,
+        reason: &str,
+    ) -> Result<(), BackendError> {
+        let mut c = self.conn().await?;
+        redis::pipe()
+            .sadd(self.keys.users(), chat_id)
+            .ignore()
+            .hset_multiple(
+                self.keys.user(chat_id),
+                &[
+                    ("id", chat_id.to_string()),
+                    ("active", if active { "1" } else { "0" }.to_string()),
+                    ("inactive_reason", reason.to_string()),
+                ],
+            )
+            .ignore()
+            .query_async::<()>(&mut c)
+            .await?;
+        Ok(())
+    }
+
+    /// Every user, one pipeline for all hashes.
+    pub async fn users(&self) -> Result<Vec<User>, BackendError> {
+        let mut c = self.conn().await?;
+        let ids: Vec<i64> = c.smembers(self.keys.users()).await?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut p = redis::pipe();
+        for id in &ids {
+            p.hgetall(self.keys.user(*id));
+        }
+        let hashes: Vec<std::collections::HashMap<String, String>> = p.query_async(&mut c).await?;
+        let mut users = Vec::with_capacity(ids.len());
+        for (id, h) in ids.into_iter().zip(hashes) {
+            if h.is_empty() {
+                continue;
+            }
+            let packs: BTreeSet<String> = match h.get("packs") {
+                Some(json) => serde_json::from_str(json).map_err(|e| BackendError::Corrupt {
+                    key: self.keys.user(id),
+                    message: format!("packs: {e}"),
+                })?,
+                None => BTreeSet::new(),
+            };
+            users.push(User {
+                chat_id: id,
+                name: h.get("name").cloned().unwrap_or_default(),
+                active: h.get("active").is_none_or(|a| a != "0"),
+                packs,
+            });
+        }
+        Ok(users)
+    }
+}
