@@ -725,6 +725,9 @@ impl Validator<'_> {
         let mut tree = self.tree(config);
         tree.webhooks = webhooks;
         tree.save_chat = config.telegram.save_chat;
+        if let Some(tz) = default_tz {
+            tree.default_timezone = tz;
+        }
 
         Some(Settings {
             source: path.to_path_buf(),

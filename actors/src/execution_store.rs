@@ -24,7 +24,9 @@ use crate::health::{Health, Mode};
 use crate::job::JobSpec;
 use crate::memory::{MemoryStore, RecordQuery};
 use crate::record::{ExecutionRecord, RunId, SkippedTicks};
-use crate::redis_backend::{JobDefinition, PendingWrite, RedisStore, StoredJob, overrides_for};
+use crate::redis_backend::{
+    JobDefinition, JobOrigin, PendingWrite, RedisStore, StoredJob, overrides_for,
+};
 
 /// How often expired records are swept from memory.
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
@@ -238,8 +240,13 @@ impl StoreData {
                             definition: definition.clone(),
                             overrides: overrides_for(&spec, definition),
                             orphaned: false,
+                            origin: JobOrigin::Defined,
                         },
-                        None => StoredJob::new(JobDefinition::from(spec.as_ref())),
+                        // Not defined by config or code: created at run time.
+                        None => StoredJob {
+                            origin: JobOrigin::Custom,
+                            ..StoredJob::new(JobDefinition::from(spec.as_ref()))
+                        },
                     };
                     queued.push(PendingWrite::Job(Box::new(stored)));
                 }

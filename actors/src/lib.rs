@@ -30,6 +30,7 @@
 //! run executes; [`tree`] builds the tree from plain data ([`spawn_tree`]).
 
 pub mod backoff;
+pub mod custom_jobs;
 pub mod delivery;
 pub mod execution_store;
 pub mod handler;

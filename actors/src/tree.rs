@@ -14,6 +14,7 @@ use ractor::{Actor, ActorRef};
 use tokio::sync::watch;
 
 use crate::AbortOnDrop;
+use crate::custom_jobs::{CustomJobs, JobContext};
 use crate::execution_store::{
     DEFAULT_MAX_PENDING, PendingWrites, RedisLink, SharedMemory, StoreData,
 };
@@ -28,7 +29,8 @@ use crate::memory::{MemoryStore, StoreLimits};
 use crate::notifier::{NotifierArgs, TelegramLimits, Transport, Webhooks};
 use crate::redis_backend::connect::redacted_url;
 use crate::redis_backend::{
-    BackendError, JobDefinition, PendingWrite, RedisSettings, RedisStore, connect, sync_job,
+    BackendError, JobDefinition, JobOrigin, PendingWrite, RedisSettings, RedisStore, connect,
+    sync_job,
 };
 use crate::restart::RestartLimit;
 use crate::scheduler::Cluster;
@@ -75,6 +77,8 @@ pub struct TreeConfig {
     pub save_chat: Option<i64>,
     /// Webhook endpoints messages may be posted to.
     pub webhooks: Vec<WebhookEndpoint>,
+    /// Zone of custom jobs that name none.
+    pub default_timezone: chrono_tz::Tz,
 }
 
 impl Default for TreeConfig {
@@ -93,6 +97,7 @@ impl Default for TreeConfig {
             telegram_limits: TelegramLimits::default(),
             save_chat: None,
             webhooks: Vec::new(),
+            default_timezone: chrono_tz::UTC,
         }
     }
 }
@@ -123,6 +128,8 @@ pub struct Herald {
     pub notifier: NotifierHandle,
     /// Users and packs (targeting).
     pub users: UserDirectory,
+    /// Custom message jobs: create, edit, enable/disable, delete.
+    pub custom_jobs: CustomJobs,
 }
 
 /// Starts the tree on a fresh in-memory store.
@@ -173,6 +180,7 @@ pub async fn spawn_tree_on(
         .iter()
         .map(|j| (j.id.clone(), JobDefinition::from(j)))
         .collect();
+    let defined_ids: std::collections::HashSet<String> = definitions.keys().cloned().collect();
     if let Some((settings, store)) = &redis {
         let reachable = matches!(
             tokio::time::timeout(PING_TIMEOUT, store.ping()).await,
@@ -244,6 +252,15 @@ pub async fn spawn_tree_on(
             .map(|w| (w.name.clone(), w.clone()))
             .collect(),
     };
+    let custom_jobs = CustomJobs {
+        scheduler: scheduler.clone(),
+        context: JobContext {
+            default_timezone: Some(config.default_timezone),
+            save_chat: config.save_chat,
+            webhooks: config.webhooks.iter().map(|w| w.name.clone()).collect(),
+        },
+        defined: Arc::new(defined_ids),
+    };
     let users = UserDirectory::new(redis.as_ref().map(|(_, r)| (r.clone(), health_rx.clone())));
     let args = TreeArgs {
         store: store_data,
@@ -313,6 +330,7 @@ pub async fn spawn_tree_on(
         pool,
         notifier,
         users,
+        custom_jobs,
     })
 }
 
@@ -346,6 +364,14 @@ async fn sync_jobs(
         writes.push(PendingWrite::Job(Box::new(synced)));
     }
     for (id, leftover) in stored {
+        if leftover.origin == JobOrigin::Custom {
+            // Created at run time: kept, and scheduled like the others.
+            match leftover.effective() {
+                Ok(job) => effective.push(job),
+                Err(e) => tracing::warn!(error = %e, "skipping a custom job redis holds"),
+            }
+            continue;
+        }
         if let Some(orphaned) = sync_job(None, Some(leftover)) {
             tracing::info!(job = %id, "job no longer defined: marked orphaned");
             writes.push(PendingWrite::Job(Box::new(orphaned)));

@@ -16,4 +16,4 @@ pub use deliveries::DeliveryClaim;
 pub use keys::Keys;
 pub use queue::{GROUP, QueueEntry, blocking_connection};
 pub use store::{BackendError, CLAIM_TTL, PendingWrite, RedisStore};
-pub use stored::{JobDefinition, Overrides, StoredJob, overrides_for, sync_job};
+pub use stored::{JobDefinition, JobOrigin, Overrides, StoredJob, overrides_for, sync_job};

@@ -67,6 +67,20 @@ pub struct StoredJob {
     /// operator state, never scheduled.
     #[serde(default)]
     pub orphaned: bool,
+    /// Where the job comes from: config/code (synced at start-up) or
+    /// created at run time (kept by start-up sync, never orphaned).
+    #[serde(default)]
+    pub origin: JobOrigin,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobOrigin {
+    /// Defined by the config file or registered in code.
+    #[default]
+    Defined,
+    /// Created at run time (the admin API).
+    Custom,
 }
 
 /// A stored job that no longer makes a valid [`JobSpec`].
@@ -114,6 +128,7 @@ impl StoredJob {
             definition,
             overrides: Overrides::default(),
             orphaned: false,
+            origin: JobOrigin::Defined,
         }
     }
 
@@ -178,6 +193,8 @@ pub fn sync_job(defined: Option<&JobSpec>, stored: Option<StoredJob>) -> Option<
             stored.orphaned = false;
             Some(stored)
         }
+        // Created at run time: not config's to orphan.
+        (None, Some(stored)) if stored.origin == JobOrigin::Custom => None,
         (None, Some(mut stored)) if !stored.orphaned => {
             stored.orphaned = true;
             Some(stored)
