@@ -221,6 +221,8 @@ pub struct TelegramSection {
     pub api_url: String,
     /// The owner chat that jobs with `save = true` also send to.
     pub save_chat: Option<i64>,
+    /// Take /start and /stop from Telegram (long polling).
+    pub subscriptions: bool,
 }
 
 impl Default for TelegramSection {
@@ -229,6 +231,7 @@ impl Default for TelegramSection {
             token: None,
             api_url: DEFAULT_TELEGRAM_API_URL.to_string(),
             save_chat: None,
+            subscriptions: false,
         }
     }
 }
@@ -327,6 +330,8 @@ pub struct Settings {
     pub redis_prefix: String,
     pub telegram_token: Option<Secret>,
     pub telegram_api_url: Url,
+    /// Poll Telegram for /start and /stop.
+    pub telegram_subscriptions: bool,
     pub tree: TreeConfig,
     pub jobs: Vec<JobSpec>,
 }
@@ -737,6 +742,7 @@ impl Validator<'_> {
             redis_url: redis_url?,
             redis_prefix: prefix.clone(),
             telegram_token: config.telegram.token.clone(),
+            telegram_subscriptions: config.telegram.subscriptions,
             telegram_api_url: telegram_api_url?,
             tree,
             jobs,

@@ -167,10 +167,14 @@ async fn serve(settings: config::Settings) -> ExitCode {
     // Without a token messages are logged, not sent (dry-run), and
     // Telegram's limits do not apply.
     let mut tree = settings.tree.clone();
+    let mut bot = None;
     let transport: Arc<dyn Transport> = match &settings.telegram_token {
         Some(token) => {
             match TelegramTransport::new(token.expose(), Some(settings.telegram_api_url.as_str())) {
-                Ok(t) => Arc::new(t),
+                Ok(t) => {
+                    bot = Some(t.bot());
+                    Arc::new(t)
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "cannot set up Telegram delivery");
                     return ExitCode::FAILURE;
@@ -189,6 +193,14 @@ async fn serve(settings: config::Settings) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if settings.telegram_subscriptions {
+        match bot {
+            Some(bot) => herald.start_subscriptions(bot, std::time::Duration::from_secs(25)),
+            None => tracing::warn!(
+                "telegram.subscriptions is on but there is no bot token: /start and /stop are not taken"
+            ),
+        }
+    }
     match herald.scheduler.jobs().await {
         Ok(mut jobs) => {
             jobs.sort_by(|a, b| a.spec.id.cmp(&b.spec.id));

@@ -45,6 +45,7 @@ pub mod redis_backend;
 pub mod restart;
 pub mod schedule;
 pub mod scheduler;
+pub mod subscriptions;
 pub mod supervisor;
 pub mod telegram;
 pub mod template;

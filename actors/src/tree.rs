@@ -35,6 +35,7 @@ use crate::redis_backend::{
 use crate::restart::RestartLimit;
 use crate::scheduler::Cluster;
 use crate::scheduler::SchedulerArgs;
+use crate::subscriptions::Subscriptions;
 use crate::supervisor::{Child, RootMsg, RootSupervisor, TreeArgs, TreeExit};
 use crate::users::UserDirectory;
 use crate::webhook::{WebhookEndpoint, WebhookSender};
@@ -130,6 +131,7 @@ pub struct Herald {
     pub users: UserDirectory,
     /// Custom message jobs: create, edit, enable/disable, delete.
     pub custom_jobs: CustomJobs,
+    subscriptions: std::sync::Mutex<Option<AbortOnDrop>>,
 }
 
 /// Starts the tree on a fresh in-memory store.
@@ -331,6 +333,7 @@ pub async fn spawn_tree_on(
         notifier,
         users,
         custom_jobs,
+        subscriptions: std::sync::Mutex::new(None),
     })
 }
 
@@ -395,6 +398,24 @@ fn default_daemon_id() -> String {
 }
 
 impl Herald {
+    /// Starts taking `/start` and `/stop` from Telegram (long polling with
+    /// `bot`), until the daemon stops. `long_poll`: how long one poll waits.
+    pub fn start_subscriptions(&self, bot: teloxide::Bot, long_poll: Duration) {
+        let subscriptions = Subscriptions {
+            bot,
+            users: self.users.clone(),
+            lease: self
+                .redis
+                .clone()
+                .map(|r| (r, self.health.clone(), self.daemon_id.clone())),
+            long_poll,
+        };
+        let task = AbortOnDrop::from(tokio::spawn(subscriptions.run()));
+        if let Ok(mut slot) = self.subscriptions.lock() {
+            *slot = Some(task);
+        }
+    }
+
     /// This daemon's name among those sharing Redis.
     pub fn daemon_id(&self) -> &str {
         &self.daemon_id

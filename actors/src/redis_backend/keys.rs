@@ -92,6 +92,11 @@ impl Keys {
         format!("{}:delivery:{key}", self.prefix)
     }
 
+    /// A lease one daemon holds at a time (e.g. Telegram polling).
+    pub fn lease(&self, name: &str) -> String {
+        format!("{}:lease:{name}", self.prefix)
+    }
+
     /// Ids of every user (set).
     pub fn users(&self) -> String {
         format!("{}:users", self.prefix)

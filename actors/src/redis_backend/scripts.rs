@@ -190,8 +190,23 @@ return 0",
     )
 });
 
-fn all() -> [&'static Script; 8] {
+/// Holds a lease: 1 if this owner holds it now (taken, or renewed).
+/// KEYS: the lease. ARGV: owner, ttl (ms).
+pub(super) static HOLD_LEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0",
+    )
+});
+
+fn all() -> [&'static Script; 9] {
     [
+        &HOLD_LEASE,
         &CLAIM_DELIVERY,
         &PUT_RECORD,
         &ENQUEUE,

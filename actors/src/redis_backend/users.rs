@@ -4,10 +4,28 @@ use std::collections::BTreeSet;
 
 use deadpool_redis::redis::{self, AsyncCommands};
 
+use super::scripts::HOLD_LEASE;
 use super::store::{BackendError, RedisStore};
 use crate::users::User;
 
 impl RedisStore {
+    /// Takes or renews the lease `name` for `owner`; true while held.
+    pub async fn hold_lease(
+        &self,
+        name: &str,
+        owner: &str,
+        ttl: std::time::Duration,
+    ) -> Result<bool, BackendError> {
+        let mut c = self.conn().await?;
+        let held: i64 = HOLD_LEASE
+            .key(self.keys.lease(name))
+            .arg(owner)
+            .arg(ttl.as_millis() as u64)
+            .invoke_async(&mut c)
+            .await?;
+        Ok(held == 1)
+    }
+
     pub async fn put_user(&self, user: &User) -> Result<(), BackendError> {
         let packs = serde_json::to_string(&user.packs)
             .map_err(|e| BackendError::Command(format!("cannot encode packs: {e}")))?;

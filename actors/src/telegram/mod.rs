@@ -59,6 +59,13 @@ impl TelegramTransport {
     }
 }
 
+impl TelegramTransport {
+    /// The Bot API client (for polling updates).
+    pub fn bot(&self) -> Bot {
+        self.bot.clone()
+    }
+}
+
 impl Transport for TelegramTransport {
     fn name(&self) -> &'static str {
         "telegram"
