@@ -63,6 +63,9 @@ pub struct Config {
     pub telegram: TelegramSection,
     pub webhooks: Vec<WebhookSection>,
     pub jobs: Vec<JobSection>,
+    /// Settings of coded jobs, by job id (`[coded.<id>]`), handed to the
+    /// job as `ctx.config`.
+    pub coded: std::collections::BTreeMap<String, toml::Table>,
 }
 
 /// A webhook endpoint messages can be posted to.
@@ -332,6 +335,8 @@ pub struct Settings {
     pub telegram_api_url: Url,
     /// Poll Telegram for /start and /stop.
     pub telegram_subscriptions: bool,
+    /// Settings of coded jobs, by job id.
+    pub coded: std::collections::BTreeMap<String, serde_json::Value>,
     pub tree: TreeConfig,
     pub jobs: Vec<JobSpec>,
 }
@@ -725,6 +730,7 @@ impl Validator<'_> {
             }
         };
 
+        let coded = self.coded(&config.coded);
         let webhooks = self.webhooks(&config.webhooks);
         let jobs = self.jobs(&config.jobs, default_tz, config, &webhooks);
         let mut tree = self.tree(config);
@@ -743,6 +749,7 @@ impl Validator<'_> {
             redis_prefix: prefix.clone(),
             telegram_token: config.telegram.token.clone(),
             telegram_subscriptions: config.telegram.subscriptions,
+            coded,
             telegram_api_url: telegram_api_url?,
             tree,
             jobs,
@@ -834,6 +841,40 @@ impl Validator<'_> {
             visibility_timeout: config.redis.visibility_timeout,
             ..TreeConfig::default()
         }
+    }
+
+    /// `[coded.<id>]` tables: each must name a registered coded job.
+    fn coded(
+        &mut self,
+        tables: &std::collections::BTreeMap<String, toml::Table>,
+    ) -> std::collections::BTreeMap<String, serde_json::Value> {
+        let registered: Vec<String> = herald_actors::jobs::registry()
+            .map(|r| r.definitions().iter().map(|j| j.id.clone()).collect())
+            .unwrap_or_default();
+        let mut out = std::collections::BTreeMap::new();
+        for (id, table) in tables {
+            if !registered.contains(id) {
+                self.problem(
+                    &[key("coded"), key(id)],
+                    format!(
+                        "no coded job is registered as {id:?} (registered: {})",
+                        if registered.is_empty() {
+                            "none".to_string()
+                        } else {
+                            registered.join(", ")
+                        }
+                    ),
+                );
+                continue;
+            }
+            match serde_json::to_value(table) {
+                Ok(v) => {
+                    out.insert(id.clone(), v);
+                }
+                Err(e) => self.problem(&[key("coded"), key(id)], e.to_string()),
+            }
+        }
+        out
     }
 
     fn webhooks(&mut self, sections: &[WebhookSection]) -> Vec<WebhookEndpoint> {
@@ -1234,6 +1275,15 @@ template = "{% if x %}"
             "{err}"
         );
         assert!(err.contains("environment HERALD_HTTP_LISTEN: 0.0.0.0:9000 is not a loopback address and no admin token is set"), "{err}");
+    }
+
+    #[test]
+    fn settings_of_an_unregistered_coded_job_are_refused() {
+        let err = check("[coded.nope]\nurl = \"http://x\"\n").unwrap_err();
+        assert!(
+            err.contains("coded.nope: no coded job is registered as \"nope\""),
+            "{err}"
+        );
     }
 
     #[test]

@@ -19,7 +19,6 @@ use std::sync::Arc;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use clap::{Parser, Subcommand};
-use herald_actors::handler::Registry;
 use herald_actors::notifier::{DryRun, TelegramLimits, Transport};
 use herald_actors::schedule::{Schedule, parse_zone};
 use herald_actors::spawn_tree;
@@ -186,7 +185,17 @@ async fn serve(settings: config::Settings) -> ExitCode {
             Arc::new(DryRun)
         }
     };
-    let herald = match spawn_tree(tree, settings.jobs.clone(), Registry::new(), transport).await {
+    let mut registry = match herald_actors::jobs::registry() {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "a coded job's definition does not hold");
+            return ExitCode::FAILURE;
+        }
+    };
+    for (id, settings) in &settings.coded {
+        registry.configure(id, settings.clone());
+    }
+    let herald = match spawn_tree(tree, settings.jobs.clone(), registry, transport).await {
         Ok(h) => h,
         Err(e) => {
             tracing::error!(error = %e, "cannot start the actor tree");

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use chrono::{DateTime, SecondsFormat, Utc};
 
 use crate::delivery::{ChatRole, Message, Outbox};
+use crate::handles::StoreHandle;
 use crate::job::{JobKind, JobSpec};
 use crate::record::{Counts, RunId};
 use crate::template;
@@ -51,6 +52,11 @@ pub struct RunContext {
     pub save_chat: Option<i64>,
     /// Users and packs, for targeting.
     pub users: UserDirectory,
+    /// Execution records, jobs and last ticks.
+    pub store: StoreHandle,
+    /// The job's own settings (`[coded.<job id>]` in the config file), or
+    /// null.
+    pub config: Arc<serde_json::Value>,
 }
 
 impl RunContext {
@@ -81,10 +87,37 @@ where
     }
 }
 
+/// A job written in Rust: its default definition and what a run does.
+/// One file per job, one [`Registry::add`] line to register it (see the
+/// README's recipe).
+pub trait Job: Send + Sync + 'static {
+    /// Id, default schedule, zone and policies. Synced into Redis at
+    /// start-up: a new job gets this; an existing one keeps the operator's
+    /// edits of schedule, zone, enabled flag and policies.
+    fn definition(&self) -> Result<JobSpec, String>;
+
+    /// One run: targeting (`ctx.users`), messages (`ctx.send_dm`,
+    /// `ctx.outbox`), the store (`ctx.store`) and the job's settings
+    /// (`ctx.config`). Returns its counts, or an error that fails the
+    /// attempt (retried per the job's policy).
+    fn run(&self, ctx: RunContext) -> BoxFuture<Result<Counts, JobError>>;
+}
+
+struct JobAsHandler<J>(Arc<J>);
+
+impl<J: Job> JobHandler for JobAsHandler<J> {
+    fn run(&self, ctx: RunContext) -> BoxFuture<Result<Counts, JobError>> {
+        self.0.run(ctx)
+    }
+}
+
 /// Coded handlers by name; message jobs need no registration.
 #[derive(Clone, Default)]
 pub struct Registry {
     handlers: HashMap<String, Arc<dyn JobHandler>>,
+    /// Default definitions of jobs added with [`Registry::add`].
+    definitions: Vec<JobSpec>,
+    configs: HashMap<String, Arc<serde_json::Value>>,
 }
 
 impl Registry {
@@ -100,6 +133,42 @@ impl Registry {
 
     pub fn contains(&self, name: &str) -> bool {
         self.handlers.contains_key(name)
+    }
+
+    /// Registers a coded job: its handler under its id, and its default
+    /// definition. A definition that does not hold is an error naming the
+    /// job, at start-up.
+    pub fn add(&mut self, job: impl Job) -> Result<&mut Self, String> {
+        let mut spec = job.definition()?;
+        crate::job::check_job_id(&spec.id).map_err(|e| e.to_string())?;
+        spec.kind = JobKind::Coded {
+            handler: spec.id.clone(),
+        };
+        if self.handlers.contains_key(&spec.id) {
+            return Err(format!("job {:?} is registered twice", spec.id));
+        }
+        self.handlers
+            .insert(spec.id.clone(), Arc::new(JobAsHandler(Arc::new(job))));
+        self.definitions.push(spec);
+        Ok(self)
+    }
+
+    /// The default definitions of the jobs added with [`Registry::add`].
+    pub fn definitions(&self) -> &[JobSpec] {
+        &self.definitions
+    }
+
+    /// Gives a job its settings (what `ctx.config` holds).
+    pub fn configure(&mut self, job_id: &str, config: serde_json::Value) {
+        self.configs.insert(job_id.to_string(), Arc::new(config));
+    }
+
+    /// A job's settings (null if none).
+    pub fn config(&self, job_id: &str) -> Arc<serde_json::Value> {
+        self.configs
+            .get(job_id)
+            .cloned()
+            .unwrap_or_else(|| Arc::new(serde_json::Value::Null))
     }
 
     /// The handler for a job's kind.

@@ -37,6 +37,7 @@ pub mod handler;
 pub mod handles;
 pub mod health;
 pub mod job;
+pub mod jobs;
 pub mod ledger;
 pub mod memory;
 pub mod notifier;

@@ -154,6 +154,14 @@ pub async fn spawn_tree_on(
     transport: Arc<dyn Transport>,
     memory: SharedMemory,
 ) -> Result<Herald, TreeError> {
+    // Jobs added to the registry run on their default definitions, unless
+    // the caller defines the same id (config wins; Redis keeps edits).
+    let mut jobs = jobs;
+    for spec in registry.definitions() {
+        if !jobs.iter().any(|j| j.id == spec.id) {
+            jobs.push(spec.clone());
+        }
+    }
     for job in &jobs {
         if let JobKind::Coded { handler } = &job.kind
             && !registry.contains(handler)
@@ -176,7 +184,6 @@ pub async fn spawn_tree_on(
         }
         None => None,
     };
-    let mut jobs = jobs;
     let mut last_ticks = HashMap::new();
     let definitions: HashMap<String, JobDefinition> = jobs
         .iter()

@@ -140,6 +140,8 @@ fn start(myself: ActorRef<WorkerMsg>, state: &mut WorkerState, mut request: RunR
         outbox: outbox.clone(),
         save_chat: state.args.save_chat,
         users: state.args.users.clone(),
+        store: state.args.store.clone(),
+        config: state.args.registry.config(&request.job.id),
     };
     let timeout = request.job.timeout;
     let handler_task = match handler {
