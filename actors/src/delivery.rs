@@ -209,9 +209,26 @@ impl DeliveryReport {
     }
 }
 
-/// The idempotency key of one part of one message of one run.
-pub fn delivery_key(run_id: &RunId, message: &Message, part: usize) -> String {
-    format!("{}:{}:{part}", run_id.0, message.recipient())
+/// The idempotency key of one part of one message of one run. `nth`: how
+/// many earlier messages of the run went to the same recipient, so two
+/// messages to one chat (a DM and a save to the same chat, or a job that
+/// sends twice) have keys of their own.
+pub fn delivery_key(run_id: &RunId, message: &Message, nth: usize, part: usize) -> String {
+    format!("{}:{}:{nth}:{part}", run_id.0, message.recipient())
+}
+
+/// For each message, how many earlier messages go to the same recipient.
+pub fn occurrences(messages: &[Message]) -> Vec<usize> {
+    let mut seen: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    messages
+        .iter()
+        .map(|m| {
+            let n = seen.entry(m.recipient()).or_default();
+            let nth = *n;
+            *n += 1;
+            nth
+        })
+        .collect()
 }
 
 /// Sorts a Telegram error into what to do about it. teloxide parses API

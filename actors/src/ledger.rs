@@ -87,7 +87,10 @@ impl DeliveryLedger {
             match store.claim_deliveries(keys, &self.daemon_id).await {
                 Ok(claims) => return claims,
                 Err(e) => {
-                    tracing::warn!(error = %e, "delivery keys unavailable in redis; using memory")
+                    // Memory does not know what other daemons sent: asking
+                    // it could send a part twice. Try again later.
+                    tracing::warn!(error = %e, "delivery keys unavailable in redis; sending later");
+                    return vec![DeliveryClaim::Unavailable; keys.len()];
                 }
             }
         }

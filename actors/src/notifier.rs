@@ -23,7 +23,9 @@ use governor::{DefaultKeyedRateLimiter, Quota};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use crate::AbortOnDrop;
-use crate::delivery::{DeliveryReport, Message, MessageOutcome, SendResult, delivery_key};
+use crate::delivery::{
+    DeliveryReport, Message, MessageOutcome, SendResult, delivery_key, occurrences,
+};
 use crate::handler::BoxFuture;
 use crate::handles::PoolHandle;
 use crate::ledger::DeliveryLedger;
@@ -176,6 +178,8 @@ struct FanOut {
     messages: Vec<Message>,
     /// Telegram parts per message (empty for webhooks).
     parts: Vec<Vec<String>>,
+    /// Per message: earlier messages to the same recipient (its key).
+    nth: Vec<usize>,
     report: DeliveryReport,
     /// Progress not yet reported.
     changed: bool,
@@ -215,7 +219,14 @@ pub struct NotifierState {
     clock: DefaultClock,
     pump_timer: Option<(Instant, AbortOnDrop)>,
     _progress: AbortOnDrop,
+    /// Runs whose fan-out ended lately: still "known", so the pool, whose
+    /// FanOutDone may be in flight, does not hand them over again.
+    finished: VecDeque<RunId>,
+    finished_set: HashSet<RunId>,
 }
+
+/// Finished fan-outs remembered for the pool's checks.
+const REMEMBER_FINISHED: usize = 10_000;
 
 /// The bot's overall limit as a fixed timetable of send slots, one per
 /// `period`. A send that goes late (timer granularity, a busy runtime)
@@ -300,6 +311,8 @@ impl Actor for Notifier {
             webhooks_in_flight: 0,
             pump_timer: None,
             _progress: AbortOnDrop::from(progress),
+            finished: VecDeque::new(),
+            finished_set: HashSet::new(),
         })
     }
 
@@ -367,7 +380,7 @@ impl Actor for Notifier {
                 let _ = reply.send(
                     run_ids
                         .iter()
-                        .map(|r| state.fan_outs.contains_key(r))
+                        .map(|r| state.fan_outs.contains_key(r) || state.finished_set.contains(r))
                         .collect(),
                 );
             }
@@ -405,12 +418,14 @@ fn fan_out(
         })
         .collect();
     tracing::info!(run = %run_id, job = %job_id, messages = messages.len(), transport = state.args.transport.name(), "delivering");
+    let nth = occurrences(&messages);
     let keys: Vec<Vec<String>> = messages
         .iter()
         .zip(&parts)
-        .map(|(m, p)| {
+        .enumerate()
+        .map(|(i, (m, p))| {
             (0..p.len().max(1))
-                .map(|part| delivery_key(&run_id, m, part))
+                .map(|part| delivery_key(&run_id, m, nth[i], part))
                 .collect()
         })
         .collect();
@@ -421,6 +436,7 @@ fn fan_out(
             report: DeliveryReport::expecting(&messages),
             messages,
             parts,
+            nth,
             changed: true,
             prechecked: false,
         },
@@ -609,7 +625,7 @@ fn start_telegram_send(
     ) else {
         return;
     };
-    let key = delivery_key(&run_id, &f.messages[index], part);
+    let key = delivery_key(&run_id, &f.messages[index], f.nth[index], part);
     let (silent, text) = (*silent, text.clone());
     state.busy.insert(chat);
     state.in_flight += 1;
@@ -621,6 +637,9 @@ fn start_telegram_send(
         let result = match claim.first().copied().unwrap_or(DeliveryClaim::InDoubt) {
             DeliveryClaim::Sent => Attempt::AlreadySent,
             DeliveryClaim::InDoubt => Attempt::InDoubt,
+            DeliveryClaim::Unavailable => Attempt::Telegram(SendResult::Transient(
+                "the delivery ledger in redis did not answer".into(),
+            )),
             DeliveryClaim::Mine => {
                 let sent = send_guarded(transport, chat, text, silent).await;
                 ledger.settle(key, sent == SendResult::Sent).await;
@@ -663,7 +682,7 @@ fn start_webhook(myself: &ActorRef<NotifierMsg>, state: &mut NotifierState, item
     let Some(Message::Webhook { endpoint, body }) = f.messages.get(item.index) else {
         return;
     };
-    let key = delivery_key(&item.run_id, &f.messages[item.index], 0);
+    let key = delivery_key(&item.run_id, &f.messages[item.index], f.nth[item.index], 0);
     let endpoint_name = endpoint.clone();
     let body = body.clone();
     state.webhooks_in_flight += 1;
@@ -681,6 +700,9 @@ fn start_webhook(myself: &ActorRef<NotifierMsg>, state: &mut NotifierState, item
                 match claim.first().copied().unwrap_or(DeliveryClaim::InDoubt) {
                     DeliveryClaim::Sent => Attempt::AlreadySent,
                     DeliveryClaim::InDoubt => Attempt::InDoubt,
+                    DeliveryClaim::Unavailable => Attempt::Webhook(MessageOutcome::Failed(
+                        "the delivery ledger in redis did not answer".into(),
+                    )),
                     DeliveryClaim::Mine => match webhooks.sender.post(endpoint, &body).await {
                         WebhookOutcome::Delivered { .. } => {
                             ledger.settle(key, true).await;
@@ -815,6 +837,14 @@ fn settle(state: &mut NotifierState, run_id: &RunId, index: usize, outcome: Mess
     {
         let totals = done.report.totals();
         tracing::info!(run = %run_id, job = %done.job_id, sent = totals.sent, failed = totals.failed, deactivated = totals.deactivated, skipped = totals.skipped, "delivery finished");
+        if state.finished_set.insert(run_id.clone()) {
+            state.finished.push_back(run_id.clone());
+            while state.finished.len() > REMEMBER_FINISHED {
+                if let Some(old) = state.finished.pop_front() {
+                    state.finished_set.remove(&old);
+                }
+            }
+        }
         let _ = state.args.pool.fan_out_done(run_id.clone(), done.report);
     }
 }

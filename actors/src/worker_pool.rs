@@ -156,6 +156,8 @@ struct Draining {
     reply: Option<RpcReplyPort<DrainReport>>,
     report: DrainReport,
     _deadline: AbortOnDrop,
+    /// The grace is over: no new fan-out starts.
+    deadline_passed: bool,
 }
 
 pub struct PoolState {
@@ -321,6 +323,7 @@ impl Actor for WorkerPool {
                     reply: Some(reply),
                     report: DrainReport::default(),
                     _deadline: AbortOnDrop::from(deadline),
+                    deadline_passed: false,
                 };
                 for request in std::mem::take(&mut state.queue) {
                     if request.entry_id.is_some() {
@@ -339,6 +342,9 @@ impl Actor for WorkerPool {
                 state.draining = Some(draining);
             }
             PoolMsg::DrainDeadline => {
+                if let Some(d) = &mut state.draining {
+                    d.deadline_passed = true;
+                }
                 // Deliveries still going: a queued run's entry stays
                 // unacknowledged, so another daemon finishes them (the
                 // ledger skips what went out); a local run ends CANCELLED
@@ -581,12 +587,33 @@ fn attempt_done(
         .started_at
         .map(|s| (now - s).num_milliseconds().max(0) as u64);
     if let Some(d) = &mut state.draining {
-        match outcome {
+        match &outcome {
             AttemptOutcome::Cancelled => d.report.cancelled += 1,
+            // counted when its messages have settled
+            AttemptOutcome::Success(_, messages) if !messages.is_empty() => {}
             _ => d.report.finished += 1,
         }
     }
+    let past_deadline = state.draining.as_ref().is_some_and(|d| d.deadline_passed);
     match outcome {
+        AttemptOutcome::Success(_, messages) if !messages.is_empty() && past_deadline => {
+            // Shutting down past the grace: no fan-out starts now. A queued
+            // run stays unacknowledged for another daemon (which runs it
+            // again, the ledger skipping what went out); a local one ends
+            // CANCELLED.
+            if let Some(d) = &mut state.draining {
+                d.report.cancelled += 1;
+            }
+            if request.entry_id.is_some() {
+                state.known.remove(&record.run_id);
+            } else {
+                settle_cancelled(
+                    state,
+                    RunRequest { record, ..request },
+                    "cancelled: finished after the shutdown deadline, before its messages went out",
+                );
+            }
+        }
         AttemptOutcome::Success(counts, messages) if !messages.is_empty() => {
             // The worker is free; the record completes when the messages
             // have settled (the Notifier reports progress meanwhile).

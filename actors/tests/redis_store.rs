@@ -443,3 +443,39 @@ async fn queries_never_repeat_a_record_while_runs_are_added() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     writer.await.unwrap();
 }
+
+#[tokio::test]
+async fn a_delivery_claimed_and_never_reported_is_in_doubt_even_for_its_own_daemon() {
+    use herald_actors::redis_backend::DeliveryClaim;
+    let server = RedisServer::start();
+    let s = store(&server, StoreLimits::default());
+    let keys = vec!["run@1:7:0:0".to_string()];
+    assert_eq!(
+        s.claim_deliveries(&keys, "d1").await.unwrap(),
+        vec![DeliveryClaim::Mine]
+    );
+    // a send task that outlived its Notifier still holds it
+    assert_eq!(
+        s.claim_deliveries(&keys, "d1").await.unwrap(),
+        vec![DeliveryClaim::InDoubt]
+    );
+    assert_eq!(
+        s.claim_deliveries(&keys, "d2").await.unwrap(),
+        vec![DeliveryClaim::InDoubt]
+    );
+    // a definite failure releases it; a success makes it sent for everyone
+    s.settle_deliveries(&[(keys[0].clone(), false)])
+        .await
+        .unwrap();
+    assert_eq!(
+        s.claim_deliveries(&keys, "d2").await.unwrap(),
+        vec![DeliveryClaim::Mine]
+    );
+    s.settle_deliveries(&[(keys[0].clone(), true)])
+        .await
+        .unwrap();
+    assert_eq!(
+        s.claim_deliveries(&keys, "d1").await.unwrap(),
+        vec![DeliveryClaim::Sent]
+    );
+}

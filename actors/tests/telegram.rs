@@ -298,3 +298,29 @@ async fn a_request_that_gets_no_answer_is_retried_as_a_network_error() {
     assert_eq!(fake.sent_to(3).len(), 1);
     herald.shutdown().await;
 }
+
+#[tokio::test]
+async fn two_messages_of_one_run_to_one_chat_both_arrive() {
+    let fake = FakeTelegram::start().await;
+    let mut registry = Registry::new();
+    registry.register("twice", |ctx: RunContext| async move {
+        ctx.send_dm(5, "first".into());
+        ctx.send_dm(5, "second".into());
+        Ok(Counts::default())
+    });
+    let job = JobSpec::new(
+        "twice",
+        Schedule::parse("0 0 1 1 *", chrono_tz::UTC).unwrap(),
+        JobKind::Coded {
+            handler: "twice".into(),
+        },
+    );
+    let herald = tree(&fake, TreeConfig::default(), vec![job], registry).await;
+    let rec = run(&herald, "twice").await;
+    assert_eq!(rec.counts.sent, 2, "{rec:?}");
+    assert_eq!(
+        fake.sent_to(5),
+        vec!["first".to_string(), "second".to_string()]
+    );
+    herald.shutdown().await;
+}

@@ -14,6 +14,9 @@ pub enum DeliveryClaim {
     Sent,
     /// Another send of it started and never reported: not sent again.
     InDoubt,
+    /// The ledger could not be asked (Redis failed while online): send
+    /// nothing now, ask again later.
+    Unavailable,
 }
 
 impl RedisStore {
