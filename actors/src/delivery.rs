@@ -178,14 +178,9 @@ impl DeliveryReport {
 
     /// All destinations added up.
     pub fn totals(&self) -> Counts {
-        let mut total = Counts::default();
-        for c in self.by_destination.values() {
-            total.sent += c.sent;
-            total.failed += c.failed;
-            total.deactivated += c.deactivated;
-            total.skipped += c.skipped;
-        }
-        total
+        self.by_destination
+            .values()
+            .fold(Counts::default(), |total, c| total + *c)
     }
 
     /// A fan-out fails the run only when nothing at all got through and

@@ -183,7 +183,8 @@ struct FanOut {
     report: DeliveryReport,
     /// Progress not yet reported.
     changed: bool,
-    /// Parts known sent before this fan-out began; None until checked.
+    /// Whether the parts sent before this fan-out began (an earlier
+    /// attempt of the run) have been looked up and settled.
     prechecked: bool,
 }
 

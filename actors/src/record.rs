@@ -102,6 +102,19 @@ pub struct Counts {
     pub skipped: u64,
 }
 
+impl std::ops::Add for Counts {
+    type Output = Counts;
+
+    fn add(self, other: Counts) -> Counts {
+        Counts {
+            sent: self.sent + other.sent,
+            failed: self.failed + other.failed,
+            deactivated: self.deactivated + other.deactivated,
+            skipped: self.skipped + other.skipped,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ExecutionRecord {
     pub run_id: RunId,

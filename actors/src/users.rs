@@ -134,8 +134,29 @@ impl UserDirectory {
         self.memory.lock().map(|m| m.clone()).unwrap_or_default()
     }
 
+    /// One user: from Redis when online (one read, remembered), else as
+    /// last seen.
     pub async fn get(&self, chat_id: i64) -> Option<User> {
-        self.all().await.remove(&chat_id)
+        if let Some(store) = self.online() {
+            match store.user(chat_id).await {
+                Ok(user) => {
+                    if let Ok(mut m) = self.memory.lock() {
+                        match &user {
+                            Some(u) => m.insert(chat_id, u.clone()),
+                            None => m.remove(&chat_id),
+                        };
+                    }
+                    return user;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, chat_id, "cannot read a user from redis; using the last known")
+                }
+            }
+        }
+        self.memory
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&chat_id).cloned())
     }
 
     /// Adds or replaces a user (name, active flag, packs).
@@ -165,14 +186,17 @@ impl UserDirectory {
     /// Marks a user inactive (Telegram said 403, or the user sent /stop).
     /// A chat herald has no user for is recorded as an inactive user.
     pub async fn deactivate(&self, chat_id: i64, reason: &str) {
-        let mut user = self.get(chat_id).await.unwrap_or(User {
-            chat_id,
-            name: String::new(),
-            active: true,
-            packs: BTreeSet::new(),
-        });
-        user.active = false;
-        self.remember(std::slice::from_ref(&user));
+        // Redis sets the flag in place; no need to read the user first.
+        if let Ok(mut m) = self.memory.lock() {
+            m.entry(chat_id)
+                .or_insert_with(|| User {
+                    chat_id,
+                    name: String::new(),
+                    active: false,
+                    packs: BTreeSet::new(),
+                })
+                .active = false;
+        }
         if let Some((store, _)) = &self.redis
             && let Err(e) = store.set_user_active(chat_id, false, reason).await
         {

@@ -387,7 +387,7 @@ impl Actor for WorkerPool {
             }
             PoolMsg::FanOutProgress { run_id, report } => {
                 if let Some(d) = state.delivering.get_mut(&run_id) {
-                    d.request.record.counts = add(d.counts, report.totals());
+                    d.request.record.counts = d.counts + report.totals();
                     d.request.record.deliveries = Some(report);
                     state.args.store.put_record(d.request.record.clone());
                 }
@@ -716,15 +716,6 @@ fn schedule_retry(
         .insert(run_id, (request, AbortOnDrop::from(timer)));
 }
 
-fn add(a: Counts, b: Counts) -> Counts {
-    Counts {
-        sent: a.sent + b.sent,
-        failed: a.failed + b.failed,
-        deactivated: a.deactivated + b.deactivated,
-        skipped: a.skipped + b.skipped,
-    }
-}
-
 /// A run's messages have all settled: its final record. A fan-out fails
 /// the run only if nothing at all got through (not retried: whatever was
 /// retryable was retried per message).
@@ -738,7 +729,7 @@ fn fan_out_done(state: &mut PoolState, run_id: RunId, report: DeliveryReport) {
     record.duration_ms = record
         .started_at
         .map(|s| (now - s).num_milliseconds().max(0) as u64);
-    record.counts = add(d.counts, report.totals());
+    record.counts = d.counts + report.totals();
     record.status = if report.failed_entirely() {
         RunStatus::Failed
     } else {

@@ -12,8 +12,8 @@ use herald_actors::schedule::Schedule;
 use herald_actors::subscriptions::{STARTED_REPLY, STOPPED_REPLY};
 use herald_actors::telegram::TelegramTransport;
 use herald_actors::{Herald, TreeConfig, spawn_tree};
+use herald_testkit::RedisServer;
 use herald_testkit::telegram::FakeTelegram;
-use herald_testkit::{RedisServer, free_port};
 use support::{Calls, coded, counting, finished_within, wait_for};
 
 fn update(chat_id: i64, name: &str, text: &str) -> serde_json::Value {
@@ -117,7 +117,7 @@ async fn start_then_stop_changes_who_is_messaged() {
 }
 
 #[tokio::test]
-async fn an_unreachable_telegram_never_takes_the_daemon_down() {
+async fn an_unreachable_telegram_is_retried_and_never_takes_the_daemon_down() {
     let calls = Calls::default();
     let herald = spawn_tree(
         TreeConfig::default(),
@@ -127,11 +127,28 @@ async fn an_unreachable_telegram_never_takes_the_daemon_down() {
     )
     .await
     .unwrap();
-    // nothing listens there: every poll fails, and is retried with backoff
-    let nowhere = format!("http://127.0.0.1:{}", free_port());
-    let bot = TelegramTransport::new("1:T", Some(&nowhere)).unwrap().bot();
+    // A "Telegram" that accepts each connection and hangs up: every poll
+    // fails. Counting the connections shows the poller keeps retrying.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let polls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = polls.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            drop(stream);
+        }
+    });
+    let bot = TelegramTransport::new("1:T", Some(&url)).unwrap().bot();
     herald.start_subscriptions(bot, Duration::from_secs(1));
     let before = calls.total();
+    wait_for(
+        "polls retried after failures",
+        Duration::from_secs(10),
+        || async { (polls.load(std::sync::atomic::Ordering::SeqCst) >= 3).then_some(()) },
+    )
+    .await;
+    // and the daemon kept running its jobs meanwhile
     wait_for("jobs keep running", Duration::from_secs(10), || async {
         (calls.total() >= before + 3).then_some(())
     })

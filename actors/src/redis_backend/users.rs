@@ -1,6 +1,6 @@
 //! Users in Redis: `{p}:users` (ids) and one hash per user.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use deadpool_redis::redis::{self, AsyncCommands};
 
@@ -95,26 +95,43 @@ impl RedisStore {
         for id in &ids {
             p.hgetall(self.keys.user(*id));
         }
-        let hashes: Vec<std::collections::HashMap<String, String>> = p.query_async(&mut c).await?;
+        let hashes: Vec<HashMap<String, String>> = p.query_async(&mut c).await?;
         let mut users = Vec::with_capacity(ids.len());
         for (id, h) in ids.into_iter().zip(hashes) {
-            if h.is_empty() {
-                continue;
+            if let Some(user) = self.user_from_hash(id, &h)? {
+                users.push(user);
             }
-            let packs: BTreeSet<String> = match h.get("packs") {
-                Some(json) => serde_json::from_str(json).map_err(|e| BackendError::Corrupt {
-                    key: self.keys.user(id),
-                    message: format!("packs: {e}"),
-                })?,
-                None => BTreeSet::new(),
-            };
-            users.push(User {
-                chat_id: id,
-                name: h.get("name").cloned().unwrap_or_default(),
-                active: h.get("active").is_none_or(|a| a != "0"),
-                packs,
-            });
         }
         Ok(users)
+    }
+
+    /// One user (one round trip), None if unknown.
+    pub async fn user(&self, chat_id: i64) -> Result<Option<User>, BackendError> {
+        let mut c = self.conn().await?;
+        let h: HashMap<String, String> = c.hgetall(self.keys.user(chat_id)).await?;
+        self.user_from_hash(chat_id, &h)
+    }
+
+    fn user_from_hash(
+        &self,
+        id: i64,
+        h: &HashMap<String, String>,
+    ) -> Result<Option<User>, BackendError> {
+        if h.is_empty() {
+            return Ok(None);
+        }
+        let packs: BTreeSet<String> = match h.get("packs") {
+            Some(json) => serde_json::from_str(json).map_err(|e| BackendError::Corrupt {
+                key: self.keys.user(id),
+                message: format!("packs: {e}"),
+            })?,
+            None => BTreeSet::new(),
+        };
+        Ok(Some(User {
+            chat_id: id,
+            name: h.get("name").cloned().unwrap_or_default(),
+            active: h.get("active").is_none_or(|a| a != "0"),
+            packs,
+        }))
     }
 }
