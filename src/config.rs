@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use chrono_tz::Tz;
 use herald_actors::TreeConfig;
+use herald_actors::digest::{self, DigestProfile, DigestSchedule, DigestTemplates};
 use herald_actors::job::{
     DEFAULT_MAX_ATTEMPTS, DEFAULT_MISFIRE_LIMIT, DEFAULT_RETRY_BACKOFF, DEFAULT_RETRY_BACKOFF_MAX,
     DEFAULT_TIMEOUT, DeliverySpec, JobKind, JobSpec, MisfirePolicy, OverlapPolicy, RetryPolicy,
@@ -63,6 +64,7 @@ pub struct Config {
     pub telegram: TelegramSection,
     pub webhooks: Vec<WebhookSection>,
     pub jobs: Vec<JobSection>,
+    pub digests: Vec<DigestSection>,
     /// Settings of coded jobs, by job id (`[coded.<id>]`), handed to the
     /// job as `ctx.config`.
     pub coded: std::collections::BTreeMap<String, toml::Table>,
@@ -285,6 +287,78 @@ pub struct JobSection {
     pub silent: bool,
 }
 
+/// A digest profile: items producers add to its inbox, delivered as one
+/// message per window on each of its schedules.
+#[derive(Debug, Clone, Deserialize)]
+pub struct DigestSection {
+    pub id: String,
+    /// Zone of schedules that name none (default: scheduler.timezone).
+    pub timezone: Option<String>,
+    pub schedules: Vec<DigestScheduleSection>,
+    #[serde(default = "default_digest_header")]
+    pub header: String,
+    #[serde(default = "default_digest_entry")]
+    pub entry: String,
+    #[serde(default = "default_digest_footer")]
+    pub footer: String,
+    /// Send a digest for an empty window too.
+    #[serde(default)]
+    pub send_empty: bool,
+    /// Inbox items older than this are trimmed.
+    #[serde(default = "default_digest_retention", with = "humantime_serde")]
+    pub retention: Duration,
+    /// Entries rendered at most; the rest are counted (`omitted`).
+    #[serde(default = "default_digest_max_items")]
+    pub max_items: usize,
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// After downtime, one catch-up digest (its window covers the gap).
+    #[serde(default = "default_digest_misfire")]
+    pub misfire: MisfirePolicy,
+    #[serde(default = "yes")]
+    pub dm: bool,
+    #[serde(default)]
+    pub include: Vec<i64>,
+    #[serde(default)]
+    pub exclude: Vec<i64>,
+    #[serde(default)]
+    pub packs: Vec<String>,
+    #[serde(default)]
+    pub save: bool,
+    #[serde(default)]
+    pub webhooks: Vec<String>,
+    #[serde(default)]
+    pub silent: bool,
+}
+
+/// One named schedule of a digest profile: `hourly`, `daily` and `weekly`
+/// have a default cron; any other name needs one.
+#[derive(Debug, Clone, Deserialize)]
+pub struct DigestScheduleSection {
+    pub name: String,
+    pub cron: Option<String>,
+    pub timezone: Option<String>,
+}
+
+fn default_digest_header() -> String {
+    herald_actors::digest::DEFAULT_HEADER.to_string()
+}
+fn default_digest_entry() -> String {
+    herald_actors::digest::DEFAULT_ENTRY.to_string()
+}
+fn default_digest_footer() -> String {
+    herald_actors::digest::DEFAULT_FOOTER.to_string()
+}
+fn default_digest_retention() -> Duration {
+    herald_actors::digest::DEFAULT_RETENTION
+}
+fn default_digest_max_items() -> usize {
+    herald_actors::digest::DEFAULT_MAX_ITEMS
+}
+fn default_digest_misfire() -> MisfirePolicy {
+    MisfirePolicy::FireOnce
+}
+
 fn yes() -> bool {
     true
 }
@@ -367,12 +441,33 @@ impl Settings {
         } else {
             format!(" ({})", jobs.join(", "))
         };
+        let digests: Vec<String> = self
+            .tree
+            .digests
+            .iter()
+            .flat_map(|p| {
+                p.schedules
+                    .iter()
+                    .map(|s| herald_actors::digest::job_id(&p.id, &s.name))
+            })
+            .collect();
+        let digest_list = if digests.is_empty() {
+            String::new()
+        } else {
+            format!(
+                ", {} digest schedule{} ({})",
+                digests.len(),
+                if digests.len() == 1 { "" } else { "s" },
+                digests.join(", ")
+            )
+        };
         format!(
-            "{}: ok: {} job{}{}, default zone {}, {} workers, redis {} prefix {:?}, telegram {}, admin API on {}{}",
+            "{}: ok: {} job{}{}{}, default zone {}, {} workers, redis {} prefix {:?}, telegram {}, admin API on {}{}",
             self.source.display(),
             self.jobs.len(),
             if self.jobs.len() == 1 { "" } else { "s" },
             job_list,
+            digest_list,
             self.default_tz,
             self.tree.workers,
             redacted_url(&self.redis_url),
@@ -733,7 +828,9 @@ impl Validator<'_> {
         let coded = self.coded(&config.coded);
         let webhooks = self.webhooks(&config.webhooks);
         let jobs = self.jobs(&config.jobs, default_tz, config, &webhooks);
+        let digests = self.digests(&config.digests, default_tz, config, &webhooks);
         let mut tree = self.tree(config);
+        tree.digests = digests;
         tree.webhooks = webhooks;
         tree.save_chat = config.telegram.save_chat;
         if let Some(tz) = default_tz {
@@ -848,9 +945,12 @@ impl Validator<'_> {
         &mut self,
         tables: &std::collections::BTreeMap<String, toml::Table>,
     ) -> std::collections::BTreeMap<String, serde_json::Value> {
-        let registered: Vec<String> = herald_actors::jobs::registry()
-            .map(|r| r.definitions().iter().map(|j| j.id.clone()).collect())
-            .unwrap_or_default();
+        let registry = herald_actors::jobs::registry().unwrap_or_default();
+        let registered: Vec<String> = registry
+            .definitions()
+            .iter()
+            .map(|j| j.id.clone())
+            .collect();
         let mut out = std::collections::BTreeMap::new();
         for (id, table) in tables {
             if !registered.contains(id) {
@@ -869,6 +969,9 @@ impl Validator<'_> {
             }
             match serde_json::to_value(table) {
                 Ok(v) => {
+                    if let Err(e) = registry.check_config(id, &v) {
+                        self.problem(&[key("coded"), key(id)], e);
+                    }
                     out.insert(id.clone(), v);
                 }
                 Err(e) => self.problem(&[key("coded"), key(id)], e.to_string()),
@@ -992,22 +1095,23 @@ impl Validator<'_> {
             if job.misfire_limit == 0 {
                 self.problem(&at("misfire_limit"), "misfire_limit must be at least 1");
             }
-            for pack in &job.packs {
-                if let Err(e) = check_pack_name(pack) {
-                    self.problem(&at("packs"), e);
-                }
+            if job.id.starts_with(herald_actors::digest::JOB_PREFIX) {
+                self.problem(
+                    &at("id"),
+                    format!(
+                        "job ids starting with {:?} belong to [[digests]]",
+                        herald_actors::digest::JOB_PREFIX
+                    ),
+                );
             }
-            if job.save && config.telegram.save_chat.is_none() {
-                self.problem(&at("save"), "save = true needs telegram.save_chat");
-            }
-            for name in &job.webhooks {
-                if !webhooks.iter().any(|w| &w.name == name) {
-                    self.problem(
-                        &at("webhooks"),
-                        format!("no [[webhooks]] endpoint is named {name:?}"),
-                    );
-                }
-            }
+            self.destinations(
+                &[key("jobs"), Seg::Index(i)],
+                &job.packs,
+                job.save,
+                &job.webhooks,
+                config,
+                webhooks,
+            );
             if let (Some(expr), Some(tz)) = (expr, tz) {
                 specs.push(JobSpec {
                     id: job.id.clone(),
@@ -1040,6 +1144,177 @@ impl Validator<'_> {
             }
         }
         specs
+    }
+}
+
+impl Validator<'_> {
+    /// Packs, `save` and webhook names of a job or digest at `base`.
+    fn destinations(
+        &mut self,
+        base: &[Seg],
+        packs: &[String],
+        save: bool,
+        names: &[String],
+        config: &Config,
+        webhooks: &[WebhookEndpoint],
+    ) {
+        let at = |field: &str| [base, &[key(field)]].concat();
+        for pack in packs {
+            if let Err(e) = check_pack_name(pack) {
+                self.problem(&at("packs"), e);
+            }
+        }
+        if save && config.telegram.save_chat.is_none() {
+            self.problem(&at("save"), "save = true needs telegram.save_chat");
+        }
+        for name in names {
+            if !webhooks.iter().any(|w| &w.name == name) {
+                self.problem(
+                    &at("webhooks"),
+                    format!("no [[webhooks]] endpoint is named {name:?}"),
+                );
+            }
+        }
+    }
+
+    fn digests(
+        &mut self,
+        sections: &[DigestSection],
+        default_tz: Option<Tz>,
+        config: &Config,
+        webhooks: &[WebhookEndpoint],
+    ) -> Vec<DigestProfile> {
+        let mut profiles: Vec<DigestProfile> = Vec::new();
+        for (i, d) in sections.iter().enumerate() {
+            let at = |field: &str| [key("digests"), Seg::Index(i), key(field)];
+            let mut ok = true;
+            if let Err(e) = digest::check_name("profile", &d.id) {
+                self.problem(&at("id"), e);
+                ok = false;
+            } else if profiles.iter().any(|p| p.id == d.id) {
+                self.problem(&at("id"), format!("duplicate digest profile {:?}", d.id));
+            }
+            let profile_tz = match &d.timezone {
+                Some(name) => parse_zone(name)
+                    .map_err(|e| self.problem(&at("timezone"), e))
+                    .ok(),
+                None => default_tz,
+            };
+            if d.schedules.is_empty() {
+                self.problem(
+                    &at("schedules"),
+                    "a digest profile needs at least one schedule",
+                );
+            }
+            let mut schedules: Vec<DigestSchedule> = Vec::new();
+            for (j, sch) in d.schedules.iter().enumerate() {
+                let sat = |field: &str| {
+                    [
+                        key("digests"),
+                        Seg::Index(i),
+                        key("schedules"),
+                        Seg::Index(j),
+                        key(field),
+                    ]
+                };
+                if let Err(e) = digest::check_name("schedule", &sch.name) {
+                    self.problem(&sat("name"), e);
+                    ok = false;
+                    continue;
+                }
+                if d.schedules[..j].iter().any(|s| s.name == sch.name) {
+                    self.problem(&sat("name"), format!("duplicate schedule {:?}", sch.name));
+                    continue;
+                }
+                let cron = match (&sch.cron, digest::preset(&sch.name)) {
+                    (Some(cron), _) => cron.as_str(),
+                    (None, Some(preset)) => preset,
+                    (None, None) => {
+                        self.problem(
+                            &sat("name"),
+                            format!(
+                                "schedule {:?} needs a cron (only hourly, daily and weekly have one by default)",
+                                sch.name
+                            ),
+                        );
+                        continue;
+                    }
+                };
+                let expr = CronExpr::parse(cron)
+                    .map_err(|e| self.problem(&sat("cron"), e))
+                    .ok();
+                let tz = match &sch.timezone {
+                    Some(name) => parse_zone(name)
+                        .map_err(|e| self.problem(&sat("timezone"), e))
+                        .ok(),
+                    None => profile_tz,
+                };
+                if let (Some(expr), Some(tz)) = (expr, tz) {
+                    schedules.push(DigestSchedule {
+                        name: sch.name.clone(),
+                        schedule: Schedule::new(expr, tz),
+                    });
+                }
+            }
+            let templates = DigestTemplates {
+                header: d.header.clone(),
+                entry: d.entry.clone(),
+                footer: d.footer.clone(),
+            };
+            for (field, source) in [
+                ("header", &d.header),
+                ("entry", &d.entry),
+                ("footer", &d.footer),
+            ] {
+                if let Err(e) = template::check(source) {
+                    self.problem(&at(field), e);
+                }
+            }
+            if d.retention < Duration::from_secs(3600) {
+                self.problem(
+                    &at("retention"),
+                    "retention is shorter than 1h: items could be trimmed before a digest collects them",
+                );
+            }
+            if d.max_items == 0 {
+                self.problem(&at("max_items"), "max_items must be at least 1");
+            }
+            if d.max_attempts == 0 {
+                self.problem(&at("max_attempts"), "max_attempts must be at least 1");
+            }
+            self.destinations(
+                &[key("digests"), Seg::Index(i)],
+                &d.packs,
+                d.save,
+                &d.webhooks,
+                config,
+                webhooks,
+            );
+            if ok {
+                profiles.push(DigestProfile {
+                    id: d.id.clone(),
+                    schedules,
+                    templates,
+                    delivery: DeliverySpec {
+                        dm: d.dm,
+                        targets: Targets {
+                            include: d.include.clone(),
+                            exclude: d.exclude.clone(),
+                            packs: d.packs.clone(),
+                        },
+                        save: d.save,
+                        webhooks: d.webhooks.clone(),
+                        silent: d.silent,
+                    },
+                    send_empty: d.send_empty,
+                    retention: d.retention,
+                    max_items: d.max_items,
+                    max_attempts: d.max_attempts,
+                    misfire: d.misfire,
+                });
+            }
+        }
+        profiles
     }
 }
 
@@ -1323,6 +1598,96 @@ template = "{% if x %}"
             err.contains("jobs[0].webhooks: no [[webhooks]] endpoint is named \"nope\""),
             "{err}"
         );
+    }
+
+    #[test]
+    fn digests_are_read_and_checked() {
+        let ok = check(
+            r#"
+[scheduler]
+timezone = "Europe/Berlin"
+
+[[digests]]
+id = "alerts"
+schedules = [
+  { name = "hourly" },
+  { name = "morning", cron = "30 7 * * 1-5", timezone = "Asia/Tehran" },
+]
+entry = "- {{ item.text }}"
+packs = ["ops"]
+send_empty = true
+retention = "2d"
+"#,
+        )
+        .unwrap();
+        let profile = &ok.tree.digests[0];
+        assert_eq!(profile.id, "alerts");
+        let names: Vec<(&str, String, chrono_tz::Tz)> = profile
+            .schedules
+            .iter()
+            .map(|s| {
+                (
+                    s.name.as_str(),
+                    s.schedule.expr().to_string(),
+                    s.schedule.tz(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            names,
+            vec![
+                ("hourly", "0 * * * *".to_string(), chrono_tz::Europe::Berlin),
+                (
+                    "morning",
+                    "30 7 * * 1-5".to_string(),
+                    chrono_tz::Asia::Tehran
+                ),
+            ]
+        );
+        assert_eq!(profile.templates.entry, "- {{ item.text }}");
+        assert_eq!(
+            profile.templates.header,
+            herald_actors::digest::DEFAULT_HEADER
+        );
+        assert!(profile.send_empty);
+        assert_eq!(profile.retention, Duration::from_secs(2 * 86_400));
+        assert_eq!(profile.delivery.targets.packs, vec!["ops".to_string()]);
+        assert_eq!(profile.misfire, MisfirePolicy::FireOnce);
+
+        let err = check(
+            r#"
+[[jobs]]
+id = "digest.x.y"
+schedule = "@daily"
+template = "hi"
+
+[[digests]]
+id = "bad.name"
+schedules = [{ name = "hourly" }]
+
+[[digests]]
+id = "b"
+schedules = [{ name = "evening" }, { name = "daily", cron = "61 * * * *" }, { name = "daily" }]
+header = "{% if %}"
+webhooks = ["nope"]
+retention = "10m"
+color = "red"
+"#,
+        )
+        .unwrap_err();
+        for expected in [
+            "jobs[0].id: job ids starting with \"digest.\" belong to [[digests]]",
+            "digests[0].id: profile name \"bad.name\" must be",
+            "digests[1].schedules[0].name: schedule \"evening\" needs a cron",
+            "digests[1].schedules[1].cron:",
+            "digests[1].schedules[2].name: duplicate schedule \"daily\"",
+            "digests[1].header: template does not parse",
+            "digests[1].webhooks: no [[webhooks]] endpoint is named \"nope\"",
+            "digests[1].retention: retention is shorter than 1h",
+            "digests[1].color: unknown key",
+        ] {
+            assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
+        }
     }
 
     #[test]

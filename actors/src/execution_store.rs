@@ -162,7 +162,7 @@ pub type StoreArgs = Arc<StoreData>;
 
 /// One write to the store.
 pub enum StoreWrite {
-    Record(ExecutionRecord),
+    Record(Box<ExecutionRecord>),
     Skipped(SkippedTicks),
     LastTick {
         job_id: String,
@@ -208,7 +208,7 @@ impl StoreData {
         let mut queued = Vec::new();
         match write {
             StoreWrite::Record(r) => {
-                if self.mem().put_record(r.clone()) {
+                if self.mem().put_record((*r).clone()) {
                     queued.push(PendingWrite::Record(r));
                 }
             }
@@ -226,7 +226,7 @@ impl StoreData {
             StoreWrite::Ack(entry_id) => queued.push(PendingWrite::Ack { entry_id }),
             StoreWrite::Retry(record, due) => {
                 self.mem().put_record((*record).clone());
-                queued.push(PendingWrite::Record((*record).clone()));
+                queued.push(PendingWrite::Record(record.clone()));
                 queued.push(PendingWrite::Retry { record, due });
             }
             StoreWrite::Settled { job_id, run_id } => {

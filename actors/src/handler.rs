@@ -57,6 +57,34 @@ pub struct RunContext {
     /// The job's own settings (`[coded.<job id>]` in the config file), or
     /// null.
     pub config: Arc<serde_json::Value>,
+    /// What the run reports beyond counts (kept on its record).
+    pub notes: RunNotes,
+}
+
+/// What a run reports on its record beyond counts; written by the handler,
+/// read by the worker when the attempt ends.
+#[derive(Clone, Default)]
+pub struct RunNotes(Arc<std::sync::Mutex<Notes>>);
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Notes {
+    /// A digest run's window and item count.
+    pub digest: Option<Box<crate::digest::DigestSummary>>,
+}
+
+impl RunNotes {
+    pub fn set_digest(&self, summary: crate::digest::DigestSummary) {
+        if let Ok(mut notes) = self.0.lock() {
+            notes.digest = Some(Box::new(summary));
+        }
+    }
+
+    pub fn take(&self) -> Notes {
+        self.0
+            .lock()
+            .map(|mut n| std::mem::take(&mut *n))
+            .unwrap_or_default()
+    }
 }
 
 impl RunContext {
@@ -68,6 +96,41 @@ impl RunContext {
             html,
             silent: self.job.delivery.silent,
         });
+    }
+
+    /// Sends `html` to every destination of the job: its targets (DM), the
+    /// owner chat (`save`), and its webhooks, which get `webhook_body`.
+    pub async fn deliver(
+        &self,
+        html: String,
+        webhook_body: serde_json::Value,
+    ) -> Result<(), JobError> {
+        let delivery = &self.job.delivery;
+        if delivery.save && self.save_chat.is_none() {
+            return Err(JobError::new(
+                "the job saves to the owner chat, but telegram.save_chat is not set",
+            ));
+        }
+        if delivery.dm {
+            for chat_id in self.users.resolve(&delivery.targets).await {
+                self.send_dm(chat_id, html.clone());
+            }
+        }
+        if let (true, Some(chat_id)) = (delivery.save, self.save_chat) {
+            self.outbox.push(Message::Telegram {
+                chat_id,
+                role: ChatRole::Save,
+                html,
+                silent: delivery.silent,
+            });
+        }
+        for endpoint in &delivery.webhooks {
+            self.outbox.push(Message::Webhook {
+                endpoint: endpoint.clone(),
+                body: webhook_body.clone(),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -101,7 +164,16 @@ pub trait Job: Send + Sync + 'static {
     /// (`ctx.config`). Returns its counts, or an error that fails the
     /// attempt (retried per the job's policy).
     fn run(&self, ctx: RunContext) -> BoxFuture<Result<Counts, JobError>>;
+
+    /// Checks the job's settings (`[coded.<job id>]`, null if absent) when
+    /// the config is loaded, so `herald check` reports a bad setting before
+    /// a run meets it. The default accepts anything.
+    fn check_config(&self, _config: &serde_json::Value) -> Result<(), String> {
+        Ok(())
+    }
 }
+
+type ConfigCheck = Arc<dyn Fn(&serde_json::Value) -> Result<(), String> + Send + Sync>;
 
 struct JobAsHandler<J>(Arc<J>);
 
@@ -118,6 +190,7 @@ pub struct Registry {
     /// Default definitions of jobs added with [`Registry::add`].
     definitions: Vec<JobSpec>,
     configs: HashMap<String, Arc<serde_json::Value>>,
+    config_checks: HashMap<String, ConfigCheck>,
 }
 
 impl Registry {
@@ -147,8 +220,14 @@ impl Registry {
         if self.handlers.contains_key(&spec.id) {
             return Err(format!("job {:?} is registered twice", spec.id));
         }
+        let job = Arc::new(job);
+        let checked = job.clone();
+        self.config_checks.insert(
+            spec.id.clone(),
+            Arc::new(move |config: &serde_json::Value| checked.check_config(config)),
+        );
         self.handlers
-            .insert(spec.id.clone(), Arc::new(JobAsHandler(Arc::new(job))));
+            .insert(spec.id.clone(), Arc::new(JobAsHandler(job)));
         self.definitions.push(spec);
         Ok(self)
     }
@@ -156,6 +235,15 @@ impl Registry {
     /// The default definitions of the jobs added with [`Registry::add`].
     pub fn definitions(&self) -> &[JobSpec] {
         &self.definitions
+    }
+
+    /// Checks settings meant for a job added with [`Registry::add`] (see
+    /// [`Job::check_config`]).
+    pub fn check_config(&self, job_id: &str, config: &serde_json::Value) -> Result<(), String> {
+        match self.config_checks.get(job_id) {
+            Some(check) => check(config),
+            None => Err(format!("no coded job is registered as {job_id:?}")),
+        }
     }
 
     /// Gives a job its settings (what `ctx.config` holds).
@@ -196,36 +284,13 @@ impl JobHandler for MessageJob {
         let rendered = render_message(&self.template, &ctx);
         Box::pin(async move {
             let html = rendered?;
-            let delivery = &ctx.job.delivery;
-            if delivery.dm {
-                for chat_id in ctx.users.resolve(&delivery.targets).await {
-                    ctx.send_dm(chat_id, html.clone());
-                }
-            }
-            if delivery.save {
-                let chat_id = ctx.save_chat.ok_or_else(|| {
-                    JobError::new(
-                        "the job saves to the owner chat, but telegram.save_chat is not set",
-                    )
-                })?;
-                ctx.outbox.push(Message::Telegram {
-                    chat_id,
-                    role: ChatRole::Save,
-                    html: html.clone(),
-                    silent: delivery.silent,
-                });
-            }
-            for endpoint in &delivery.webhooks {
-                ctx.outbox.push(Message::Webhook {
-                    endpoint: endpoint.clone(),
-                    body: serde_json::json!({
-                        "job_id": ctx.job.id,
-                        "run_id": ctx.run_id.0,
-                        "scheduled_at": ctx.scheduled_at.to_rfc3339_opts(SecondsFormat::Secs, true),
-                        "text": html,
-                    }),
-                });
-            }
+            let body = serde_json::json!({
+                "job_id": ctx.job.id,
+                "run_id": ctx.run_id.0,
+                "scheduled_at": ctx.scheduled_at.to_rfc3339_opts(SecondsFormat::Secs, true),
+                "text": html,
+            });
+            ctx.deliver(html, body).await?;
             Ok(Counts::default())
         })
     }

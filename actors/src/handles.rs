@@ -131,7 +131,7 @@ impl StoreHandle {
     }
 
     pub fn put_record(&self, record: ExecutionRecord) {
-        self.write(StoreWrite::Record(record));
+        self.write(StoreWrite::Record(Box::new(record)));
     }
 
     pub fn put_skipped(&self, skipped: SkippedTicks) {

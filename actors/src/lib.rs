@@ -32,6 +32,7 @@
 pub mod backoff;
 pub mod custom_jobs;
 pub mod delivery;
+pub mod digest;
 pub mod execution_store;
 pub mod handler;
 pub mod handles;

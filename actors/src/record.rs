@@ -144,6 +144,9 @@ pub struct ExecutionRecord {
     /// The run's messages: per destination, while they go out and after.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deliveries: Option<crate::delivery::DeliveryReport>,
+    /// A digest run's window and how many items it held (`message_count`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<Box<crate::digest::DigestSummary>>,
 }
 
 impl ExecutionRecord {
@@ -185,6 +188,7 @@ impl ExecutionRecord {
             daemon: None,
             queued: false,
             deliveries: None,
+            digest: None,
         }
     }
 }

@@ -15,6 +15,7 @@ use tokio::sync::watch;
 
 use crate::AbortOnDrop;
 use crate::custom_jobs::{CustomJobs, JobContext};
+use crate::digest::{DigestInbox, DigestJob, DigestProfile};
 use crate::execution_store::{
     DEFAULT_MAX_PENDING, PendingWrites, RedisLink, SharedMemory, StoreData,
 };
@@ -80,6 +81,8 @@ pub struct TreeConfig {
     pub webhooks: Vec<WebhookEndpoint>,
     /// Zone of custom jobs that name none.
     pub default_timezone: chrono_tz::Tz,
+    /// Digest profiles: each schedule of each runs as a job.
+    pub digests: Vec<DigestProfile>,
 }
 
 impl Default for TreeConfig {
@@ -99,6 +102,7 @@ impl Default for TreeConfig {
             save_chat: None,
             webhooks: Vec::new(),
             default_timezone: chrono_tz::UTC,
+            digests: Vec::new(),
         }
     }
 }
@@ -107,6 +111,8 @@ impl Default for TreeConfig {
 pub enum TreeError {
     #[error("job {job:?} names handler {handler:?}, which is not registered")]
     UnknownHandler { job: String, handler: String },
+    #[error("job id {0:?} is defined twice (a digest schedule and another job)")]
+    DuplicateJob(String),
     #[error("the actor tree did not start: {0}")]
     Spawn(String),
     #[error(transparent)]
@@ -131,6 +137,8 @@ pub struct Herald {
     pub users: UserDirectory,
     /// Custom message jobs: create, edit, enable/disable, delete.
     pub custom_jobs: CustomJobs,
+    /// Digest profiles and their inboxes.
+    pub digests: Digests,
     subscriptions: std::sync::Mutex<Option<AbortOnDrop>>,
 }
 
@@ -157,19 +165,10 @@ pub async fn spawn_tree_on(
     // Jobs added to the registry run on their default definitions, unless
     // the caller defines the same id (config wins; Redis keeps edits).
     let mut jobs = jobs;
+    let mut registry = registry;
     for spec in registry.definitions() {
         if !jobs.iter().any(|j| j.id == spec.id) {
             jobs.push(spec.clone());
-        }
-    }
-    for job in &jobs {
-        if let JobKind::Coded { handler } = &job.kind
-            && !registry.contains(handler)
-        {
-            return Err(TreeError::UnknownHandler {
-                job: job.id.clone(),
-                handler: handler.clone(),
-            });
         }
     }
     let daemon_id = config.daemon_id.clone().unwrap_or_else(default_daemon_id);
@@ -184,6 +183,36 @@ pub async fn spawn_tree_on(
         }
         None => None,
     };
+    let digests = Digests {
+        profiles: Arc::new(config.digests.iter().cloned().map(Arc::new).collect()),
+        inbox: DigestInbox::new(redis.as_ref().map(|(_, r)| r.clone())),
+    };
+    for profile in digests.profiles.iter() {
+        for (schedule, spec) in profile.schedules.iter().zip(profile.jobs()) {
+            if jobs.iter().any(|j| j.id == spec.id) || registry.contains(&spec.id) {
+                return Err(TreeError::DuplicateJob(spec.id));
+            }
+            registry.register(
+                spec.id.clone(),
+                DigestJob {
+                    profile: profile.clone(),
+                    schedule: schedule.name.clone(),
+                    inbox: digests.inbox.clone(),
+                },
+            );
+            jobs.push(spec);
+        }
+    }
+    for job in &jobs {
+        if let JobKind::Coded { handler } = &job.kind
+            && !registry.contains(handler)
+        {
+            return Err(TreeError::UnknownHandler {
+                job: job.id.clone(),
+                handler: handler.clone(),
+            });
+        }
+    }
     let mut last_ticks = HashMap::new();
     let definitions: HashMap<String, JobDefinition> = jobs
         .iter()
@@ -340,8 +369,16 @@ pub async fn spawn_tree_on(
         notifier,
         users,
         custom_jobs,
+        digests,
         subscriptions: std::sync::Mutex::new(None),
     })
+}
+
+/// Digest profiles as configured, and the inboxes they collect from.
+#[derive(Clone)]
+pub struct Digests {
+    pub profiles: Arc<Vec<Arc<DigestProfile>>>,
+    pub inbox: DigestInbox,
 }
 
 /// Start-up sync: writes each defined job's definition (keeping operator

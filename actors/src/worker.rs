@@ -13,7 +13,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use crate::AbortOnDrop;
 use crate::delivery::{Message, Outbox};
-use crate::handler::{Registry, RunContext};
+use crate::handler::{Notes, Registry, RunContext, RunNotes};
 use crate::handles::StoreHandle;
 use crate::record::{Counts, RunId, RunStatus};
 use crate::users::UserDirectory;
@@ -22,8 +22,8 @@ use crate::worker_pool::{PoolMsg, RunRequest};
 /// How one attempt ended.
 #[derive(Debug, Clone, PartialEq)]
 pub enum AttemptOutcome {
-    /// The handler's counts, and the messages it left to send.
-    Success(Counts, Vec<Message>),
+    /// The handler's counts, the messages it left to send, and its notes.
+    Success(Counts, Vec<Message>, Notes),
     Failed(String),
     Cancelled,
 }
@@ -132,6 +132,7 @@ fn start(myself: ActorRef<WorkerMsg>, state: &mut WorkerState, mut request: RunR
     let run_id = request.record.run_id.clone();
     let handler = state.args.registry.resolve(&request.job.kind);
     let outbox = Outbox::default();
+    let notes = RunNotes::default();
     let ctx = RunContext {
         run_id: run_id.clone(),
         job: request.job.clone(),
@@ -142,6 +143,7 @@ fn start(myself: ActorRef<WorkerMsg>, state: &mut WorkerState, mut request: RunR
         users: state.args.users.clone(),
         store: state.args.store.clone(),
         config: state.args.registry.config(&request.job.id),
+        notes: notes.clone(),
     };
     let timeout = request.job.timeout;
     let handler_task = match handler {
@@ -156,7 +158,7 @@ fn start(myself: ActorRef<WorkerMsg>, state: &mut WorkerState, mut request: RunR
                 abort.abort();
                 AttemptOutcome::Failed(format!("timed out after {timeout:?}"))
             }
-            Ok(Ok(Ok(counts))) => AttemptOutcome::Success(counts, outbox.take()),
+            Ok(Ok(Ok(counts))) => AttemptOutcome::Success(counts, outbox.take(), notes.take()),
             Ok(Ok(Err(e))) => AttemptOutcome::Failed(e.to_string()),
             Ok(Err(join)) if join.is_panic() => {
                 AttemptOutcome::Failed(format!("panicked: {}", panic_message(join.into_panic())))

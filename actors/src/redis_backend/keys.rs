@@ -108,6 +108,24 @@ impl Keys {
         format!("{}:user:{chat_id}", self.prefix)
     }
 
+    /// A digest profile's inbox: a stream producers `XADD` items to (`*`
+    /// ids), trimmed by age at each digest run.
+    pub fn digest_inbox(&self, profile: &str) -> String {
+        format!("{}:digest:inbox:{profile}", self.prefix)
+    }
+
+    /// The end of the last window a profile's schedule collected (unix ms;
+    /// items up to it are digested). No TTL.
+    pub fn digest_last_run(&self, profile: &str, schedule: &str) -> String {
+        format!("{}:digest:last_run:{profile}:{schedule}", self.prefix)
+    }
+
+    /// The window one digest run owns ("start end", unix ms), so a retried
+    /// or reclaimed run collects the same items. TTL: record TTL.
+    pub fn digest_window(&self, run_id: &str) -> String {
+        format!("{}:digest:window:{run_id}", self.prefix)
+    }
+
     /// Claim of one tick by one daemon: `SET NX` with expiry.
     pub fn tick_claim(&self, job_id: &str, unix_seconds: i64) -> String {
         format!("{}:tick:{job_id}:{unix_seconds}", self.prefix)

@@ -3,6 +3,7 @@
 
 pub mod connect;
 pub mod deliveries;
+pub mod digests;
 pub mod keys;
 pub mod queue;
 mod scripts;

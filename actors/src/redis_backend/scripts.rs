@@ -204,8 +204,38 @@ return 0",
     )
 });
 
-fn all() -> [&'static Script; 9] {
+/// Gives a digest run its window (start, end] in unix ms, once: a run that
+/// has one gets the same again (retry, reclaim); a new run starts where the
+/// last window of its schedule ended and moves that mark forward. The end
+/// is capped just below Redis's clock, so an item added after the claim
+/// (its stream id is at least that clock) always falls in a later window.
+/// KEYS: last_run, window. ARGV: wanted end (ms), window TTL (s).
+/// Returns "start end"; start -1 means the inbox's beginning.
+pub(super) static CLAIM_DIGEST_WINDOW: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local owned = redis.call('GET', KEYS[2])
+if owned then return owned end
+local t = redis.call('TIME')
+local clock = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local stop = math.min(tonumber(ARGV[1]), clock - 1)
+local last = redis.call('GET', KEYS[1])
+local start = -1
+if last then start = tonumber(last) end
+if stop <= start then
+  stop = start
+else
+  redis.call('SET', KEYS[1], stop)
+end
+local window = start .. ' ' .. stop
+redis.call('SET', KEYS[2], window, 'EX', ARGV[2])
+return window",
+    )
+});
+
+fn all() -> [&'static Script; 10] {
     [
+        &CLAIM_DIGEST_WINDOW,
         &HOLD_LEASE,
         &CLAIM_DELIVERY,
         &PUT_RECORD,

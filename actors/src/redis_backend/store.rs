@@ -61,7 +61,7 @@ pub const CLAIM_TTL: Duration = Duration::from_secs(86_400);
 /// One write waiting to reach Redis, in the order it was made.
 #[derive(Debug, Clone, PartialEq)]
 pub enum PendingWrite {
-    Record(ExecutionRecord),
+    Record(Box<ExecutionRecord>),
     Skipped(SkippedTicks),
     LastTick {
         job_id: String,
@@ -247,7 +247,10 @@ impl RedisStore {
     /// Writes records (inserts and updates) in one pipeline. Returns how
     /// many old records the `max_records` cap pushed out.
     pub async fn put_records(&self, records: &[ExecutionRecord]) -> Result<u64, BackendError> {
-        let writes: Vec<PendingWrite> = records.iter().cloned().map(PendingWrite::Record).collect();
+        let writes: Vec<PendingWrite> = records
+            .iter()
+            .map(|r| PendingWrite::Record(Box::new(r.clone())))
+            .collect();
         self.apply(&writes).await
     }
 
