@@ -3,7 +3,10 @@
 //! * [`RedisServer`]: a real `redis-server` (no persistence), which a test
 //!   can stop, restart on the same port, or freeze (SIGSTOP: the port
 //!   accepts connections and nothing answers) and thaw.
+//! * [`food`]: a fake food ordering service and an OpenAI-compatible
+//!   completions API, for the food reminder.
 
+pub mod food;
 pub mod telegram;
 pub mod webhook;
 

@@ -8,11 +8,13 @@
 //!
 //! Its settings come from `[coded.<job id>]` in the config file.
 
+pub mod food_reminder;
+
 use crate::handler::Registry;
 
 /// Every coded job herald runs.
 pub fn registry() -> Result<Registry, String> {
-    let registry = Registry::new();
-    // registry.add(food_reminder::FoodReminder)?;  (issue: the food reminder)
+    let mut registry = Registry::new();
+    registry.add(food_reminder::FoodReminder)?;
     Ok(registry)
 }
