@@ -185,6 +185,11 @@ pub enum StoreWrite {
     },
     Job(Arc<JobSpec>),
     RemoveJob(String),
+    /// A job as Redis holds it (read back): kept in memory only, so a
+    /// stale copy is never written over a newer edit.
+    CachedJob(Arc<JobSpec>),
+    /// A job Redis no longer holds: dropped from memory only.
+    ForgetJob(String),
 }
 
 impl StoreData {
@@ -254,6 +259,12 @@ impl StoreData {
             StoreWrite::RemoveJob(id) => {
                 self.mem().remove_job(&id);
                 queued.push(PendingWrite::RemoveJob(id));
+            }
+            StoreWrite::CachedJob(spec) => {
+                self.mem().put_job(spec);
+            }
+            StoreWrite::ForgetJob(id) => {
+                self.mem().remove_job(&id);
             }
         }
         let Some(link) = &self.redis else {

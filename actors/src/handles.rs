@@ -170,6 +170,16 @@ impl StoreHandle {
         self.write(StoreWrite::RemoveJob(id));
     }
 
+    /// Memory only: a job as read back from Redis.
+    pub fn cache_job(&self, spec: Arc<JobSpec>) {
+        self.write(StoreWrite::CachedJob(spec));
+    }
+
+    /// Memory only: a job Redis no longer holds.
+    pub fn forget_job(&self, id: String) {
+        self.write(StoreWrite::ForgetJob(id));
+    }
+
     pub async fn jobs(&self, ids: Vec<String>) -> Result<Vec<Option<Arc<JobSpec>>>, HandleError> {
         call(self.actor(), "execution store", self.timeout, |r| {
             StoreMsg::Jobs(ids, r)

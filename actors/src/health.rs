@@ -67,6 +67,10 @@ pub struct Health {
     /// Daemons seen alive at the last successful heartbeat, this one
     /// included. Kept unchanged while offline.
     pub peers: BTreeSet<String>,
+    /// `{p}:jobs:version` at the last heartbeat: it changes whenever any
+    /// daemon writes a job, so an edit made through one daemon reaches the
+    /// others within a heartbeat. Kept unchanged while offline.
+    pub jobs_version: u64,
 }
 
 /// Runs until `stop` flips: pings, writes this daemon's heartbeat, reads
@@ -92,15 +96,17 @@ pub async fn watch_redis(
         let beat =
             tokio::time::timeout(PING_TIMEOUT, heartbeat(&url, &mut conn, &keys, &daemon_id)).await;
         let next = match beat {
-            Ok(Ok(peers)) => Health {
+            Ok(Ok((peers, jobs_version))) => Health {
                 mode: Mode::Online,
                 peers,
+                jobs_version,
             },
             Ok(Err(_)) | Err(_) => {
                 conn = None;
                 Health {
                     mode: Mode::Offline,
                     peers: current.peers.clone(),
+                    jobs_version: current.jobs_version,
                 }
             }
         };
@@ -123,13 +129,13 @@ pub async fn watch_redis(
 }
 
 /// One heartbeat: record this daemon as alive, drop stale peers, return the
-/// live ones. A single round trip.
+/// live ones and the jobs' version. A single round trip.
 async fn heartbeat(
     url: &str,
     conn: &mut Option<MultiplexedConnection>,
     keys: &Keys,
     daemon_id: &str,
-) -> redis::RedisResult<BTreeSet<String>> {
+) -> redis::RedisResult<(BTreeSet<String>, u64)> {
     if conn.is_none() {
         let client = redis::Client::open(url)?;
         let config = AsyncConnectionConfig::new()
@@ -142,12 +148,12 @@ async fn heartbeat(
         );
     }
     let Some(c) = conn.as_mut() else {
-        return Ok(BTreeSet::new());
+        return Ok((BTreeSet::new(), 0));
     };
     let now = Utc::now().timestamp_millis();
     let stale_before = now - PEER_TTL.as_millis() as i64;
     let daemons = keys.daemons();
-    let (_, _, peers): ((), (), Vec<String>) = redis::pipe()
+    let (_, _, peers, version): ((), (), Vec<String>, Option<u64>) = redis::pipe()
         .zadd(&daemons, daemon_id, now)
         .cmd("ZREMRANGEBYSCORE")
         .arg(&daemons)
@@ -157,9 +163,10 @@ async fn heartbeat(
         .arg(&daemons)
         .arg(0)
         .arg(-1)
+        .get(keys.jobs_version())
         .query_async(c)
         .await?;
-    Ok(peers.into_iter().collect())
+    Ok((peers.into_iter().collect(), version.unwrap_or(0)))
 }
 
 #[cfg(test)]

@@ -246,9 +246,18 @@ impl Actor for Scheduler {
                     .health
                     .as_ref()
                     .is_some_and(|h| h.mode == Mode::Offline);
+                let edited_elsewhere = state.health.as_ref().is_some_and(|h| {
+                    h.mode == Mode::Online
+                        && health.mode == Mode::Online
+                        && h.jobs_version != health.jobs_version
+                });
                 if was_offline && health.mode == Mode::Online {
                     let timer = myself.send_after(RESYNC_SETTLE, || SchedulerMsg::Resync);
                     state.resync_timer = Some(AbortOnDrop::from(timer));
+                } else if edited_elsewhere && state.resync_timer.is_none() {
+                    // A job was written (maybe through another daemon):
+                    // take the jobs from Redis now.
+                    let _ = myself.cast(SchedulerMsg::Resync);
                 }
                 state.health = Some(health);
             }
@@ -332,26 +341,50 @@ async fn resync(state: &mut SchedulerState) {
     let ids: Vec<String> = stored.iter().map(|j| j.definition.id.clone()).collect();
     let last_ticks = cluster.redis.last_ticks(&ids).await.unwrap_or_default();
     let now = Utc::now();
-    let mut loaded = 0;
+    let current: HashMap<String, Arc<JobSpec>> = state
+        .timetable
+        .jobs()
+        .into_iter()
+        .map(|(spec, _)| (spec.id.clone(), spec))
+        .collect();
+    let mut in_redis = std::collections::HashSet::new();
+    let mut changed = 0;
     for job in stored {
         let id = job.definition.id.clone();
         if job.orphaned {
-            state.timetable.remove(&id);
+            if state.timetable.remove(&id) {
+                state.args.store.forget_job(id);
+                changed += 1;
+            }
             continue;
         }
         match job.effective() {
             Ok(spec) => {
+                in_redis.insert(id.clone());
+                // An unchanged job keeps its timer (re-arming it would
+                // re-run the misfire logic for nothing).
+                if current.get(&id).is_some_and(|c| **c == spec) {
+                    continue;
+                }
                 let spec = Arc::new(spec);
-                state.args.store.put_job(spec.clone());
+                state.args.store.cache_job(spec.clone());
                 state
                     .timetable
                     .upsert(spec, last_ticks.get(&id).copied(), now);
-                loaded += 1;
+                changed += 1;
             }
             Err(e) => tracing::warn!(error = %e, "resync: skipping a job redis holds"),
         }
     }
-    tracing::info!(jobs = loaded, "resynced jobs from redis");
+    // Deleted through another daemon.
+    for id in current.keys().filter(|id| !in_redis.contains(*id)) {
+        state.timetable.remove(id);
+        state.args.store.forget_job(id.clone());
+        changed += 1;
+    }
+    if changed > 0 {
+        tracing::info!(jobs = changed, "took job changes from redis");
+    }
 }
 
 /// Does this daemon record this job's ticks? Online every daemon does

@@ -175,6 +175,7 @@ pub async fn spawn_tree_on(
     let mut health = Health {
         mode: Mode::Offline,
         peers: BTreeSet::from([daemon_id.clone()]),
+        jobs_version: 0,
     };
     let redis = match &config.redis {
         Some(settings) => {

@@ -457,3 +457,84 @@ async fn the_overlap_policy_holds_across_daemons() {
     let daemons: std::collections::BTreeSet<_> = spans.iter().map(|s| s.2.clone()).collect();
     eprintln!("runs by daemon: {daemons:?}");
 }
+
+/// An edit made through one daemon (create, change, disable, delete)
+/// reaches another daemon on the same Redis within about a second: every
+/// job write raises `{p}:jobs:version`, which each daemon's heartbeat reads.
+#[tokio::test]
+async fn an_edit_through_one_daemon_reaches_the_other_within_a_second() {
+    let server = RedisServer::start();
+    let calls = Calls::default();
+    let a = daemon(&server, Vec::new(), &calls).await;
+    let b = daemon(&server, Vec::new(), &calls).await;
+    let job_on_b = |id: &'static str| {
+        let b = &b;
+        move || async move {
+            b.scheduler
+                .jobs()
+                .await
+                .ok()?
+                .into_iter()
+                .find(|j| j.spec.id == id)
+                .map(|j| j.spec)
+        }
+    };
+    let custom: herald_actors::custom_jobs::CustomJob = serde_json::from_value(serde_json::json!({
+        "id": "shared",
+        "schedule": "0 9 * * *",
+        "template": "hi",
+    }))
+    .unwrap();
+    let started = Instant::now();
+    a.custom_jobs.create(custom.clone()).await.unwrap();
+    wait_for(
+        "b sees the new job",
+        Duration::from_secs(3),
+        job_on_b("shared"),
+    )
+    .await;
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(1_500), "took {took:?}");
+
+    let mut edited = custom.clone();
+    edited.schedule = "30 18 * * *".into();
+    a.custom_jobs.update("shared", edited).await.unwrap();
+    wait_for(
+        "b sees the new schedule",
+        Duration::from_secs(3),
+        || async {
+            job_on_b("shared")()
+                .await
+                .filter(|s| s.schedule.expr().to_string() == "30 18 * * *")
+        },
+    )
+    .await;
+    let next = b
+        .scheduler
+        .jobs()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|j| j.spec.id == "shared")
+        .and_then(|j| j.next_fire)
+        .unwrap();
+    assert_eq!(
+        next.format("%H:%M").to_string(),
+        "18:30",
+        "b re-armed its timer"
+    );
+
+    a.custom_jobs.set_enabled("shared", false).await.unwrap();
+    wait_for("b sees it disabled", Duration::from_secs(3), || async {
+        job_on_b("shared")().await.filter(|s| !s.enabled)
+    })
+    .await;
+
+    a.custom_jobs.delete("shared").await.unwrap();
+    wait_for("b drops it", Duration::from_secs(3), || async {
+        job_on_b("shared")().await.is_none().then_some(())
+    })
+    .await;
+    a.shutdown().await;
+    b.shutdown().await;
+}

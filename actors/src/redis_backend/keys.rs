@@ -23,6 +23,12 @@ impl Keys {
         format!("{}:jobs", self.prefix)
     }
 
+    /// Counter raised by every job write: daemons watch it (in their
+    /// heartbeat) to pick up edits made through another daemon.
+    pub fn jobs_version(&self) -> String {
+        format!("{}:jobs:version", self.prefix)
+    }
+
     /// A job: its definition, operator overrides, orphaned flag (JSON).
     pub fn job(&self, id: &str) -> String {
         format!("{}:job:{id}", self.prefix)

@@ -310,10 +310,12 @@ impl RedisStore {
                     let id = &job.definition.id;
                     p.set(self.keys.job(id), to_json(job.as_ref())?).ignore();
                     p.sadd(self.keys.jobs(), id).ignore();
+                    p.incr(self.keys.jobs_version(), 1).ignore();
                 }
                 PendingWrite::RemoveJob(id) => {
                     p.del(self.keys.job(id)).ignore();
                     p.srem(self.keys.jobs(), id).ignore();
+                    p.incr(self.keys.jobs_version(), 1).ignore();
                 }
                 PendingWrite::Ack { entry_id } => {
                     p.cmd("XACK")
