@@ -61,8 +61,11 @@ pub enum SchedulerMsg {
     StopFiring(RpcReplyPort<()>),
     /// Redis reachability or the set of live daemons changed.
     Health(Health),
-    /// Re-read jobs and last ticks from Redis (after an outage).
-    Resync,
+    /// Re-read jobs from Redis: after an outage every job resumes from
+    /// its last tick in Redis (ticks nobody handled meet the misfire
+    /// policy); otherwise (a job was written, maybe through another daemon)
+    /// only changed jobs are re-armed, from now, as an edit here would be.
+    Resync { after_outage: bool },
 }
 
 /// A job as the scheduler sees it now.
@@ -252,27 +255,34 @@ impl Actor for Scheduler {
                         && h.jobs_version != health.jobs_version
                 });
                 if was_offline && health.mode == Mode::Online {
-                    let timer = myself.send_after(RESYNC_SETTLE, || SchedulerMsg::Resync);
+                    let timer = myself.send_after(RESYNC_SETTLE, || SchedulerMsg::Resync {
+                        after_outage: true,
+                    });
                     state.resync_timer = Some(AbortOnDrop::from(timer));
                 } else if edited_elsewhere && state.resync_timer.is_none() {
                     // A job was written (maybe through another daemon):
                     // take the jobs from Redis now.
-                    let _ = myself.cast(SchedulerMsg::Resync);
+                    let _ = myself.cast(SchedulerMsg::Resync {
+                        after_outage: false,
+                    });
                 }
                 state.health = Some(health);
             }
-            SchedulerMsg::Resync => {
+            SchedulerMsg::Resync { after_outage } => {
                 state.resync_timer = None;
                 // This daemon's own offline writes (last ticks, claims of
                 // ticks it ran) must be in Redis first, or its ticks would
-                // look missed.
+                // look missed; its own edits too, or they would look
+                // deleted.
                 match state.args.store.flush().await {
                     Ok(0) => {
-                        resync(state).await;
+                        resync(state, after_outage).await;
                         fire_due(&myself, state).await;
                     }
                     _ => {
-                        let timer = myself.send_after(RESYNC_SETTLE, || SchedulerMsg::Resync);
+                        let timer = myself.send_after(RESYNC_SETTLE, move || SchedulerMsg::Resync {
+                            after_outage,
+                        });
                         state.resync_timer = Some(AbortOnDrop::from(timer));
                     }
                 }
@@ -327,7 +337,7 @@ async fn sync_in_flight(state: &mut SchedulerState, now: DateTime<Utc>) -> Vec<A
 /// After an outage: take the jobs (other daemons' edits) and last ticks
 /// from Redis. Ticks of jobs whose offline owner died were never handled,
 /// so they are due now and meet the misfire policy.
-async fn resync(state: &mut SchedulerState) {
+async fn resync(state: &mut SchedulerState, after_outage: bool) {
     let Some(cluster) = state.args.cluster.clone() else {
         return;
     };
@@ -339,7 +349,11 @@ async fn resync(state: &mut SchedulerState) {
         }
     };
     let ids: Vec<String> = stored.iter().map(|j| j.definition.id.clone()).collect();
-    let last_ticks = cluster.redis.last_ticks(&ids).await.unwrap_or_default();
+    let last_ticks = if after_outage {
+        cluster.redis.last_ticks(&ids).await.unwrap_or_default()
+    } else {
+        HashMap::new()
+    };
     let now = Utc::now();
     let current: HashMap<String, Arc<JobSpec>> = state
         .timetable
@@ -361,16 +375,17 @@ async fn resync(state: &mut SchedulerState) {
         match job.effective() {
             Ok(spec) => {
                 in_redis.insert(id.clone());
-                // An unchanged job keeps its timer (re-arming it would
-                // re-run the misfire logic for nothing).
-                if current.get(&id).is_some_and(|c| **c == spec) {
+                let resume_after = if after_outage {
+                    last_ticks.get(&id).copied()
+                } else if current.get(&id).is_some_and(|c| **c == spec) {
+                    // Unchanged: its timer stands.
                     continue;
-                }
+                } else {
+                    None
+                };
                 let spec = Arc::new(spec);
                 state.args.store.cache_job(spec.clone());
-                state
-                    .timetable
-                    .upsert(spec, last_ticks.get(&id).copied(), now);
+                state.timetable.upsert(spec, resume_after, now);
                 changed += 1;
             }
             Err(e) => tracing::warn!(error = %e, "resync: skipping a job redis holds"),
