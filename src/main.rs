@@ -11,6 +11,7 @@
 //! The scheduling logic lives in the `herald-actors` crate.
 
 mod config;
+mod http;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -149,6 +150,22 @@ fn run(path: &std::path::Path) -> ExitCode {
 enum Ending {
     Signal(&'static str),
     TreeStopped(TreeExit),
+    ApiStopped(String),
+}
+
+/// The Prometheus recorder behind `/metrics` (rendered by the admin API;
+/// no listener of its own). None if another recorder is installed.
+fn metrics_handle() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
+    match metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder() {
+        Ok(handle) => {
+            metrics::gauge!("herald_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+            Some(handle)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot install the metrics recorder; /metrics is empty");
+            None
+        }
+    }
 }
 
 /// Runs the actor tree until a signal (graceful shutdown, exit 0) or until
@@ -231,15 +248,44 @@ async fn serve(settings: config::Settings) -> ExitCode {
         }
         Err(e) => tracing::warn!(error = %e, "could not list jobs"),
     }
+    // The admin API: bound before announcing "running", so a port in use
+    // stops the daemon with the reason instead of leaving it headless.
+    let listener = match tokio::net::TcpListener::bind(settings.http_listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(listen = %settings.http_listen, error = %e, "cannot bind the admin API");
+            herald.shutdown().await;
+            return ExitCode::FAILURE;
+        }
+    };
+    if settings.admin_token.is_none() {
+        tracing::warn!(listen = %settings.http_listen, "no admin token: /api is open to anyone who can reach this loopback address");
+    }
+    let api_state = http::ApiState::new(
+        herald.admin(),
+        settings.admin_token.as_ref().map(|t| t.expose()),
+        metrics_handle(),
+    );
+    let (api_stop_tx, api_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let api = tokio::spawn(http::serve(listener, api_state, async move {
+        let _ = api_stop_rx.await;
+    }));
     info!(
         daemon = %herald.daemon_id(),
         mode = %herald.mode().as_str(),
+        api = %settings.http_listen,
         "herald running"
     );
     let ending = tokio::select! {
         signal = shutdown.recv() => Ending::Signal(signal),
         exit = herald.stopped() => Ending::TreeStopped(exit),
+        served = api => Ending::ApiStopped(match served {
+            Ok(Ok(())) => "stopped".to_string(),
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => e.to_string(),
+        }),
     };
+    let _ = api_stop_tx.send(());
     match ending {
         Ending::Signal(signal) => {
             info!(signal = %signal, grace = ?settings.tree.shutdown_grace, "shutting down");
@@ -253,6 +299,11 @@ async fn serve(settings: config::Settings) -> ExitCode {
         }
         Ending::TreeStopped(exit) => {
             tracing::error!(?exit, "actor tree stopped; exiting non-zero");
+            ExitCode::FAILURE
+        }
+        Ending::ApiStopped(reason) => {
+            tracing::error!(%reason, "the admin API stopped; shutting down");
+            herald.shutdown().await;
             ExitCode::FAILURE
         }
     }

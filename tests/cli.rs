@@ -24,6 +24,11 @@ fn herald() -> Command {
     ] {
         cmd.env_remove(var);
     }
+    // Each daemon its own admin API port: tests run in parallel.
+    cmd.env(
+        "HERALD_HTTP_LISTEN",
+        format!("127.0.0.1:{}", herald_testkit::free_port()),
+    );
     cmd
 }
 

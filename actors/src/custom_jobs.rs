@@ -190,6 +190,11 @@ pub struct CustomJobs {
 }
 
 impl CustomJobs {
+    /// Defined by config or code (not created at run time).
+    pub fn is_defined(&self, id: &str) -> bool {
+        self.defined.contains(id)
+    }
+
     async fn exists(&self, id: &str) -> Result<bool, JobApiError> {
         Ok(self.scheduler.jobs().await?.iter().any(|j| j.spec.id == id))
     }

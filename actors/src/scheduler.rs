@@ -65,7 +65,9 @@ pub enum SchedulerMsg {
     /// its last tick in Redis (ticks nobody handled meet the misfire
     /// policy); otherwise (a job was written, maybe through another daemon)
     /// only changed jobs are re-armed, from now, as an edit here would be.
-    Resync { after_outage: bool },
+    Resync {
+        after_outage: bool,
+    },
 }
 
 /// A job as the scheduler sees it now.
@@ -280,8 +282,8 @@ impl Actor for Scheduler {
                         fire_due(&myself, state).await;
                     }
                     _ => {
-                        let timer = myself.send_after(RESYNC_SETTLE, move || SchedulerMsg::Resync {
-                            after_outage,
+                        let timer = myself.send_after(RESYNC_SETTLE, move || {
+                            SchedulerMsg::Resync { after_outage }
                         });
                         state.resync_timer = Some(AbortOnDrop::from(timer));
                     }

@@ -442,7 +442,48 @@ fn default_daemon_id() -> String {
     )
 }
 
+/// What the admin API works with: handles into the running tree (cheap to
+/// clone, outliving nothing).
+#[derive(Clone)]
+pub struct AdminHandles {
+    pub scheduler: SchedulerHandle,
+    pub store: StoreHandle,
+    pub pool: PoolHandle,
+    pub users: UserDirectory,
+    pub custom_jobs: CustomJobs,
+    pub digests: Digests,
+    pub daemon_id: String,
+    health: watch::Receiver<Health>,
+    exit: watch::Receiver<TreeExit>,
+}
+
+impl AdminHandles {
+    pub fn mode(&self) -> Mode {
+        self.health.borrow().mode
+    }
+
+    /// The tree is up (not stopped or given up).
+    pub fn running(&self) -> bool {
+        *self.exit.borrow() == TreeExit::Running
+    }
+}
+
 impl Herald {
+    /// Handles for the admin API.
+    pub fn admin(&self) -> AdminHandles {
+        AdminHandles {
+            scheduler: self.scheduler.clone(),
+            store: self.store.clone(),
+            pool: self.pool.clone(),
+            users: self.users.clone(),
+            custom_jobs: self.custom_jobs.clone(),
+            digests: self.digests.clone(),
+            daemon_id: self.daemon_id.clone(),
+            health: self.health.clone(),
+            exit: self.exit.clone(),
+        }
+    }
+
     /// Starts taking `/start` and `/stop` from Telegram (long polling with
     /// `bot`), until the daemon stops. `long_poll`: how long one poll waits.
     pub fn start_subscriptions(&self, bot: teloxide::Bot, long_poll: Duration) {
