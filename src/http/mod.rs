@@ -12,6 +12,7 @@ mod digests;
 mod error;
 mod jobs;
 pub mod openapi;
+mod page;
 mod users;
 
 use std::sync::Arc;
@@ -69,6 +70,9 @@ pub fn router(state: ApiState) -> Router {
         .fallback(no_route)
         .layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
+        .route("/", get(page::index))
+        .route("/assets/app.js", get(page::script))
+        .route("/assets/app.css", get(page::style))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

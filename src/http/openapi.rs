@@ -86,6 +86,9 @@ pub fn spec() -> Value {
         "info": {"title": "herald admin API", "version": env!("CARGO_PKG_VERSION")},
         "security": [{"bearer": []}],
         "paths": {
+            "/": {"get": public(op("The admin page (HTML)", &[], None, &[("200", "the page")]))},
+            "/assets/app.js": {"get": public(op("The admin page's script", &[], None, &[("200", "JavaScript")]))},
+            "/assets/app.css": {"get": public(op("The admin page's style sheet", &[], None, &[("200", "CSS")]))},
             "/healthz": {"get": public(op("Alive", &[], None, &[("200", "alive")]))},
             "/readyz": {"get": public(op("Ready, with mode online/offline", &[], None, &[("200", "ready"), ("503", "stopped")]))},
             "/metrics": {"get": public(op("Prometheus text format", &[], None, &[("200", "metrics")]))},

@@ -25,6 +25,9 @@ const TOKEN: &str = "test-admin-token-0123456789";
 /// Every route: (method, path as in the OpenAPI document). The OpenAPI test
 /// checks each is documented and served.
 const ROUTES: &[(&str, &str)] = &[
+    ("get", "/"),
+    ("get", "/assets/app.js"),
+    ("get", "/assets/app.css"),
     ("get", "/healthz"),
     ("get", "/readyz"),
     ("get", "/metrics"),
@@ -728,5 +731,283 @@ async fn a_run_is_cancelled_and_readyz_reports_the_mode() {
         (status == StatusCode::OK && r["mode"] == "offline").then_some(r)
     })
     .await;
+    api.herald.shutdown().await;
+}
+
+/// chromedriver on a free loopback port, killed on drop.
+struct ChromeDriver {
+    child: std::process::Child,
+    url: String,
+}
+
+impl ChromeDriver {
+    fn start() -> ChromeDriver {
+        let port = herald_testkit::free_port();
+        let child = std::process::Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("chromedriver (Debian's chromium-driver; `bash scripts/test` installs it)");
+        ChromeDriver {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    async fn client(&self) -> fantoccini::Client {
+        let mut caps = serde_json::Map::new();
+        caps.insert(
+            "goog:chromeOptions".into(),
+            json!({
+                "binary": "/usr/bin/chromium",
+                "args": [
+                    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                    "--no-first-run", "--disable-background-networking",
+                    "--disable-component-update", "--disable-sync",
+                    "--disable-dev-shm-usage", "--window-size=1280,900",
+                ],
+            }),
+        );
+        let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            match fantoccini::ClientBuilder::new(connector.clone())
+                .capabilities(caps.clone())
+                .connect(&self.url)
+                .await
+            {
+                Ok(c) => return c,
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => panic!("cannot start headless chromium through chromedriver: {e}"),
+            }
+        }
+    }
+}
+
+impl Drop for ChromeDriver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits until the element `css` exists and `check` accepts its text.
+async fn wait_text(
+    browser: &fantoccini::Client,
+    css: &str,
+    what: &str,
+    check: impl Fn(&str) -> bool,
+) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut last = String::new();
+    loop {
+        if let Ok(e) = browser.find(fantoccini::Locator::Css(css)).await
+            && let Ok(text) = e.text().await
+        {
+            if check(&text) {
+                return text;
+            }
+            last = text;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what} ({css}); last text {last:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The element `css`, once it exists (the page renders asynchronously).
+async fn element(browser: &fantoccini::Client, css: &str) -> fantoccini::elements::Element {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match browser.find(fantoccini::Locator::Css(css)).await {
+            Ok(e) => return e,
+            Err(e) => assert!(
+                tokio::time::Instant::now() < deadline,
+                "no element {css} within 10s: {e}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The admin page end to end in headless Chromium: sign in (a wrong token
+/// is refused), toggle a job, edit a schedule (a bad one shows the error
+/// inline, a good one saves), run a job and see its execution appear, and
+/// the offline banner when Redis goes away.
+#[tokio::test]
+async fn the_admin_page_works_in_headless_chromium() {
+    let mut redis = RedisServer::start();
+    let api = Api::start(
+        &redis,
+        vec![
+            message_job("greet", "0 9 * * *"),
+            message_job("other", "0 10 * * *"),
+        ],
+        vec![digest_profile()],
+    )
+    .await;
+    api.call(
+        Method::POST,
+        "/api/users",
+        Some(json!({"chat_id": 42, "name": "<b>Ana</b>"})),
+    )
+    .await;
+    let driver = ChromeDriver::start();
+    let browser = driver.client().await;
+    let result = async {
+        browser.goto(&format!("{}/", api.base)).await.unwrap();
+        // A wrong token is refused.
+        element(&browser, "#token")
+            .await
+            .send_keys("not-the-token")
+            .await
+            .unwrap();
+        element(&browser, "#sign-in-button")
+            .await
+            .click()
+            .await
+            .unwrap();
+        wait_text(&browser, "#sign-in-error", "the refusal", |t| {
+            t.contains("refused")
+        })
+        .await;
+        let token_input = element(&browser, "#token").await;
+        token_input.clear().await.unwrap();
+        token_input.send_keys(TOKEN).await.unwrap();
+        element(&browser, "#sign-in-button")
+            .await
+            .click()
+            .await
+            .unwrap();
+        wait_text(
+            &browser,
+            "tr[data-job=greet] .job-id",
+            "the jobs table",
+            |t| t == "greet",
+        )
+        .await;
+        // Names are shown as text, not HTML.
+        wait_text(
+            &browser,
+            "tr[data-chat='42'] td:nth-child(2)",
+            "the user",
+            |t| t == "<b>Ana</b>",
+        )
+        .await;
+
+        // Toggle: the job is disabled in herald.
+        element(&browser, "tr[data-job=greet] .toggle-enabled")
+            .await
+            .click()
+            .await
+            .unwrap();
+        wait_json("greet disabled", Duration::from_secs(10), async || {
+            let (_, j) = api.get("/api/jobs/greet").await;
+            (j["enabled"] == false).then_some(j)
+        })
+        .await;
+        wait_text(
+            &browser,
+            "tr[data-job=greet] .next-run",
+            "no next run",
+            |t| t == "—",
+        )
+        .await;
+
+        // Edit: a bad schedule shows the error inline; a good one saves.
+        element(&browser, "tr[data-job=other] .edit-schedule")
+            .await
+            .click()
+            .await
+            .unwrap();
+        let input = element(&browser, "tr[data-job=other] .schedule-input").await;
+        input.clear().await.unwrap();
+        input.send_keys("61 * * * *").await.unwrap();
+        element(&browser, "tr[data-job=other] .save-schedule")
+            .await
+            .click()
+            .await
+            .unwrap();
+        let error = wait_text(
+            &browser,
+            "tr[data-job=other] .schedule-error",
+            "the inline error",
+            |t| !t.is_empty(),
+        )
+        .await;
+        assert!(error.contains("61 is out of range"), "{error}");
+        let (_, other) = api.get("/api/jobs/other").await;
+        assert_eq!(
+            other["schedule"], "0 10 * * *",
+            "a bad schedule is not saved"
+        );
+        let input = element(&browser, "tr[data-job=other] .schedule-input").await;
+        input.clear().await.unwrap();
+        input.send_keys("30 11 * * *").await.unwrap();
+        element(&browser, "tr[data-job=other] .save-schedule")
+            .await
+            .click()
+            .await
+            .unwrap();
+        wait_text(
+            &browser,
+            "tr[data-job=other] td.schedule code",
+            "the saved schedule",
+            |t| t == "30 11 * * *",
+        )
+        .await;
+        let (_, other) = api.get("/api/jobs/other").await;
+        assert_eq!(other["schedule"], "30 11 * * *");
+
+        // Run now: the execution appears in the history with its status.
+        element(&browser, "tr[data-job=other] .run-now")
+            .await
+            .click()
+            .await
+            .unwrap();
+        wait_text(
+            &browser,
+            "#executions tbody tr .status",
+            "the run's status",
+            |t| t == "SUCCESS",
+        )
+        .await;
+        let duration = wait_text(
+            &browser,
+            "#executions tbody tr .duration",
+            "its duration",
+            |t| t.ends_with(" ms") || t.ends_with(" s"),
+        )
+        .await;
+        assert!(!duration.is_empty());
+        wait_text(
+            &browser,
+            "tr[data-job=other] .status",
+            "the last status in the table",
+            |t| t == "SUCCESS",
+        )
+        .await;
+
+        // Redis goes away: the banner says herald is offline.
+        redis.stop();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let banner = element(&browser, "#offline-banner").await;
+            if banner.is_displayed().await.unwrap_or(false) {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "no offline banner");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    .await;
+    let _ = browser.close().await;
+    let _ = result;
     api.herald.shutdown().await;
 }
