@@ -860,7 +860,7 @@ async fn the_admin_page_works_in_headless_chromium() {
     .await;
     let driver = ChromeDriver::start();
     let browser = driver.client().await;
-    let result = async {
+    async {
         browser.goto(&format!("{}/", api.base)).await.unwrap();
         // A wrong token is refused.
         element(&browser, "#token")
@@ -1008,6 +1008,5 @@ async fn the_admin_page_works_in_headless_chromium() {
     }
     .await;
     let _ = browser.close().await;
-    let _ = result;
     api.herald.shutdown().await;
 }
