@@ -1276,8 +1276,14 @@ impl Validator<'_> {
                     "retention is shorter than 1h: items could be trimmed before a digest collects them",
                 );
             }
-            if d.max_items == 0 {
-                self.problem(&at("max_items"), "max_items must be at least 1");
+            if d.max_items == 0 || d.max_items > herald_actors::digest::MAX_ITEMS_LIMIT {
+                self.problem(
+                    &at("max_items"),
+                    format!(
+                        "max_items must be between 1 and {}",
+                        herald_actors::digest::MAX_ITEMS_LIMIT
+                    ),
+                );
             }
             if d.max_attempts == 0 {
                 self.problem(&at("max_attempts"), "max_attempts must be at least 1");

@@ -117,6 +117,14 @@ impl CustomJob {
         };
         if let Err(e) = check_job_id(&self.id) {
             fail("id", e.to_string());
+        } else if self.id.starts_with(crate::digest::JOB_PREFIX) {
+            fail(
+                "id",
+                format!(
+                    "ids starting with {:?} belong to digest profiles",
+                    crate::digest::JOB_PREFIX
+                ),
+            );
         }
         let expr = CronExpr::parse(&self.schedule)
             .map_err(|e| fail("schedule", e.to_string()))

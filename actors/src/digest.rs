@@ -37,6 +37,10 @@ pub const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 86_400);
 /// rest are counted (`omitted`).
 pub const DEFAULT_MAX_ITEMS: usize = 200;
 
+/// The most entries a profile may render into one digest (each is
+/// rendered; beyond a few thousand a digest is no longer read anyway).
+pub const MAX_ITEMS_LIMIT: usize = 2_000;
+
 /// Items the in-memory inbox (no Redis configured) keeps per profile.
 const MEMORY_INBOX_CAP: usize = 100_000;
 
@@ -279,6 +283,8 @@ pub fn render(
         count,
         omitted: count.saturating_sub(items.len() as u64),
     };
+    // Built once: rebuilding it per entry made rendering quadratic.
+    let base = minijinja::Value::from_serialize(&view);
     let mut parts = Vec::with_capacity(items.len() + 2);
     let head = header
         .render(&view)
@@ -289,7 +295,7 @@ pub fn render(
             .render(minijinja::context! {
                 item => item,
                 index => index + 1,
-                ..minijinja::Value::from_serialize(&view)
+                ..base.clone()
             })
             .map_err(|e| format!("entry template (item {}): {e}", item["id"]))?;
         parts.push(line);
@@ -531,9 +537,7 @@ async fn run_digest(
         window_end: from_ms(window.end_ms),
         message_count: count,
     });
-    let retention =
-        chrono::TimeDelta::from_std(profile.retention).unwrap_or(chrono::TimeDelta::MAX);
-    if let Some(before) = Utc::now().checked_sub_signed(retention)
+    if let Some(before) = trim_before(profile, inbox, window).await
         && let Err(e) = inbox.trim(&profile.id, before).await
     {
         // Trimming is housekeeping: the next run tries again.
@@ -553,6 +557,11 @@ async fn run_digest(
         count,
     )
     .map_err(JobError::new)?;
+    if html.trim().is_empty() {
+        // Telegram refuses an empty message: nothing to send.
+        tracing::info!(profile = %profile.id, schedule, "the digest rendered empty; nothing sent");
+        return Ok(Counts::default());
+    }
     let fields: Vec<BTreeMap<String, String>> = items.iter().map(|i| item_view(i, tz)).collect();
     let body = serde_json::json!({
         "job_id": ctx.job.id,
@@ -568,6 +577,46 @@ async fn run_digest(
     ctx.deliver(html, body).await?;
     Ok(Counts::default())
 }
+
+/// How far a run may trim its profile's inbox: items older than
+/// `retention`, but never one a schedule of the profile has not collected
+/// yet (newer than some schedule's mark) or one of this run's window (a
+/// retry reads it again); past [`HARD_RETENTION_FACTOR`] × retention items
+/// go regardless, so a schedule disabled for good cannot grow the inbox
+/// forever.
+async fn trim_before(
+    profile: &DigestProfile,
+    inbox: &DigestInbox,
+    window: Window,
+) -> Option<DateTime<Utc>> {
+    let now = Utc::now();
+    let age = |factor: u32| {
+        chrono::TimeDelta::from_std(profile.retention.saturating_mul(factor))
+            .ok()
+            .and_then(|d| now.checked_sub_signed(d))
+    };
+    let mut before = age(1)?;
+    for s in &profile.schedules {
+        match inbox.last_run(&profile.id, &s.name).await {
+            Ok(Some(mark)) => before = before.min(mark),
+            // Never ran: its first run reads from the inbox's beginning,
+            // so age alone limits what it gets.
+            Ok(None) => {}
+            Err(_) => return None,
+        }
+    }
+    if let Some(start) = window.start_ms {
+        before = before.min(from_ms(start));
+    }
+    Some(match age(HARD_RETENTION_FACTOR) {
+        Some(hard) => before.max(hard),
+        None => before,
+    })
+}
+
+/// Items older than this many retentions are trimmed even if a schedule
+/// never collected them.
+pub const HARD_RETENTION_FACTOR: u32 = 10;
 
 #[cfg(test)]
 mod tests {

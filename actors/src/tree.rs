@@ -236,6 +236,8 @@ pub async fn spawn_tree_on(
                 jobs = effective;
                 last_ticks = ticks;
                 health.mode = Mode::Online;
+                // What this start-up read: only later writes mean edits.
+                health.jobs_version = store.jobs_version().await.unwrap_or(0);
             }
             Err(e) => {
                 tracing::warn!(url = %redacted_url(&settings.url), error = %e, "redis unreachable at start-up: starting offline from config")

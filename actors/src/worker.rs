@@ -22,8 +22,8 @@ use crate::worker_pool::{PoolMsg, RunRequest};
 /// How one attempt ended.
 #[derive(Debug, Clone, PartialEq)]
 pub enum AttemptOutcome {
-    /// The handler's counts, the messages it left to send, and its notes.
-    Success(Counts, Vec<Message>, Notes),
+    /// The handler's counts, and the messages it left to send.
+    Success(Counts, Vec<Message>),
     Failed(String),
     Cancelled,
 }
@@ -34,6 +34,9 @@ pub enum WorkerMsg {
     Finished {
         run_id: RunId,
         outcome: AttemptOutcome,
+        /// What the handler noted, whatever the outcome (a failed digest
+        /// run still shows its window).
+        notes: Notes,
     },
 }
 
@@ -93,13 +96,20 @@ impl Actor for Worker {
                     current.handler_task.0.abort();
                 }
             }
-            WorkerMsg::Finished { run_id, outcome } => {
+            WorkerMsg::Finished {
+                run_id,
+                outcome,
+                notes,
+            } => {
                 if state
                     .current
                     .as_ref()
                     .is_some_and(|c| c.request.record.run_id == run_id)
-                    && let Some(done) = state.current.take()
+                    && let Some(mut done) = state.current.take()
                 {
+                    if notes.digest.is_some() {
+                        done.request.record.digest = notes.digest;
+                    }
                     let _ = state.args.pool.cast(PoolMsg::AttemptDone {
                         worker: state.args.index,
                         request: done.request,
@@ -158,14 +168,19 @@ fn start(myself: ActorRef<WorkerMsg>, state: &mut WorkerState, mut request: RunR
                 abort.abort();
                 AttemptOutcome::Failed(format!("timed out after {timeout:?}"))
             }
-            Ok(Ok(Ok(counts))) => AttemptOutcome::Success(counts, outbox.take(), notes.take()),
+            Ok(Ok(Ok(counts))) => AttemptOutcome::Success(counts, outbox.take()),
             Ok(Ok(Err(e))) => AttemptOutcome::Failed(e.to_string()),
             Ok(Err(join)) if join.is_panic() => {
                 AttemptOutcome::Failed(format!("panicked: {}", panic_message(join.into_panic())))
             }
             Ok(Err(_)) => AttemptOutcome::Cancelled,
         };
-        let _ = myself.cast(WorkerMsg::Finished { run_id, outcome });
+        let notes = notes.take();
+        let _ = myself.cast(WorkerMsg::Finished {
+            run_id,
+            outcome,
+            notes,
+        });
     });
     state.current = Some(Current {
         request,

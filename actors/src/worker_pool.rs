@@ -590,13 +590,13 @@ fn attempt_done(
         match &outcome {
             AttemptOutcome::Cancelled => d.report.cancelled += 1,
             // counted when its messages have settled
-            AttemptOutcome::Success(_, messages, _) if !messages.is_empty() => {}
+            AttemptOutcome::Success(_, messages) if !messages.is_empty() => {}
             _ => d.report.finished += 1,
         }
     }
     let past_deadline = state.draining.as_ref().is_some_and(|d| d.deadline_passed);
     match outcome {
-        AttemptOutcome::Success(_, messages, _) if !messages.is_empty() && past_deadline => {
+        AttemptOutcome::Success(_, messages) if !messages.is_empty() && past_deadline => {
             // Shutting down past the grace: no fan-out starts now. A queued
             // run stays unacknowledged for another daemon (which runs it
             // again, the ledger skipping what went out); a local one ends
@@ -614,11 +614,10 @@ fn attempt_done(
                 );
             }
         }
-        AttemptOutcome::Success(counts, messages, notes) if !messages.is_empty() => {
+        AttemptOutcome::Success(counts, messages) if !messages.is_empty() => {
             // The worker is free; the record completes when the messages
             // have settled (the Notifier reports progress meanwhile).
             let report = DeliveryReport::expecting(&messages);
-            record.digest = notes.digest;
             record.finished_at = None;
             record.duration_ms = None;
             record.counts = counts;
@@ -643,8 +642,7 @@ fn attempt_done(
                 },
             );
         }
-        AttemptOutcome::Success(counts, _, notes) => {
-            record.digest = notes.digest;
+        AttemptOutcome::Success(counts, _) => {
             record.status = RunStatus::Success;
             record.counts = counts;
             record.error = None;

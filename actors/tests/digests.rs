@@ -378,3 +378,66 @@ async fn a_run_owns_its_window_and_items_added_later_fall_in_the_next() {
         .unwrap();
     assert!(ttl > 7 * 86_400 - 60 && ttl <= 7 * 86_400, "{ttl}");
 }
+
+/// A digest run that fails still shows its window on the record, and the
+/// items stay for the schedule's next window only if the run never
+/// claimed them (here it did: the record says which).
+#[tokio::test]
+async fn a_failed_digest_run_records_its_window() {
+    let redis = RedisServer::start();
+    let fake = FakeTelegram::start().await;
+    let mut broken = profile("broken", "0 0 1 1 *", Vec::new());
+    broken.delivery.save = true; // and no telegram.save_chat: fails
+    broken.max_attempts = 1;
+    let herald = daemon(&redis, &fake, vec![broken], Vec::new()).await;
+    let mut c = conn(&redis).await;
+    produce(&mut c, "broken", "lost?").await;
+    let record = run(&herald, "digest.broken.hourly").await;
+    assert_eq!(record.status, RunStatus::Failed, "{record:?}");
+    assert!(record.error.as_deref().unwrap_or("").contains("save_chat"));
+    let summary = record
+        .digest
+        .expect("the failed run's window is on its record");
+    assert_eq!(summary.message_count, 1);
+    herald.shutdown().await;
+}
+
+/// Trimming by age never drops an item a schedule of the profile has not
+/// collected yet: the hourly schedule's run (retention 1 s) keeps what the
+/// daily schedule still has to digest.
+#[tokio::test]
+async fn trimming_keeps_what_another_schedule_has_not_collected() {
+    let redis = RedisServer::start();
+    let fake = FakeTelegram::start().await;
+    let mut two = profile("two", "0 0 1 1 *", Vec::new());
+    two.schedules.push(DigestSchedule {
+        name: "daily".into(),
+        schedule: Schedule::parse("0 0 1 1 *", chrono_tz::UTC).unwrap(),
+    });
+    two.retention = Duration::from_secs(1);
+    let herald = daemon(&redis, &fake, vec![two], Vec::new()).await;
+    // Both schedules have run once (their marks exist).
+    run(&herald, "digest.two.hourly").await;
+    run(&herald, "digest.two.daily").await;
+    let mut c = conn(&redis).await;
+    produce(&mut c, "two", "for both").await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let hourly = run(&herald, "digest.two.hourly").await;
+    assert_eq!(hourly.digest.unwrap().message_count, 1);
+    let daily = run(&herald, "digest.two.daily").await;
+    assert_eq!(
+        daily.digest.unwrap().message_count,
+        1,
+        "the hourly run trimmed an item the daily schedule had not collected"
+    );
+    // Now both have it: the next run trims it.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    run(&herald, "digest.two.hourly").await;
+    let left: u64 = redis::cmd("XLEN")
+        .arg("herald:digest:inbox:two")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(left, 0);
+    herald.shutdown().await;
+}

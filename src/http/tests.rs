@@ -384,6 +384,19 @@ async fn jobs_are_created_edited_run_and_deleted_and_bad_input_is_refused() {
         )
         .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let (status, body) = api
+        .call(
+            Method::POST,
+            "/api/jobs",
+            Some(json!({"id": "digest.a.b", "schedule": "0 9 * * *", "template": "x"})),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "digest ids are reserved"
+    );
+    assert_eq!(body["error"]["fields"][0]["field"], "id");
 
     // PATCH any job: a defined one's schedule and zone, then disable it.
     let (status, patched) = api

@@ -10,6 +10,10 @@ use crate::digest::{InboxItem, Window};
 /// Items read per `XRANGE`: a window of any size is read in pages.
 const PAGE: usize = 1_000;
 
+/// Items counted per window at most: a flooded inbox cannot make a digest
+/// run outlast its timeout just counting (the count is then a floor).
+pub const MAX_COUNTED: u64 = 100_000;
+
 impl RedisStore {
     /// Adds an item to a profile's inbox; returns its stream id.
     pub async fn digest_add(
@@ -94,7 +98,7 @@ impl RedisStore {
                     items.push(InboxItem::from_stream(id, flat));
                 }
             }
-            if !full {
+            if !full || total >= MAX_COUNTED {
                 return Ok((items, total));
             }
             self.count_round_trip();

@@ -169,6 +169,16 @@ impl RedisStore {
     }
 
     /// Every stored job, orphaned ones included.
+    /// `{p}:jobs:version` (0 before any job write).
+    pub async fn jobs_version(&self) -> Result<u64, BackendError> {
+        let mut c = self.conn().await?;
+        Ok(redis::cmd("GET")
+            .arg(self.keys.jobs_version())
+            .query_async::<Option<u64>>(&mut c)
+            .await?
+            .unwrap_or(0))
+    }
+
     pub async fn jobs(&self) -> Result<Vec<StoredJob>, BackendError> {
         let mut c = self.conn().await?;
         let ids: Vec<String> = c.smembers(self.keys.jobs()).await?;
