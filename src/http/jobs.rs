@@ -42,6 +42,30 @@ pub fn routes() -> Router<ApiState> {
         .route("/executions/{run_id}", get(execution))
         .route("/executions/{run_id}/cancel", post(cancel_execution))
         .route("/schedules", get(schedules))
+        .route("/skips", get(skips))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SkipQuery {
+    job: Option<String>,
+    limit: Option<usize>,
+}
+
+/// Ticks that did not run and why (misfire, overlap, disabled, ...),
+/// newest first.
+async fn skips(
+    State(state): State<ApiState>,
+    ApiQuery(q): ApiQuery<SkipQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let limit = q.limit.unwrap_or(DEFAULT_PAGE);
+    if limit == 0 || limit > MAX_PAGE {
+        return Err(ApiError::bad_request(format!(
+            "limit: {limit} is not between 1 and {MAX_PAGE}"
+        )));
+    }
+    let skips = state.herald.store.skipped(q.job, limit).await?;
+    Ok(Json(json!({ "skips": skips })))
 }
 
 fn stamp(at: DateTime<Utc>, tz: Tz) -> String {

@@ -109,6 +109,14 @@ pub fn spec() -> Value {
             "/api/executions/{run_id}": {"get": op("One execution record", &["run_id"], None, &with(vec![("200", "the record"), ("404", "no such execution")], &[]))},
             "/api/executions/{run_id}/cancel": {"post": op("Cancel a run going on this daemon", &["run_id"], None, &with(vec![("200", "cancelled"), ("404", "no such execution"), ("409", "ended, or running elsewhere")], &[]))},
             "/api/schedules": {"get": op("Every job with its next run, soonest first", &[], None, &with(vec![("200", "schedules")], &[]))},
+            "/api/skips": {"get": {
+                "summary": "Ticks that did not run, and why (misfire, overlap, disabled...), newest first",
+                "parameters": [
+                    {"name": "job", "in": "query", "schema": {"type": "string"}},
+                    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": super::jobs::MAX_PAGE}},
+                ],
+                "responses": {"200": {"description": "skipped ticks"}, "400": {"description": "bad parameter"}, "401": {"description": "no or wrong bearer token"}},
+            }},
             "/api/users": {
                 "get": op("Every user", &[], None, &with(vec![("200", "users")], &[])),
                 "post": op("Add a user", &[], Some(json!({"$ref": "#/components/schemas/User"})), &with(vec![("201", "the user"), ("409", "exists")], &bad)),

@@ -44,6 +44,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/executions/{run_id}"),
     ("post", "/api/executions/{run_id}/cancel"),
     ("get", "/api/schedules"),
+    ("get", "/api/skips"),
     ("get", "/api/users"),
     ("post", "/api/users"),
     ("get", "/api/users/{chat_id}"),
@@ -70,6 +71,7 @@ impl Api {
         let config = TreeConfig {
             redis: Some(RedisSettings::new(redis.url(), "herald")),
             digests,
+            shutdown_grace: Duration::from_secs(2),
             ..TreeConfig::default()
         };
         let mut registry = Registry::new();
@@ -1021,5 +1023,28 @@ async fn the_admin_page_works_in_headless_chromium() {
     }
     .await;
     let _ = browser.close().await;
+    api.herald.shutdown().await;
+}
+
+/// A tick held back by the overlap policy shows up in `/api/skips`.
+#[tokio::test]
+async fn skipped_ticks_are_listed_with_their_reason() {
+    let redis = RedisServer::start();
+    let mut every_second = slow_job();
+    every_second.id = "busy".into();
+    every_second.schedule = Schedule::parse("* * * * * *", chrono_tz::UTC).unwrap();
+    let api = Api::start(&redis, vec![every_second], Vec::new()).await;
+    let skip = wait_json("an overlap skip", Duration::from_secs(10), async || {
+        let (_, page) = api.get("/api/skips?job=busy&limit=10").await;
+        page["skips"]
+            .as_array()?
+            .iter()
+            .find(|s| s["reason"] == "overlap")
+            .cloned()
+    })
+    .await;
+    assert_eq!(skip["job_id"], "busy");
+    let (status, _) = api.get("/api/skips?limit=0").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
     api.herald.shutdown().await;
 }
