@@ -338,3 +338,73 @@ fn run_without_redis_is_offline_and_with_redis_online_and_records_runs_there() {
         "no heartbeat record in redis: {ids:?}"
     );
 }
+
+/// One HTTP/1.1 request over a plain TCP socket: (status, body).
+fn http(addr: &str, request_line: &str, token: Option<&str>) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("the admin API accepts");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        stream,
+        "{request_line} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n"
+    )
+    .expect("request sent");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("response read");
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The daemon serves its admin API: `/api` needs the token from
+/// HERALD_ADMIN_TOKEN, health is open, and the token appears in no log
+/// line (debug level, the whole run) and no answer.
+#[test]
+fn run_serves_the_admin_api_with_the_token_and_never_logs_it() {
+    let token = "cli-test-admin-token-5f1c2b";
+    let addr = format!("127.0.0.1:{}", herald_testkit::free_port());
+    let log = tempfile::NamedTempFile::new().expect("temp file");
+    let child = herald()
+        .env("HERALD_ADMIN_TOKEN", token)
+        .env("HERALD_HTTP_LISTEN", &addr)
+        .env("RUST_LOG", "debug")
+        .args(["run", "--config", "config/herald.toml"])
+        .stdout(Stdio::null())
+        .stderr(log.reopen().expect("log file"))
+        .spawn()
+        .expect("herald run starts");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(&addr).is_err() {
+        assert!(Instant::now() < deadline, "the admin API did not come up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (status, body) = http(&addr, "GET /healthz", None);
+    assert_eq!((status, body.contains("alive")), (200, true), "{body}");
+    let (status, body) = http(&addr, "GET /api/jobs", None);
+    assert_eq!(status, 401, "{body}");
+    let (status, _) = http(&addr, "GET /api/jobs", Some("wrong-token-wrong-token"));
+    assert_eq!(status, 401);
+    let (status, body) = http(&addr, "GET /api/jobs", Some(token));
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("heartbeat") && !body.contains(token));
+    let (status, body) = http(&addr, "GET /", None);
+    assert_eq!(status, 200);
+    assert!(body.contains("<title>herald</title>"));
+    signal(&child, "-TERM");
+    assert_eq!(wait_exit(child), Some(0));
+    let logged = std::fs::read_to_string(log.path()).expect("log read");
+    assert!(logged.contains("admin API listening"), "{logged}");
+    assert!(!logged.contains(token), "the token was logged:\n{logged}");
+}
