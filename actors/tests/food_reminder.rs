@@ -5,6 +5,12 @@
 //! Five active users (1-5) and an inactive one (6); the service reports 2
 //! and 4 without a selection, plus the inactive 6 and a chat herald does
 //! not know (99): exactly 2 and 4 are reminded.
+//!
+//! The job is registered as [`TestReminder`]: `FoodReminder`'s own
+//! definition and run, with a test's retry policy, targets or scheduled
+//! instant. Such changes go into the definition rather than being made
+//! after start-up through `upsert_job`: a scheduler resync (right after
+//! start-up, and whenever a job is written) would put the definition back.
 
 mod support;
 
@@ -13,13 +19,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeZone, Utc};
-use herald_actors::handler::{Job, Registry, RunContext};
-use herald_actors::job::RetryPolicy;
+use herald_actors::handler::{BoxFuture, Job, JobError, Registry, RunContext};
+use herald_actors::job::{JobKind, JobSpec, MisfirePolicy, OverlapPolicy, RetryPolicy};
 use herald_actors::jobs::food_reminder::{FoodReminder, JOB_ID};
-use herald_actors::record::{ExecutionRecord, RunStatus};
+use herald_actors::record::{Counts, ExecutionRecord, RunStatus};
 use herald_actors::redis_backend::RedisSettings;
 use herald_actors::telegram::TelegramTransport;
-use herald_actors::users::User;
+use herald_actors::users::{Targets, User};
 use herald_actors::{Herald, TreeConfig, spawn_tree};
 use herald_testkit::RedisServer;
 use herald_testkit::food::{FakeCompletions, FoodService, Route};
@@ -60,15 +66,69 @@ fn settings(food: &FoodService, llm: &FakeCompletions) -> Value {
     })
 }
 
-fn registry(settings: Value) -> Registry {
-    let mut registry = Registry::new();
-    registry.add(FoodReminder).unwrap();
-    registry.configure(JOB_ID, settings);
-    registry
+/// `FoodReminder` with a test's changes to its definition and run.
+#[derive(Clone)]
+struct TestReminder {
+    /// Replaces the definition's (3 attempts, retried after 30 s or more:
+    /// too slow for a test).
+    retry: RetryPolicy,
+    /// Replaces the definition's targets (none: every active user).
+    targets: Targets,
+    /// Runs as if scheduled at this instant (a manual run's is "now").
+    scheduled_at: Option<DateTime<Utc>>,
 }
 
-/// Starts everything; `registry` gets the settings pointing at the fakes.
-async fn world_with(registry_for: impl FnOnce(Value) -> Registry) -> World {
+impl Default for TestReminder {
+    fn default() -> Self {
+        TestReminder {
+            retry: quick_retry(1),
+            targets: Targets::default(),
+            scheduled_at: None,
+        }
+    }
+}
+
+impl Job for TestReminder {
+    fn definition(&self) -> Result<JobSpec, String> {
+        let mut spec = FoodReminder.definition()?;
+        spec.retry = self.retry;
+        spec.delivery.targets = self.targets.clone();
+        Ok(spec)
+    }
+
+    fn run(&self, mut ctx: RunContext) -> BoxFuture<Result<Counts, JobError>> {
+        if let Some(at) = self.scheduled_at {
+            ctx.scheduled_at = at;
+        }
+        FoodReminder.run(ctx)
+    }
+
+    fn check_config(&self, config: &Value) -> Result<(), String> {
+        FoodReminder.check_config(config)
+    }
+}
+
+/// How a test's world differs from the usual one.
+struct Setup {
+    job: TestReminder,
+    /// The job's settings, from the usual ones (pointing at the fakes).
+    settings: Box<dyn FnOnce(Value) -> Value>,
+    /// Users 1-6 are in the directory (else it is empty).
+    users: bool,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Setup {
+            job: TestReminder::default(),
+            settings: Box::new(|settings| settings),
+            users: true,
+        }
+    }
+}
+
+/// Starts everything as `setup` says.
+async fn world_with(setup: Setup) -> World {
     let redis = RedisServer::start();
     let telegram = FakeTelegram::start().await;
     let food = FoodService::start(TOKEN).await;
@@ -79,16 +139,14 @@ async fn world_with(registry_for: impl FnOnce(Value) -> Registry) -> World {
         redis: Some(RedisSettings::new(redis.url(), "herald")),
         ..TreeConfig::default()
     };
+    let mut registry = Registry::new();
+    registry.add(setup.job).unwrap();
+    registry.configure(JOB_ID, (setup.settings)(settings(&food, &llm)));
     let transport = TelegramTransport::new("1:T", Some(&telegram.api_url())).unwrap();
-    let herald = spawn_tree(
-        config,
-        Vec::new(),
-        registry_for(settings(&food, &llm)),
-        Arc::new(transport),
-    )
-    .await
-    .unwrap();
-    for chat_id in 1..=6 {
+    let herald = spawn_tree(config, Vec::new(), registry, Arc::new(transport))
+        .await
+        .unwrap();
+    for chat_id in (1..=6).filter(|_| setup.users) {
         herald
             .users
             .put(User {
@@ -110,7 +168,7 @@ async fn world_with(registry_for: impl FnOnce(Value) -> Registry) -> World {
 }
 
 async fn world() -> World {
-    world_with(registry).await
+    world_with(Setup::default()).await
 }
 
 impl World {
@@ -124,15 +182,6 @@ impl World {
             .unwrap()
             .expect("the job is scheduled");
         finished_within(&self.herald, &run, Duration::from_secs(20)).await
-    }
-
-    /// Replaces the job's retry policy, as an operator's edit would.
-    async fn set_retry(&self, retry: RetryPolicy) {
-        let jobs = self.herald.scheduler.jobs().await.unwrap();
-        let job = jobs.iter().find(|j| j.spec.id == JOB_ID).unwrap();
-        let mut spec = job.spec.as_ref().clone();
-        spec.retry = retry;
-        self.herald.scheduler.upsert_job(spec).await.unwrap();
     }
 
     /// Messages Telegram got after the first `from`, by chat.
@@ -272,22 +321,33 @@ async fn a_hanging_recommendation_does_not_hold_the_reminder_past_its_timeout() 
 
 #[tokio::test]
 async fn a_slow_menu_and_a_slow_model_together_are_bounded_by_one_timeout() {
-    let w = world().await;
-    // each answers within the timeout, the two together do not
-    let slow = RECOMMENDATION_TIMEOUT.mul_f64(0.9);
+    // each answers within the timeout, the two together take 3.6 s
+    let timeout = Duration::from_secs(2);
+    let slow = Duration::from_millis(1800);
+    let w = world_with(Setup {
+        settings: Box::new(move |mut settings| {
+            settings["recommendation"]["timeout"] = json!(format!("{}ms", timeout.as_millis()));
+            settings
+        }),
+        ..Setup::default()
+    })
+    .await;
     w.food.delay_next(Route::Menu, 1, slow);
     w.llm.answer("Kebab Koobideh");
     w.llm.set_delay(slow);
     let started = Instant::now();
     let rec = w.run().await;
     let took = started.elapsed();
+    assert!(took >= timeout, "it waited for the model: {took:?}");
+    // generous slack for a loaded machine, yet short of the two delays
+    // added up (and of a bound per request: 1.8 s each)
+    assert!(
+        took < 2 * slow - Duration::from_millis(300),
+        "the run took {took:?}: more than one timeout ({timeout:?})"
+    );
     assert_eq!(rec.status, RunStatus::Success, "{rec:?}");
     assert_reminded_2_and_4(&w.delivered_since(0), None);
     assert_eq!(w.llm.requests().len(), 1, "the model was asked");
-    assert!(
-        took < RECOMMENDATION_TIMEOUT + slow / 2,
-        "the run took {took:?}"
-    );
     w.herald.shutdown().await;
 }
 
@@ -324,11 +384,11 @@ async fn a_nonsense_answer_or_a_failing_menu_sends_the_plain_reminder() {
 
 #[tokio::test]
 async fn a_broken_food_service_fails_the_attempt_with_a_clear_error_and_sends_nothing() {
+    // one attempt (the default world's)
     let w = world().await;
-    w.set_retry(quick_retry(1)).await;
     w.llm.answer("Ghormeh Sabzi");
     let url = format!("{}/v1/selections/missing?date=", w.food.url());
-    let cases: [(&str, &dyn Fn()); 5] = [
+    let cases: [(&str, &dyn Fn()); 7] = [
         ("answered HTTP 500 Internal Server Error: \"boom\"", &|| {
             w.food.fail_next(Route::Missing, 1, 500)
         }),
@@ -355,6 +415,29 @@ async fn a_broken_food_service_fails_the_attempt_with_a_clear_error_and_sends_no
             w.food
                 .answer_next(Route::Missing, 1, 401, r#"{"error": "unauthorized"}"#)
         }),
+        // answers that echo the token: quoted with the token blanked out
+        (
+            r#"answered HTTP 403 Forbidden: "{\"error\": \"token *** is not allowed here\"}""#,
+            &|| {
+                w.food.answer_next(
+                    Route::Missing,
+                    1,
+                    403,
+                    &format!(r#"{{"error": "token {TOKEN} is not allowed here"}}"#),
+                )
+            },
+        ),
+        (
+            r#"answered JSON of the wrong shape (invalid type: string "***""#,
+            &|| {
+                w.food.answer_next(
+                    Route::Missing,
+                    1,
+                    200,
+                    &format!(r#"{{"date": "2024-03-21", "chat_ids": ["{TOKEN}"]}}"#),
+                )
+            },
+        ),
     ];
     for (expected, fault) in cases {
         fault();
@@ -375,8 +458,14 @@ async fn a_broken_food_service_fails_the_attempt_with_a_clear_error_and_sends_no
 
 #[tokio::test]
 async fn a_failing_food_service_is_retried_per_the_policy() {
-    let w = world().await;
-    w.set_retry(quick_retry(3)).await;
+    let w = world_with(Setup {
+        job: TestReminder {
+            retry: quick_retry(3),
+            ..TestReminder::default()
+        },
+        ..Setup::default()
+    })
+    .await;
     w.food.fail_next(Route::Missing, 1, 503);
     w.food.answer_next(Route::Missing, 1, 200, "not json");
     let rec = w.run().await;
@@ -393,14 +482,12 @@ async fn asks_about_tomorrow_in_tehran_for_the_scheduled_instant() {
     // 2024-03-19 21:00 UTC is 00:30 on the 20th in Tehran: tomorrow there
     // is the 21st (in UTC it would be the 20th)
     let at = Utc.with_ymd_and_hms(2024, 3, 19, 21, 0, 0).unwrap();
-    let w = world_with(move |settings| {
-        let mut registry = registry(settings);
-        // the job's own run, at a chosen scheduled instant
-        registry.register(JOB_ID, move |mut ctx: RunContext| {
-            ctx.scheduled_at = at;
-            FoodReminder.run(ctx)
-        });
-        registry
+    let w = world_with(Setup {
+        job: TestReminder {
+            scheduled_at: Some(at),
+            ..TestReminder::default()
+        },
+        ..Setup::default()
     })
     .await;
     w.food.set_missing(&[1, 2, 3, 4, 5]);
@@ -418,8 +505,11 @@ async fn asks_about_tomorrow_in_tehran_for_the_scheduled_instant() {
 
 #[tokio::test]
 async fn without_a_food_service_url_a_run_fails_saying_what_to_set() {
-    let w = world_with(|_| registry(json!({"token": TOKEN}))).await;
-    w.set_retry(quick_retry(1)).await;
+    let w = world_with(Setup {
+        settings: Box::new(|_| json!({"token": TOKEN})),
+        ..Setup::default()
+    })
+    .await;
     let rec = w.run().await;
     assert_eq!(rec.status, RunStatus::Failed, "{rec:?}");
     assert_eq!(
@@ -433,6 +523,63 @@ async fn without_a_food_service_url_a_run_fails_saying_what_to_set() {
     w.herald.shutdown().await;
 }
 
+#[tokio::test]
+async fn a_chat_herald_does_not_know_is_not_reminded_even_when_targeted_by_id() {
+    // a message job's targets would reach 99 (a group, say); the reminder's
+    // do not: it only reminds users herald knows as active
+    let w = world_with(Setup {
+        job: TestReminder {
+            targets: Targets {
+                include: vec![2, 99],
+                ..Targets::default()
+            },
+            ..TestReminder::default()
+        },
+        ..Setup::default()
+    })
+    .await;
+    w.food.set_missing(&[2, 4, 99]);
+    let rec = w.run().await;
+    assert_eq!(rec.status, RunStatus::Success, "{rec:?}");
+    assert_eq!(rec.counts.sent, 1, "{rec:?}");
+    let delivered = w.delivered_since(0);
+    assert_eq!(
+        delivered.keys().copied().collect::<Vec<_>>(),
+        vec![2],
+        "{delivered:?}"
+    );
+    w.herald.shutdown().await;
+}
+
+#[tokio::test]
+async fn with_no_user_known_a_report_of_users_fails_the_attempt() {
+    // an empty user directory: as with Redis offline since start-up
+    let w = world_with(Setup {
+        users: false,
+        ..Setup::default()
+    })
+    .await;
+    w.llm.answer("Ghormeh Sabzi");
+    let rec = w.run().await;
+    assert_eq!(rec.status, RunStatus::Failed, "{rec:?}");
+    let error = rec.error.unwrap_or_default();
+    assert!(
+        error.starts_with(
+            "the service reports 4 users without a selection but herald knows no users: "
+        ),
+        "{error}"
+    );
+    assert!(w.telegram.sent().is_empty(), "a failed run sent messages");
+    assert!(w.llm.requests().is_empty(), "a failed run asked the model");
+
+    // nobody without a selection: nothing to do, and nothing wrong
+    w.food.set_missing(&[]);
+    let rec = w.run().await;
+    assert_eq!(rec.status, RunStatus::Success, "{rec:?}");
+    assert!(w.telegram.sent().is_empty());
+    w.herald.shutdown().await;
+}
+
 #[test]
 fn the_job_is_registered_for_22_in_tehran_and_checks_its_settings() {
     let registry = herald_actors::jobs::registry().unwrap();
@@ -441,9 +588,28 @@ fn the_job_is_registered_for_22_in_tehran_and_checks_its_settings() {
         .iter()
         .find(|j| j.id == JOB_ID)
         .expect("registered");
+    // the default definition, as the README gives it
     assert_eq!(spec.schedule.expr().source(), "0 22 * * *");
     assert_eq!(spec.schedule.tz(), chrono_tz::Asia::Tehran);
-    assert!(spec.retry.max_attempts > 1);
+    assert!(spec.enabled);
+    assert_eq!(
+        spec.kind,
+        JobKind::Coded {
+            handler: JOB_ID.into()
+        }
+    );
+    assert_eq!(spec.timeout, Duration::from_secs(120));
+    // 3 attempts; with the backoff's jitter (half to all of the delay),
+    // retried after 30-60 s, then 60-120 s
+    assert_eq!(spec.retry.max_attempts, 3);
+    assert_eq!(spec.retry.backoff, Duration::from_secs(60));
+    assert!(
+        spec.retry.backoff_max >= Duration::from_secs(120),
+        "{spec:?}"
+    );
+    assert_eq!(spec.misfire, MisfirePolicy::Skip);
+    assert_eq!(spec.overlap, OverlapPolicy::Skip);
+    assert!(spec.delivery.targets.is_empty(), "every active user");
     let e = registry
         .check_config(
             JOB_ID,
@@ -461,6 +627,18 @@ fn the_job_is_registered_for_22_in_tehran_and_checks_its_settings() {
         e.starts_with("base_url: \"food.example\" is not a URL"),
         "{e}"
     );
+    // credentials in a URL are refused, and not repeated
+    let e = registry
+        .check_config(
+            JOB_ID,
+            &json!({"base_url": "https://bot:hunter2@food.example/api"}),
+        )
+        .unwrap_err();
+    assert!(
+        e.contains("put credentials in token / FOOD_SERVICE_TOKEN, not in the URL"),
+        "{e}"
+    );
+    assert!(!e.contains("hunter2"), "{e}");
     let e = registry
         .check_config(JOB_ID, &json!({"template": "{{ name "}))
         .unwrap_err();

@@ -11,6 +11,8 @@
 //! * the missing-selections call failing (unreachable, slow, non-2xx, not
 //!   JSON, wrong shape, another date) fails the attempt with an error
 //!   naming the URL and what was wrong; the retry policy applies;
+//! * so does the service reporting users while herald knows none at all
+//!   (its user list empty or unreadable): reminding nobody is no success;
 //! * the recommendation (menu and model, both bounded by one timeout) never
 //!   fails or delays a run beyond that timeout: on any trouble the plain
 //!   reminder goes out and a warning is logged.
@@ -18,7 +20,12 @@
 //! Who is reminded: the chats the service reports that the job's targets
 //! reach (by default every active user herald knows). The service is
 //! authoritative about selections, herald about who may be messaged: a chat
-//! it does not know, or knows as inactive, is never messaged.
+//! it does not know, or knows as inactive, is never messaged, even when the
+//! job's targets include it by id.
+//!
+//! Secrets stay out of errors and logs: a URL with a user name or password
+//! is refused (credentials go in the token and key settings), and a quoted
+//! answer shows `***` wherever it holds the token or the key.
 //!
 //! The pure parts (settings, tomorrow's date, reading answers, choosing the
 //! dish, rendering) are plain functions tested below; [`FoodReminder`] wires
@@ -36,11 +43,11 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
 
 use crate::handler::{BoxFuture, Job, JobError, RunContext};
-use crate::job::{JobKind, JobSpec, RetryPolicy};
+use crate::job::{JobKind, JobSpec, MisfirePolicy, OverlapPolicy, RetryPolicy};
 use crate::record::Counts;
 use crate::schedule::Schedule;
 use crate::template;
-use crate::users::{User, resolve_targets};
+use crate::users::{Targets, User, resolve_targets};
 
 /// The job's id (and `[coded.<id>]` table name).
 pub const JOB_ID: &str = "unselected_food_reminder";
@@ -52,8 +59,11 @@ pub const DEFAULT_ZONE: Tz = chrono_tz::Asia::Tehran;
 /// A run is two or three small HTTP calls: two minutes is ample, and short
 /// enough that a stuck run is retried the same evening.
 const RUN_TIMEOUT: Duration = Duration::from_secs(120);
-/// Three tries (22:00, 22:01, 22:03) ride out a service restart without
-/// reminding people deep into the night.
+/// Three tries ride out a service restart without reminding people deep
+/// into the night: with [`crate::backoff`]'s jitter (each delay is drawn
+/// from half to all of it) the second comes 30-60 s after the first fails,
+/// the third 60-120 s after the second, so all three are over by about
+/// 22:04.
 const RETRY: RetryPolicy = RetryPolicy {
     max_attempts: 3,
     backoff: Duration::from_secs(60),
@@ -101,6 +111,10 @@ impl Job for FoodReminder {
         );
         spec.timeout = RUN_TIMEOUT;
         spec.retry = RETRY;
+        // A reminder missed while herald was down is not sent in the middle
+        // of the night, and one run at a time.
+        spec.misfire = MisfirePolicy::Skip;
+        spec.overlap = OverlapPolicy::Skip;
         Ok(spec)
     }
 
@@ -132,8 +146,9 @@ impl fmt::Debug for Secret {
 }
 
 /// The job's settings: `[coded.unselected_food_reminder]` with the
-/// environment's overrides applied, checked.
-#[derive(Debug, Clone, PartialEq)]
+/// environment's overrides applied, checked. Its `Debug` shows no secret:
+/// not the token, the key, nor a password in a URL.
+#[derive(Clone, PartialEq)]
 pub struct Settings {
     /// The food service; `None` when neither `base_url` nor
     /// `FOOD_SERVICE_URL` is set (a run then fails saying so).
@@ -146,7 +161,7 @@ pub struct Settings {
 }
 
 /// Where a dish suggestion comes from.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct Recommender {
     /// Base of an OpenAI-compatible API (`…/v1`); herald posts to
     /// `{base_url}/chat/completions`.
@@ -155,6 +170,46 @@ pub struct Recommender {
     pub api_key: Option<Secret>,
     /// For the whole recommendation: menu and model.
     pub timeout: Duration,
+}
+
+impl Settings {
+    /// The secrets the settings hold (token, API key), to be blanked out of
+    /// anything a run quotes.
+    fn secrets(&self) -> Vec<&str> {
+        let key = self
+            .recommendation
+            .as_ref()
+            .and_then(|r| r.api_key.as_ref());
+        [self.token.as_ref(), key]
+            .into_iter()
+            .flatten()
+            .map(Secret::expose)
+            .filter(|s| !s.is_empty())
+            .collect()
+    }
+}
+
+impl fmt::Debug for Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Settings")
+            .field("base_url", &self.base_url.as_ref().map(shown))
+            .field("token", &self.token)
+            .field("timeout", &self.timeout)
+            .field("template", &self.template)
+            .field("recommendation", &self.recommendation)
+            .finish()
+    }
+}
+
+impl fmt::Debug for Recommender {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Recommender")
+            .field("base_url", &shown(&self.base_url))
+            .field("model", &self.model)
+            .field("api_key", &self.api_key)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
 }
 
 /// `[coded.unselected_food_reminder]` as written. Every field is optional
@@ -220,10 +275,40 @@ fn env_var(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
 }
 
-/// An http(s) URL with a host and no query or fragment (herald adds paths
-/// and a query to it).
-fn http_url(raw: &str) -> Result<Url, String> {
+/// `raw` as it may be printed: everything between the scheme and the last
+/// `@` (a user name and password) becomes `***`. Deliberately blunt, so that
+/// it also hides a password in something that does not parse (one with a
+/// `/`, `?` or `#` in it, say); an `@` elsewhere only costs some detail.
+fn redact_userinfo(raw: &str) -> String {
+    let start = raw.find("://").map_or(0, |i| i + 3);
+    match raw[start..].rfind('@') {
+        Some(at) => format!("{}***{}", &raw[..start], &raw[start + at..]),
+        None => raw.to_string(),
+    }
+}
+
+/// `url` as it may be printed (a user name or password as `***`).
+fn shown(url: &Url) -> String {
+    let mut url = url.clone();
+    if !url.username().is_empty() {
+        let _ = url.set_username("***");
+    }
+    if url.password().is_some() {
+        let _ = url.set_password(Some("***"));
+    }
+    url.to_string()
+}
+
+/// An http(s) URL with a host, no user name or password (`credentials`
+/// says where they go instead) and no query or fragment (herald adds paths
+/// and a query to it). The error never shows a password.
+fn http_url(raw: &str, credentials: &str) -> Result<Url, String> {
+    let printed = redact_userinfo(raw);
     match Url::parse(raw.trim()) {
+        Ok(url) if !url.username().is_empty() || url.password().is_some() => Err(format!(
+            "{printed:?} has a user name or password in it: put credentials in \
+             {credentials}, not in the URL"
+        )),
         Ok(url)
             if matches!(url.scheme(), "http" | "https")
                 && url.has_host()
@@ -233,11 +318,16 @@ fn http_url(raw: &str) -> Result<Url, String> {
             Ok(url)
         }
         Ok(_) => Err(format!(
-            "{raw:?} is not an http(s) base URL (scheme, host, optional path; no query)"
+            "{printed:?} is not an http(s) base URL (scheme, host, optional path; no query)"
         )),
-        Err(e) => Err(format!("{raw:?} is not a URL: {e}")),
+        Err(e) => Err(format!("{printed:?} is not a URL: {e}")),
     }
 }
+
+/// Where the food service's credentials go.
+const SERVICE_CREDENTIALS: &str = "token / FOOD_SERVICE_TOKEN";
+/// Where the recommendation API's credentials go.
+const RECOMMENDATION_CREDENTIALS: &str = "recommendation.api_key / HERALD_RECOMMENDATION_API_KEY";
 
 fn timeout(raw: Option<String>, default: Duration) -> Result<Duration, String> {
     let Some(raw) = raw else {
@@ -273,12 +363,15 @@ pub fn settings(
         Some(raw) => noted(
             &mut problems,
             &format!("environment {ENV_SERVICE_URL}"),
-            http_url(&raw),
+            http_url(&raw, SERVICE_CREDENTIALS),
         ),
-        None => file
-            .base_url
-            .as_deref()
-            .and_then(|raw| noted(&mut problems, "base_url", http_url(raw))),
+        None => file.base_url.as_deref().and_then(|raw| {
+            noted(
+                &mut problems,
+                "base_url",
+                http_url(raw, SERVICE_CREDENTIALS),
+            )
+        }),
     };
     let timeout = noted(
         &mut problems,
@@ -327,7 +420,7 @@ fn recommender(
         problems,
         "recommendation.base_url",
         match &rec.base_url {
-            Some(raw) => http_url(raw),
+            Some(raw) => http_url(raw, RECOMMENDATION_CREDENTIALS),
             None => Err(
                 "required: the chat-completions API's base URL, e.g. https://api.openai.com/v1"
                     .into(),
@@ -378,21 +471,43 @@ fn clip(text: &str) -> String {
     }
 }
 
-/// The start of an unexpected answer, quoted, for an error message.
-fn quote(body: &[u8]) -> String {
-    format!("{:?}", clip(&String::from_utf8_lossy(body)))
+/// `text` with every occurrence of a secret (token, API key) replaced by
+/// `***`: a service may echo what it was sent, and what it answers ends up
+/// in run errors and logs. Longer secrets go first, so that one containing
+/// another is not left half shown.
+fn redact(text: &str, secrets: &[&str]) -> String {
+    let mut secrets: Vec<&str> = secrets.iter().copied().filter(|s| !s.is_empty()).collect();
+    secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    secrets
+        .into_iter()
+        .fold(text.to_string(), |text, secret| text.replace(secret, "***"))
+}
+
+/// The start of an unexpected answer, quoted, for an error message; the
+/// `secrets` are blanked out first (before clipping, so that no part of
+/// one shows).
+fn quote(body: &[u8], secrets: &[&str]) -> String {
+    format!(
+        "{:?}",
+        clip(&redact(&String::from_utf8_lossy(body), secrets))
+    )
 }
 
 /// A JSON answer of type `T`; the error says whether it was not JSON at all
-/// or JSON of another shape than `shape`.
-fn parse_answer<T: DeserializeOwned>(body: &[u8], shape: &str) -> Result<T, String> {
+/// or JSON of another shape than `shape`, and shows none of the `secrets`.
+fn parse_answer<T: DeserializeOwned>(
+    body: &[u8],
+    shape: &str,
+    secrets: &[&str],
+) -> Result<T, String> {
     let value: Value = serde_json::from_slice(body)
-        .map_err(|e| format!("something that is not JSON ({e}): {}", quote(body)))?;
+        .map_err(|e| format!("something that is not JSON ({e}): {}", quote(body, secrets)))?;
     serde_json::from_value(value).map_err(|e| {
+        // serde quotes the value it did not expect
         format!(
             "JSON of the wrong shape ({}); expected {shape}: {}",
-            clip(&e.to_string()),
-            quote(body)
+            clip(&redact(&e.to_string(), secrets)),
+            quote(body, secrets)
         )
     })
 }
@@ -414,10 +529,15 @@ struct MissingAnswer {
 const MISSING_SHAPE: &str = r#"{"date": "YYYY-MM-DD", "chat_ids": [integer, ...]}"#;
 
 /// The chats without a selection on `date`, from the service's answer; the
-/// error describes what is wrong with it (after "answered ").
-pub fn parse_missing(body: &[u8], date: NaiveDate) -> Result<BTreeSet<i64>, String> {
-    let answer: MissingAnswer = parse_answer(body, MISSING_SHAPE)?;
-    check_date(&answer.date, date)?;
+/// error describes what is wrong with it (after "answered ") and shows none
+/// of the `secrets`.
+pub fn parse_missing(
+    body: &[u8],
+    date: NaiveDate,
+    secrets: &[&str],
+) -> Result<BTreeSet<i64>, String> {
+    let answer: MissingAnswer = parse_answer(body, MISSING_SHAPE, secrets)?;
+    check_date(&answer.date, date).map_err(|e| redact(&e, secrets))?;
     Ok(answer.chat_ids.into_iter().collect())
 }
 
@@ -438,17 +558,19 @@ struct MenuAnswer {
 const MENU_SHAPE: &str =
     r#"{"date": "YYYY-MM-DD", "dishes": [{"name": string, "description": string}, ...]}"#;
 
-/// The menu of `date`, from the service's answer.
-pub fn parse_menu(body: &[u8], date: NaiveDate) -> Result<Vec<Dish>, String> {
-    let answer: MenuAnswer = parse_answer(body, MENU_SHAPE)?;
-    check_date(&answer.date, date)?;
+/// The menu of `date`, from the service's answer (an error shows none of
+/// the `secrets`).
+pub fn parse_menu(body: &[u8], date: NaiveDate, secrets: &[&str]) -> Result<Vec<Dish>, String> {
+    let answer: MenuAnswer = parse_answer(body, MENU_SHAPE, secrets)?;
+    check_date(&answer.date, date).map_err(|e| redact(&e, secrets))?;
     Ok(answer.dishes)
 }
 
-/// The message of a chat-completions answer (`choices[0].message.content`).
-pub fn parse_completion(body: &[u8]) -> Result<String, String> {
+/// The message of a chat-completions answer (`choices[0].message.content`;
+/// an error shows none of the `secrets`).
+pub fn parse_completion(body: &[u8], secrets: &[&str]) -> Result<String, String> {
     let value: Value = serde_json::from_slice(body)
-        .map_err(|e| format!("something that is not JSON ({e}): {}", quote(body)))?;
+        .map_err(|e| format!("something that is not JSON ({e}): {}", quote(body, secrets)))?;
     value
         .pointer("/choices/0/message/content")
         .and_then(Value::as_str)
@@ -456,7 +578,7 @@ pub fn parse_completion(body: &[u8]) -> Result<String, String> {
         .ok_or_else(|| {
             format!(
                 "JSON without a choices[0].message.content string: {}",
-                quote(body)
+                quote(body, secrets)
             )
         })
 }
@@ -543,14 +665,33 @@ pub fn pick_dish<'m>(answer: &str, menu: &'m [Dish]) -> Option<&'m Dish> {
         .then_some(*longest)
 }
 
-/// The chats to remind: those the service reports that the job's targets
-/// reach now, ascending.
-pub fn recipients(missing: &BTreeSet<i64>, targeted: &[i64]) -> Vec<i64> {
-    targeted
-        .iter()
-        .copied()
+/// The chats to remind, ascending: those the service reports (`missing`)
+/// that the job's `targets` reach and that herald knows as active `users`.
+/// Unlike a message job's, these targets never reach a chat herald does not
+/// know, even one included by id.
+///
+/// An error when the service reports someone but herald knows no users at
+/// all: its user list is empty or unreadable (Redis offline since
+/// start-up), and a run that reminds nobody must not pass for a success.
+pub fn recipients(
+    missing: &BTreeSet<i64>,
+    targets: &Targets,
+    users: &BTreeMap<i64, User>,
+) -> Result<Vec<i64>, String> {
+    if users.is_empty() && !missing.is_empty() {
+        let n = missing.len();
+        return Err(format!(
+            "the service reports {n} user{} without a selection but herald knows no users: \
+             its user list is empty, or could not be read (Redis offline since start-up); \
+             nobody was reminded",
+            if n == 1 { "" } else { "s" }
+        ));
+    }
+    Ok(resolve_targets(targets, users)
+        .into_iter()
         .filter(|chat| missing.contains(chat))
-        .collect()
+        .filter(|chat| users.get(chat).is_some_and(|u| u.active))
+        .collect())
 }
 
 /// Each recipient's reminder: `source` rendered (HTML auto-escaped) with
@@ -598,8 +739,13 @@ fn describe(e: reqwest::Error, timeout: Duration) -> String {
 }
 
 /// Sends `request` and reads a 2xx answer's body (at most [`MAX_BODY`]);
-/// the error is in words, after "GET/POST {url}: ".
-async fn fetch(request: reqwest::RequestBuilder, timeout: Duration) -> Result<Vec<u8>, String> {
+/// the error is in words, after "GET/POST {url}: ", and quotes a non-2xx
+/// answer without the `secrets`.
+async fn fetch(
+    request: reqwest::RequestBuilder,
+    timeout: Duration,
+    secrets: &[&str],
+) -> Result<Vec<u8>, String> {
     let mut response = request
         .timeout(timeout)
         .send()
@@ -616,7 +762,7 @@ async fn fetch(request: reqwest::RequestBuilder, timeout: Duration) -> Result<Ve
         body.extend_from_slice(&chunk);
     }
     if !status.is_success() {
-        return Err(format!("answered HTTP {status}: {}", quote(&body)));
+        return Err(format!("answered HTTP {status}: {}", quote(&body, secrets)));
     }
     Ok(body)
 }
@@ -639,10 +785,16 @@ async fn fetch_missing(
     date: NaiveDate,
 ) -> Result<BTreeSet<i64>, String> {
     let url = endpoint(base, "/v1/selections/missing", date);
-    let body = fetch(get(client, &url, settings.token.as_ref()), settings.timeout)
-        .await
-        .map_err(|e| format!("food service: GET {url}: {e}"))?;
-    parse_missing(&body, date).map_err(|e| format!("food service: GET {url} answered {e}"))
+    let secrets = settings.secrets();
+    let body = fetch(
+        get(client, &url, settings.token.as_ref()),
+        settings.timeout,
+        &secrets,
+    )
+    .await
+    .map_err(|e| format!("food service: GET {url}: {e}"))?;
+    parse_missing(&body, date, &secrets)
+        .map_err(|e| format!("food service: GET {url} answered {e}"))
 }
 
 /// A dish of `date`'s menu that the model recommends; the error says why
@@ -655,14 +807,16 @@ async fn recommend(
     date: NaiveDate,
 ) -> Result<String, String> {
     let url = endpoint(base, "/v1/menu", date);
+    let secrets = settings.secrets();
     let body = fetch(
         get(client, &url, settings.token.as_ref()),
         recommender.timeout,
+        &secrets,
     )
     .await
     .map_err(|e| format!("food service: GET {url}: {e}"))?;
-    let menu =
-        parse_menu(&body, date).map_err(|e| format!("food service: GET {url} answered {e}"))?;
+    let menu = parse_menu(&body, date, &secrets)
+        .map_err(|e| format!("food service: GET {url} answered {e}"))?;
     if menu.is_empty() {
         return Err(format!("the menu for {date} is empty"));
     }
@@ -678,17 +832,17 @@ async fn recommend(
     if let Some(key) = &recommender.api_key {
         request = request.bearer_auth(key.expose());
     }
-    let body = fetch(request, recommender.timeout)
+    let body = fetch(request, recommender.timeout, &secrets)
         .await
         .map_err(|e| format!("completions: POST {url}: {e}"))?;
-    let answer =
-        parse_completion(&body).map_err(|e| format!("completions: POST {url} answered {e}"))?;
+    let answer = parse_completion(&body, &secrets)
+        .map_err(|e| format!("completions: POST {url} answered {e}"))?;
     pick_dish(&answer, &menu)
         .map(|dish| dish.name.clone())
         .ok_or_else(|| {
             format!(
                 "the model's answer {} names no single dish on the menu",
-                quote(answer.as_bytes())
+                quote(answer.as_bytes(), &secrets)
             )
         })
 }
@@ -712,15 +866,14 @@ async fn run(ctx: RunContext) -> Result<Counts, JobError> {
         .await
         .map_err(JobError::new)?;
     let users: BTreeMap<i64, User> = ctx.users.all().await;
-    let targeted = resolve_targets(&ctx.job.delivery.targets, &users);
-    let chats = recipients(&missing, &targeted);
+    let chats = recipients(&missing, &ctx.job.delivery.targets, &users).map_err(JobError::new)?;
     tracing::info!(
         job = %ctx.job.id,
         run = %ctx.run_id,
         %date,
         reported = missing.len(),
         reminded = chats.len(),
-        "users without a food selection (only those targeted and active are reminded)"
+        "users without a food selection (only those targeted, known and active are reminded)"
     );
     if chats.is_empty() {
         return Ok(Counts::default());
@@ -794,6 +947,9 @@ mod tests {
         assert_eq!(spec.schedule.expr().source(), "0 22 * * *");
         assert_eq!(spec.schedule.tz(), chrono_tz::Asia::Tehran);
         assert_eq!(spec.retry.max_attempts, 3);
+        assert_eq!(spec.retry.backoff, Duration::from_secs(60));
+        assert_eq!(spec.misfire, MisfirePolicy::Skip);
+        assert_eq!(spec.overlap, OverlapPolicy::Skip);
         assert!(spec.timeout > DEFAULT_SERVICE_TIMEOUT + DEFAULT_RECOMMENDATION_TIMEOUT);
         assert!(Duration::from_secs_f64(2.0 * MAX_TIMEOUT_SECS) < spec.timeout);
     }
@@ -921,8 +1077,119 @@ mod tests {
 
     #[test]
     fn secrets_are_not_printed() {
-        let s = settings(&json!({"token": "hunter2"}), &no_env).unwrap();
-        assert!(!format!("{s:?}").contains("hunter2"));
+        let s = settings(
+            &json!({
+                "token": "hunter2",
+                "recommendation": {"base_url": "http://llm/v1", "model": "m", "api_key": "sk-42"},
+            }),
+            &no_env,
+        )
+        .unwrap();
+        let shown = format!("{s:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(!shown.contains("sk-42"), "{shown}");
+        // nor a password in a URL, should one get into the settings
+        let mut s = s;
+        s.base_url = Some(Url::parse("http://alice:pa55word@food/api").unwrap());
+        s.recommendation.as_mut().unwrap().base_url =
+            Url::parse("https://sk-in-url@llm/v1").unwrap();
+        let shown = format!("{s:?}");
+        for secret in ["pa55word", "alice", "sk-in-url"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(shown.contains("http://***:***@food/api"), "{shown}");
+    }
+
+    #[test]
+    fn urls_with_a_user_or_password_are_refused_without_showing_them() {
+        let problems = |config: Value| settings(&config, &no_env).unwrap_err().join("; ");
+        let e = problems(json!({"base_url": "http://user:s3cret@food.example/api"}));
+        assert_eq!(
+            e,
+            "base_url: \"http://***@food.example/api\" has a user name or password in it: \
+             put credentials in token / FOOD_SERVICE_TOKEN, not in the URL"
+        );
+        let e = problems(json!({"base_url": "https://t0ken@food.example"}));
+        assert!(
+            e.contains("put credentials in token / FOOD_SERVICE_TOKEN"),
+            "{e}"
+        );
+        assert!(!e.contains("t0ken"), "{e}");
+        let e = problems(json!({"recommendation":
+            {"base_url": "https://me:sk-123@llm/v1", "model": "m"}}));
+        assert!(
+            e.starts_with("recommendation.base_url: \"https://***@llm/v1\" has a user name"),
+            "{e}"
+        );
+        assert!(
+            e.contains("recommendation.api_key / HERALD_RECOMMENDATION_API_KEY"),
+            "{e}"
+        );
+        assert!(!e.contains("sk-123"), "{e}");
+        // from the environment too
+        let env = |name: &str| (name == ENV_SERVICE_URL).then(|| "http://u:envpass@h".to_string());
+        let e = settings(&Value::Null, &env).unwrap_err().join("; ");
+        assert!(
+            e.starts_with("environment FOOD_SERVICE_URL: \"http://***@h\""),
+            "{e}"
+        );
+        assert!(!e.contains("envpass"), "{e}");
+        // a password is not shown when the rest does not parse either
+        for raw in [
+            "http://u:PW1/PW2@h",
+            "http://u:PW1?PW2@h",
+            "http://u:PW1#PW2@h",
+            "u:PW1@h",
+            "http://u:PW1@",
+        ] {
+            let e = http_url(raw, SERVICE_CREDENTIALS).unwrap_err();
+            assert!(!e.contains("PW"), "{raw}: {e}");
+        }
+        // what `herald check` calls
+        let e = FoodReminder
+            .check_config(&json!({"base_url": "http://user:s3cret@food.example"}))
+            .unwrap_err();
+        assert!(e.contains("not in the URL"), "{e}");
+        assert!(!e.contains("s3cret"), "{e}");
+    }
+
+    #[test]
+    fn quoted_answers_do_not_show_the_token_or_the_key() {
+        let d = date("2024-03-21");
+        let secrets = ["food-token", "sk-key"];
+        let shown = |e: String| {
+            for secret in secrets {
+                assert!(!e.contains(secret), "{secret} in {e}");
+            }
+            assert!(e.contains("***"), "{e}");
+            e
+        };
+        shown(parse_missing(b"<p>bad token food-token</p>", d, &secrets).unwrap_err());
+        shown(parse_missing(br#"{"echo": "Bearer food-token"}"#, d, &secrets).unwrap_err());
+        // the value serde did not expect, and the date
+        let e = shown(
+            parse_missing(
+                br#"{"date": "2024-03-21", "chat_ids": ["food-token"]}"#,
+                d,
+                &secrets,
+            )
+            .unwrap_err(),
+        );
+        assert!(
+            e.starts_with("JSON of the wrong shape (invalid type"),
+            "{e}"
+        );
+        shown(
+            parse_missing(br#"{"date": "food-token", "chat_ids": []}"#, d, &secrets).unwrap_err(),
+        );
+        shown(parse_menu(br#"{"date": "sk-key", "dishes": []}"#, d, &secrets).unwrap_err());
+        shown(parse_completion(br#"{"error": "invalid key sk-key"}"#, &secrets).unwrap_err());
+        // at the edge of the quoted part: no piece of the token either
+        let body = format!("{} food-token", "x".repeat(QUOTE_CHARS - 5));
+        let e = parse_missing(body.as_bytes(), d, &secrets).unwrap_err();
+        assert!(!e.contains("food"), "{e}");
+        // a secret containing another is hidden whole
+        assert_eq!(redact("key abc-def", &["abc", "abc-def", ""]), "key ***");
     }
 
     #[test]
@@ -944,26 +1211,26 @@ mod tests {
     fn the_missing_answer_is_checked() {
         let d = date("2024-03-21");
         let ok = br#"{"date": "2024-03-21", "chat_ids": [3, 1, 3], "extra": true}"#;
-        assert_eq!(parse_missing(ok, d).unwrap(), BTreeSet::from([1, 3]));
-        let e = parse_missing(b"<html>oops</html>", d).unwrap_err();
+        assert_eq!(parse_missing(ok, d, &[]).unwrap(), BTreeSet::from([1, 3]));
+        let e = parse_missing(b"<html>oops</html>", d, &[]).unwrap_err();
         assert!(e.starts_with("something that is not JSON"), "{e}");
         assert!(e.contains("<html>oops</html>"), "{e}");
-        let e = parse_missing(br#"{"users": [1]}"#, d).unwrap_err();
+        let e = parse_missing(br#"{"users": [1]}"#, d, &[]).unwrap_err();
         assert!(
             e.starts_with("JSON of the wrong shape (missing field `date`"),
             "{e}"
         );
-        let e = parse_missing(br#"{"date": "2024-03-21", "chat_ids": ["1"]}"#, d).unwrap_err();
+        let e = parse_missing(br#"{"date": "2024-03-21", "chat_ids": ["1"]}"#, d, &[]).unwrap_err();
         assert!(
             e.starts_with("JSON of the wrong shape (invalid type"),
             "{e}"
         );
-        let e = parse_missing(br#"{"date": "2024-03-20", "chat_ids": []}"#, d).unwrap_err();
+        let e = parse_missing(br#"{"date": "2024-03-20", "chat_ids": []}"#, d, &[]).unwrap_err();
         assert_eq!(e, "for date 2024-03-20, but herald asked about 2024-03-21");
-        let e = parse_missing(br#"{"date": "tomorrow", "chat_ids": []}"#, d).unwrap_err();
+        let e = parse_missing(br#"{"date": "tomorrow", "chat_ids": []}"#, d, &[]).unwrap_err();
         assert!(e.contains("not YYYY-MM-DD"), "{e}");
         let long = format!("\"{}\"", "x".repeat(1000));
-        let e = parse_missing(long.as_bytes(), d).unwrap_err();
+        let e = parse_missing(long.as_bytes(), d, &[]).unwrap_err();
         assert!(e.chars().count() < 2 * QUOTE_CHARS + 150, "{e}");
     }
 
@@ -973,17 +1240,20 @@ mod tests {
         let menu = parse_menu(
             br#"{"date": "2024-03-21", "dishes": [{"name": "Kebab"}, {"name": "Ash", "description": "soup"}]}"#,
             d,
+            &[],
         )
         .unwrap();
         assert_eq!(menu[0].name, "Kebab");
         assert_eq!(menu[1].description.as_deref(), Some("soup"));
-        assert!(parse_menu(br#"{"date": "2024-03-22", "dishes": []}"#, d).is_err());
+        assert!(parse_menu(br#"{"date": "2024-03-22", "dishes": []}"#, d, &[]).is_err());
 
         let answer = br#"{"choices": [{"message": {"role": "assistant", "content": "Kebab"}}]}"#;
-        assert_eq!(parse_completion(answer).unwrap(), "Kebab");
-        assert!(parse_completion(br#"{"choices": []}"#).is_err());
-        assert!(parse_completion(br#"{"choices": [{"message": {"content": null}}]}"#).is_err());
-        assert!(parse_completion(b"upstream timeout").is_err());
+        assert_eq!(parse_completion(answer, &[]).unwrap(), "Kebab");
+        assert!(parse_completion(br#"{"choices": []}"#, &[]).is_err());
+        assert!(
+            parse_completion(br#"{"choices": [{"message": {"content": null}}]}"#, &[]).is_err()
+        );
+        assert!(parse_completion(b"upstream timeout", &[]).is_err());
 
         let request = completion_request("m", d, &menu);
         assert_eq!(request["model"], "m");
@@ -1017,11 +1287,70 @@ mod tests {
         assert_eq!(pick_dish("Rice", &[]), None);
     }
 
+    /// Users 1-5 active (1 and 2 in pack "a"), 6 inactive.
+    fn users() -> BTreeMap<i64, User> {
+        (1..=6)
+            .map(|chat_id| {
+                let user = User {
+                    chat_id,
+                    name: format!("user {chat_id}"),
+                    active: chat_id != 6,
+                    packs: if chat_id <= 2 {
+                        BTreeSet::from(["a".to_string()])
+                    } else {
+                        BTreeSet::new()
+                    },
+                };
+                (chat_id, user)
+            })
+            .collect()
+    }
+
     #[test]
-    fn only_reported_and_targeted_chats_are_reminded() {
+    fn only_reported_targeted_known_and_active_users_are_reminded() {
+        let users = users();
         let missing = BTreeSet::from([2, 4, 6, 99]);
-        assert_eq!(recipients(&missing, &[1, 2, 3, 4, 5]), vec![2, 4]);
-        assert_eq!(recipients(&missing, &[]), Vec::<i64>::new());
+        let to = |targets: Targets| recipients(&missing, &targets, &users).unwrap();
+        // no targets: every active user
+        assert_eq!(to(Targets::default()), vec![2, 4]);
+        // an unknown chat included by id (a message job would reach it), an
+        // inactive one and one not reported
+        let include = |include: Vec<i64>| Targets {
+            include,
+            ..Targets::default()
+        };
+        assert_eq!(to(include(vec![2, 99])), vec![2]);
+        assert_eq!(to(include(vec![99])), Vec::<i64>::new());
+        assert_eq!(to(include(vec![1, 4, 6])), vec![4]);
+        let packs = Targets {
+            packs: vec!["a".into()],
+            exclude: vec![1],
+            ..Targets::default()
+        };
+        assert_eq!(to(packs), vec![2]);
+        assert_eq!(
+            recipients(&BTreeSet::new(), &Targets::default(), &users).unwrap(),
+            Vec::<i64>::new()
+        );
+    }
+
+    #[test]
+    fn without_any_known_user_a_report_of_users_fails_the_run() {
+        let none = BTreeMap::new();
+        let e = recipients(&BTreeSet::from([2, 4, 99]), &Targets::default(), &none).unwrap_err();
+        assert!(
+            e.starts_with(
+                "the service reports 3 users without a selection but herald knows no users: "
+            ),
+            "{e}"
+        );
+        let e = recipients(&BTreeSet::from([2]), &Targets::default(), &none).unwrap_err();
+        assert!(e.starts_with("the service reports 1 user without"), "{e}");
+        // nobody to remind and nobody known: nothing wrong
+        assert_eq!(
+            recipients(&BTreeSet::new(), &Targets::default(), &none).unwrap(),
+            Vec::<i64>::new()
+        );
     }
 
     #[test]
