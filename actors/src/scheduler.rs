@@ -20,7 +20,7 @@ use crate::handles::{PoolHandle, StoreHandle};
 use crate::health::{Health, Mode, owner};
 use crate::job::JobSpec;
 use crate::record::{ExecutionRecord, RunId, SkippedTicks, Trigger};
-use crate::redis_backend::RedisStore;
+use crate::redis_backend::{BackendError, RedisStore};
 use crate::timetable::{Action, Timetable};
 use crate::worker_pool::RunRequest;
 
@@ -178,7 +178,8 @@ impl Actor for Scheduler {
                 let spec = Arc::new(*spec);
                 state.args.store.put_job(spec.clone());
                 let id = spec.id.clone();
-                state.timetable.upsert(spec, None, Utc::now());
+                let actions = state.timetable.upsert(spec, None, Utc::now());
+                execute(&myself, state, actions).await;
                 let _ = reply.send(state.timetable.next_fire(&id));
             }
             SchedulerMsg::Remove(id, reply) => {
@@ -277,10 +278,21 @@ impl Actor for Scheduler {
                 // look missed; its own edits too, or they would look
                 // deleted.
                 match state.args.store.flush().await {
-                    Ok(0) => {
-                        resync(state, after_outage).await;
-                        fire_due(&myself, state).await;
-                    }
+                    Ok(0) => match resync(state, after_outage).await {
+                        Ok(actions) => {
+                            execute(&myself, state, actions).await;
+                            fire_due(&myself, state).await;
+                        }
+                        Err(e) => {
+                            // The version seen is already stored: without a
+                            // retry this edit would be missed until the next.
+                            tracing::warn!(error = %e, "resync: cannot read jobs from redis; trying again");
+                            let timer = myself.send_after(RESYNC_SETTLE, move || {
+                                SchedulerMsg::Resync { after_outage }
+                            });
+                            state.resync_timer = Some(AbortOnDrop::from(timer));
+                        }
+                    },
                     _ => {
                         let timer = myself.send_after(RESYNC_SETTLE, move || {
                             SchedulerMsg::Resync { after_outage }
@@ -339,17 +351,17 @@ async fn sync_in_flight(state: &mut SchedulerState, now: DateTime<Utc>) -> Vec<A
 /// After an outage: take the jobs (other daemons' edits) and last ticks
 /// from Redis. Ticks of jobs whose offline owner died were never handled,
 /// so they are due now and meet the misfire policy.
-async fn resync(state: &mut SchedulerState, after_outage: bool) {
+/// Returns what the timetable asks for (skips of queued ticks of jobs
+/// disabled meanwhile).
+async fn resync(
+    state: &mut SchedulerState,
+    after_outage: bool,
+) -> Result<Vec<Action>, BackendError> {
     let Some(cluster) = state.args.cluster.clone() else {
-        return;
+        return Ok(Vec::new());
     };
-    let stored = match cluster.redis.jobs().await {
-        Ok(jobs) => jobs,
-        Err(e) => {
-            tracing::warn!(error = %e, "resync: cannot read jobs from redis");
-            return;
-        }
-    };
+    let stored = cluster.redis.jobs().await?;
+    let removed = cluster.redis.removed_jobs().await?;
     let ids: Vec<String> = stored.iter().map(|j| j.definition.id.clone()).collect();
     let last_ticks = if after_outage {
         cluster.redis.last_ticks(&ids).await.unwrap_or_default()
@@ -365,8 +377,10 @@ async fn resync(state: &mut SchedulerState, after_outage: bool) {
         .collect();
     let mut in_redis = std::collections::HashSet::new();
     let mut changed = 0;
+    let mut actions = Vec::new();
     for job in stored {
         let id = job.definition.id.clone();
+        in_redis.insert(id.clone());
         if job.orphaned {
             if state.timetable.remove(&id) {
                 state.args.store.forget_job(id);
@@ -376,7 +390,6 @@ async fn resync(state: &mut SchedulerState, after_outage: bool) {
         }
         match job.effective() {
             Ok(spec) => {
-                in_redis.insert(id.clone());
                 let resume_after = if after_outage {
                     last_ticks.get(&id).copied()
                 } else if current.get(&id).is_some_and(|c| **c == spec) {
@@ -387,21 +400,35 @@ async fn resync(state: &mut SchedulerState, after_outage: bool) {
                 };
                 let spec = Arc::new(spec);
                 state.args.store.cache_job(spec.clone());
-                state.timetable.upsert(spec, resume_after, now);
+                actions.extend(state.timetable.upsert(spec, resume_after, now));
                 changed += 1;
             }
-            Err(e) => tracing::warn!(error = %e, "resync: skipping a job redis holds"),
+            // Kept as it runs here (a newer daemon may have written what
+            // this one cannot read).
+            Err(e) => {
+                tracing::warn!(error = %e, "resync: keeping this daemon's copy of a job redis holds in a form it cannot read")
+            }
         }
     }
-    // Deleted through another daemon.
-    for id in current.keys().filter(|id| !in_redis.contains(*id)) {
-        state.timetable.remove(id);
-        state.args.store.forget_job(id.clone());
-        changed += 1;
+    for (id, spec) in &current {
+        if in_redis.contains(id) {
+            continue;
+        }
+        if removed.contains(id) {
+            // Deleted through another daemon.
+            state.timetable.remove(id);
+            state.args.store.forget_job(id.clone());
+            changed += 1;
+        } else {
+            // Redis lost it (restarted empty, flushed) or never had it
+            // (added to the config while Redis was down): write it back.
+            state.args.store.put_job(spec.clone());
+        }
     }
     if changed > 0 {
         tracing::info!(jobs = changed, "took job changes from redis");
     }
+    Ok(actions)
 }
 
 /// Does this daemon record this job's ticks? Online every daemon does

@@ -76,18 +76,26 @@ impl Timetable {
     /// Adds or replaces a job. `resume_after` is the last tick handled for
     /// it (from the store), so ticks missed since then are due at once and
     /// meet the misfire policy; `None` starts from `now`. Runs in flight and
-    /// a queued tick survive a replacement.
+    /// a queued tick survive a replacement, unless the job is now disabled:
+    /// then the queued tick is dropped (the skip is returned), as
+    /// [`Timetable::set_enabled`] does.
     pub fn upsert(
         &mut self,
         spec: Arc<JobSpec>,
         resume_after: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
-    ) {
+    ) -> Vec<Action> {
         let from = resume_after.unwrap_or(now);
-        let (in_flight, queued) = self
+        let (in_flight, mut queued) = self
             .entries
             .remove(&spec.id)
             .map_or((0, None), |e| (e.in_flight, e.queued));
+        let mut actions = Vec::new();
+        if !spec.enabled
+            && let Some(tick) = queued.take()
+        {
+            actions.push(skip(&spec.id, SkipReason::Disabled, tick, tick, 1));
+        }
         let id = spec.id.clone();
         self.entries.insert(
             id.clone(),
@@ -100,6 +108,7 @@ impl Timetable {
             },
         );
         self.arm(&id, from);
+        actions
     }
 
     /// Removes a job; its queued tick, if any, is dropped with it.
@@ -621,6 +630,32 @@ mod tests {
             [("00:02".into(), Trigger::Queued)]
         );
         assert_eq!(t.in_flight("j"), 1);
+    }
+
+    #[test]
+    fn an_edit_that_disables_a_job_drops_its_queued_tick() {
+        let mut t = table();
+        let queue_one = |s: &mut JobSpec| s.overlap = OverlapPolicy::QueueOne;
+        t.upsert(
+            job("j", "* * * * *", queue_one),
+            None,
+            at("2021-01-01T00:00:30Z"),
+        );
+        t.due(at("2021-01-01T00:01:00Z"));
+        t.due(at("2021-01-01T00:02:00Z")); // held: the 00:01 run goes on
+        let disabled = job("j", "* * * * *", |s| {
+            queue_one(s);
+            s.enabled = false;
+        });
+        let a = t.upsert(disabled, None, at("2021-01-01T00:02:10Z"));
+        assert_eq!(
+            skips(&a),
+            [(SkipReason::Disabled, "00:02".into(), "00:02".into(), 1)]
+        );
+        assert!(
+            fires(&t.run_settled("j")).is_empty(),
+            "a disabled job's queued tick does not start"
+        );
     }
 
     #[test]

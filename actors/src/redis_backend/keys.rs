@@ -29,6 +29,13 @@ impl Keys {
         format!("{}:jobs:version", self.prefix)
     }
 
+    /// Ids of jobs deleted through the API (set): a resync drops these
+    /// only, never a job Redis merely lost. An id leaves it when a job of
+    /// that id is written again.
+    pub fn jobs_removed(&self) -> String {
+        format!("{}:jobs:removed", self.prefix)
+    }
+
     /// A job: its definition, operator overrides, orphaned flag (JSON).
     pub fn job(&self, id: &str) -> String {
         format!("{}:job:{id}", self.prefix)

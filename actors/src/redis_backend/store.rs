@@ -169,6 +169,15 @@ impl RedisStore {
     }
 
     /// Every stored job, orphaned ones included.
+    /// Ids of jobs deleted through the API.
+    pub async fn removed_jobs(&self) -> Result<std::collections::HashSet<String>, BackendError> {
+        let mut c = self.conn().await?;
+        Ok(redis::cmd("SMEMBERS")
+            .arg(self.keys.jobs_removed())
+            .query_async(&mut c)
+            .await?)
+    }
+
     /// `{p}:jobs:version` (0 before any job write).
     pub async fn jobs_version(&self) -> Result<u64, BackendError> {
         let mut c = self.conn().await?;
@@ -320,11 +329,13 @@ impl RedisStore {
                     let id = &job.definition.id;
                     p.set(self.keys.job(id), to_json(job.as_ref())?).ignore();
                     p.sadd(self.keys.jobs(), id).ignore();
+                    p.srem(self.keys.jobs_removed(), id).ignore();
                     p.incr(self.keys.jobs_version(), 1).ignore();
                 }
                 PendingWrite::RemoveJob(id) => {
                     p.del(self.keys.job(id)).ignore();
                     p.srem(self.keys.jobs(), id).ignore();
+                    p.sadd(self.keys.jobs_removed(), id).ignore();
                     p.incr(self.keys.jobs_version(), 1).ignore();
                 }
                 PendingWrite::Ack { entry_id } => {
