@@ -171,6 +171,44 @@ impl UserDirectory {
         Ok(())
     }
 
+    /// Changes some fields of a known user, writing only those (a
+    /// deactivation that lands meanwhile is not undone by a rename).
+    /// Returns the user as changed, or None if herald has no such user.
+    pub async fn update(
+        &self,
+        chat_id: i64,
+        name: Option<String>,
+        active: Option<bool>,
+        packs: Option<BTreeSet<String>>,
+    ) -> Result<Option<User>, BackendError> {
+        for p in packs.iter().flatten() {
+            check_pack_name(p).map_err(BackendError::Command)?;
+        }
+        let Some(mut user) = self.get(chat_id).await else {
+            return Ok(None);
+        };
+        let mut fields: Vec<(&str, String)> = Vec::new();
+        if let Some(name) = name {
+            fields.push(("name", name.clone()));
+            user.name = name;
+        }
+        if let Some(active) = active {
+            fields.push(("active", if active { "1" } else { "0" }.to_string()));
+            user.active = active;
+        }
+        if let Some(packs) = packs {
+            let json = serde_json::to_string(&packs)
+                .map_err(|e| BackendError::Command(format!("cannot encode packs: {e}")))?;
+            fields.push(("packs", json));
+            user.packs = packs;
+        }
+        self.remember(std::slice::from_ref(&user));
+        if let Some((store, _)) = &self.redis {
+            store.set_user_fields(chat_id, &fields).await?;
+        }
+        Ok(Some(user))
+    }
+
     pub async fn remove(&self, chat_id: i64) -> Result<bool, BackendError> {
         let known = self
             .memory

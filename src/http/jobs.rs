@@ -25,6 +25,8 @@ const NEXT_RUNS: usize = 5;
 /// Most executions one page returns.
 pub const MAX_PAGE: usize = 500;
 const DEFAULT_PAGE: usize = 50;
+/// Deepest page offset: a request must not walk the whole history.
+pub const MAX_OFFSET: usize = 10_000;
 
 pub fn routes() -> Router<ApiState> {
     Router::new()
@@ -216,6 +218,7 @@ async fn create_job(
     State(state): State<ApiState>,
     ApiJson(job): ApiJson<CustomJob>,
 ) -> Result<Response, ApiError> {
+    let _serial = state.edits.lock().await;
     let spec = state.herald.custom_jobs.create(job).await?;
     created(&state, &spec.id, StatusCode::CREATED).await
 }
@@ -232,6 +235,7 @@ async fn replace_job(
             format!("{:?} does not match the path's {id:?}", job.id),
         ));
     }
+    let _serial = state.edits.lock().await;
     state.herald.custom_jobs.update(&id, job).await?;
     created(&state, &id, StatusCode::OK).await
 }
@@ -293,6 +297,9 @@ async fn patch_job(
     ApiPath(id): ApiPath<String>,
     ApiJson(patch): ApiJson<JobPatch>,
 ) -> Result<Response, ApiError> {
+    // One read-modify-write at a time here, so two PATCHes of one job
+    // (say, a schedule and a disable) never undo each other.
+    let _serial = state.edits.lock().await;
     let current = view(&state, &id).await?;
     let spec = patched(&current.spec, &patch).map_err(ApiError::invalid)?;
     let only_enabled = patch.schedule.is_none()
@@ -314,6 +321,7 @@ async fn delete_job(
     State(state): State<ApiState>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
+    let _serial = state.edits.lock().await;
     state.herald.custom_jobs.delete(&id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -357,6 +365,12 @@ async fn page_of(
     if limit == 0 || limit > MAX_PAGE {
         return Err(ApiError::bad_request(format!(
             "limit: {limit} is not between 1 and {MAX_PAGE}"
+        )));
+    }
+    if page.offset > MAX_OFFSET {
+        return Err(ApiError::bad_request(format!(
+            "offset: {} is past {MAX_OFFSET}",
+            page.offset
         )));
     }
     let records = state

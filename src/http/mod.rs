@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{HeaderMap, header};
+use axum::http::{HeaderMap, HeaderName, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -44,6 +44,9 @@ pub struct ApiState {
     token: Option<Arc<[u8]>>,
     /// Renders `/metrics`.
     metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// Held by read-modify-write edits (job and user patches, pack
+    /// membership) so concurrent requests do not lose each other's changes.
+    pub edits: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl ApiState {
@@ -56,6 +59,7 @@ impl ApiState {
             herald,
             token: token.map(|t| Arc::from(t.as_bytes())),
             metrics,
+            edits: Arc::default(),
         }
     }
 }
@@ -68,6 +72,7 @@ pub fn router(state: ApiState) -> Router {
         .merge(users::routes())
         .merge(digests::routes())
         .fallback(no_route)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/", get(page::index))
@@ -78,6 +83,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/metrics", get(metrics))
         .nest("/api", api)
         .fallback(no_route)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn(time_limit))
         .with_state(state)
@@ -104,7 +110,16 @@ async fn require_token(
     next: Next,
 ) -> Response {
     let Some(expected) = &state.token else {
-        return next.run(request).await;
+        // Open API (loopback, no token): a browser on another site must
+        // not reach it, by a cross-site request (CSRF: "run now" needs no
+        // body) or by DNS rebinding (a foreign host name resolving to
+        // 127.0.0.1).
+        return match cross_site(&headers) {
+            Some(why) => {
+                ApiError::new(axum::http::StatusCode::FORBIDDEN, "forbidden", why).into_response()
+            }
+            None => next.run(request).await,
+        };
     };
     let given = headers
         .get(header::AUTHORIZATION)
@@ -118,6 +133,36 @@ async fn require_token(
         }
         None => ApiError::unauthorized("send Authorization: Bearer <admin token>").into_response(),
     }
+}
+
+/// Why a request to the open API looks like it comes from another site,
+/// if it does: a Host that is not a loopback name or address, an Origin
+/// that is not that host, or a browser saying it is cross-site.
+fn cross_site(headers: &HeaderMap) -> Option<String> {
+    let text = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+    let host = text(header::HOST).unwrap_or("");
+    let hostname = host
+        .rsplit_once(':')
+        .filter(|(_, port)| port.chars().all(|c| c.is_ascii_digit()))
+        .map_or(host, |(name, _)| name);
+    let loopback = matches!(hostname, "localhost" | "[::1]")
+        || hostname
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if !loopback {
+        return Some(format!(
+            "without an admin token the API answers only loopback host names, not {host:?}"
+        ));
+    }
+    if let Some(origin) = text(header::ORIGIN)
+        && origin != format!("http://{host}")
+    {
+        return Some(format!("cross-origin request from {origin:?} refused"));
+    }
+    if text(HeaderName::from_static("sec-fetch-site")) == Some("cross-site") {
+        return Some("cross-site request refused".into());
+    }
+    None
 }
 
 async fn time_limit(request: Request, next: Next) -> Response {
@@ -135,6 +180,14 @@ async fn no_route() -> ApiError {
         axum::http::StatusCode::NOT_FOUND,
         "no_route",
         "no such route (see /api/openapi.json)",
+    )
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not take that method (see /api/openapi.json)",
     )
 }
 

@@ -84,6 +84,7 @@ async fn create_user(
     ApiJson(new): ApiJson<NewUser>,
 ) -> Result<Response, ApiError> {
     check_user(&new.name, &new.packs)?;
+    let _serial = state.edits.lock().await;
     if state.herald.users.get(new.chat_id).await.is_some() {
         return Err(ApiError::conflict(format!(
             "user {} exists already (PATCH it)",
@@ -135,19 +136,19 @@ async fn patch_user(
     ApiPath(chat_id): ApiPath<i64>,
     ApiJson(patch): ApiJson<UserPatch>,
 ) -> Result<Json<User>, ApiError> {
-    let mut u = user(&state, chat_id).await?;
-    if let Some(name) = patch.name {
-        u.name = name;
-    }
-    if let Some(active) = patch.active {
-        u.active = active;
-    }
-    if let Some(packs) = patch.packs {
-        u.packs = packs;
-    }
-    check_user(&u.name, &u.packs)?;
-    state.herald.users.put(u.clone()).await.map_err(backend)?;
-    Ok(Json(u))
+    check_user(
+        patch.name.as_deref().unwrap_or(""),
+        patch.packs.as_ref().unwrap_or(&BTreeSet::new()),
+    )?;
+    let _serial = state.edits.lock().await;
+    state
+        .herald
+        .users
+        .update(chat_id, patch.name, patch.active, patch.packs)
+        .await
+        .map_err(backend)?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format_args!("user {chat_id}")))
 }
 
 async fn delete_user(
@@ -198,6 +199,7 @@ async fn set_pack(
     ApiJson(body): ApiJson<PackMembers>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     check_pack_name(&name).map_err(|e| ApiError::invalid_field("name", e))?;
+    let _serial = state.edits.lock().await;
     let users = state.herald.users.all().await;
     let unknown: Vec<String> = body
         .members
@@ -221,7 +223,13 @@ async fn set_pack(
         } else {
             u.packs.remove(&name);
         }
-        state.herald.users.put(u).await.map_err(backend)?;
+        // Packs only: the active flag stays as Redis has it.
+        state
+            .herald
+            .users
+            .update(u.chat_id, None, None, Some(u.packs))
+            .await
+            .map_err(backend)?;
     }
     Ok(Json(json!({ "name": name, "members": body.members })))
 }

@@ -436,9 +436,17 @@ impl RedisStore {
         // Ranks shift when runs are added at the top between two pages, so
         // a later page can repeat ids of an earlier one: skip ids seen.
         let mut seen = std::collections::HashSet::new();
+        // Without a status filter the wanted ids are the first offset+limit
+        // (more only where records expired): no need to read a full page.
+        let page = match q.status {
+            None => isize::try_from(q.offset.saturating_add(q.limit))
+                .unwrap_or(QUERY_PAGE)
+                .clamp(1, QUERY_PAGE),
+            Some(_) => QUERY_PAGE,
+        };
         loop {
-            let ids: Vec<String> = c.zrevrange(&index, start, start + QUERY_PAGE - 1).await?;
-            let last_page = (ids.len() as isize) < QUERY_PAGE;
+            let ids: Vec<String> = c.zrevrange(&index, start, start + page - 1).await?;
+            let last_page = (ids.len() as isize) < page;
             start += ids.len() as isize;
             let ids: Vec<String> = ids
                 .into_iter()

@@ -84,6 +84,27 @@ impl RedisStore {
         Ok(())
     }
 
+    /// Sets some fields of a user in place (others, such as the active
+    /// flag a concurrent /stop or 403 just cleared, stay as they are).
+    pub async fn set_user_fields(
+        &self,
+        chat_id: i64,
+        fields: &[(&str, String)],
+    ) -> Result<(), BackendError> {
+        if fields.is_empty() {
+            return Ok(());
+        }
+        let mut c = self.conn().await?;
+        redis::pipe()
+            .sadd(self.keys.users(), chat_id)
+            .ignore()
+            .hset_multiple(self.keys.user(chat_id), fields)
+            .ignore()
+            .query_async::<()>(&mut c)
+            .await?;
+        Ok(())
+    }
+
     /// Every user, one pipeline for all hashes.
     pub async fn users(&self) -> Result<Vec<User>, BackendError> {
         let mut c = self.conn().await?;

@@ -3,7 +3,8 @@
 "use strict";
 
 const TOKEN_KEY = "herald-admin-token";
-let token = sessionStorage.getItem(TOKEN_KEY) || "";
+let token = sessionStorage.getItem(TOKEN_KEY);
+let signedIn = false;
 let historyJob = null;
 let editing = null; // job id whose schedule is being edited
 let timer = null;
@@ -57,7 +58,8 @@ function flash(message) {
 }
 
 function signOut(message) {
-  token = "";
+  token = null;
+  signedIn = false;
   sessionStorage.removeItem(TOKEN_KEY);
   clearInterval(timer);
   timer = null;
@@ -78,6 +80,7 @@ async function signIn(candidate) {
     return;
   }
   sessionStorage.setItem(TOKEN_KEY, token);
+  signedIn = true;
   $("#sign-in").hidden = true;
   $("#sign-in-error").hidden = true;
   $("#app").hidden = false;
@@ -99,6 +102,7 @@ async function refreshReady() {
   try {
     const resp = await fetch("/readyz");
     const r = await resp.json();
+    $("#offline-banner").textContent = "herald is offline: Redis is unreachable. Jobs keep firing from memory; changes reach Redis when it returns.";
     $("#offline-banner").hidden = r.mode !== "offline";
     $("#daemon").textContent = `daemon ${r.daemon} · ${r.mode}`;
   } catch (_) {
@@ -180,6 +184,8 @@ function jobRow(job) {
 
 async function refreshJobs() {
   // An open editor keeps what the operator typed: do not redraw under it.
+  // (A refresh still running when the next starts is harmless: each
+  // replaces whole tables.)
   if (editing !== null && document.querySelector(".schedule-input")) return;
   const { jobs } = await api("GET", "/api/jobs");
   $("#jobs tbody").replaceChildren(...jobs.map(jobRow));
@@ -253,7 +259,7 @@ async function refreshDigests() {
 
 async function refresh() {
   await refreshReady();
-  if (!token) return;
+  if (!signedIn) return;
   try {
     await Promise.all([refreshJobs(), refreshHistory(), refreshUsers(), refreshDigests()]);
   } catch (e) {
@@ -271,5 +277,5 @@ document.addEventListener("DOMContentLoaded", () => {
   $("#history-close").addEventListener("click", () => { historyJob = null; refresh(); });
   refreshReady();
   setInterval(refreshReady, 2000);
-  if (token) signIn(token);
+  if (token !== null) signIn(token);
 });
