@@ -758,14 +758,22 @@ impl Validator<'_> {
                 ),
             );
         }
-        if let Some(token) = &admin_token
-            && token.expose().len() < 16
-        {
-            self.problem_in(
-                env_or_file(env, "HERALD_ADMIN_TOKEN"),
-                &[key("http"), key("admin_token")],
-                "admin token is shorter than 16 characters",
-            );
+        if let Some(token) = &admin_token {
+            let problem = if token.expose().len() < 16 {
+                Some("admin token is shorter than 16 characters")
+            } else if !token.expose().chars().all(|c| c.is_ascii_graphic()) {
+                // It travels in an HTTP header: anything else never matches.
+                Some("admin token may only use visible ASCII characters (no spaces)")
+            } else {
+                None
+            };
+            if let Some(problem) = problem {
+                self.problem_in(
+                    env_or_file(env, "HERALD_ADMIN_TOKEN"),
+                    &[key("http"), key("admin_token")],
+                    problem,
+                );
+            }
         }
 
         let redis_var = ["REDIS_URL", "REDIS_HOST", "REDIS_PORT", "REDIS_PASSWORD"]
@@ -1535,6 +1543,26 @@ template = "{% if x %}"
         let debug = format!("{s:?}");
         for secret in ["s3cret", "0123456789abcdef", "123:abc"] {
             assert!(!debug.contains(secret), "{secret} leaked: {debug}");
+        }
+
+        for (token, problem) in [
+            ("short", "shorter than 16 characters"),
+            ("ééééééééééééééééé", "visible ASCII"),
+            ("0123456789 abcdef", "visible ASCII"),
+        ] {
+            let env = |name: &str| (name == "HERALD_ADMIN_TOKEN").then(|| token.to_string());
+            let err = parse(Path::new("h.toml"), "", env)
+                .map(|_| ())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("HERALD_ADMIN_TOKEN") && err.contains(problem),
+                "{err}"
+            );
+            assert!(
+                !err.contains(token),
+                "the token itself is never shown: {err}"
+            );
         }
 
         let url_wins = |name: &str| match name {
