@@ -1546,7 +1546,7 @@ template = "{% if x %}"
         }
 
         for (token, problem) in [
-            ("short", "shorter than 16 characters"),
+            ("xq7zv", "shorter than 16 characters"),
             ("ééééééééééééééééé", "visible ASCII"),
             ("0123456789 abcdef", "visible ASCII"),
         ] {
