@@ -13,8 +13,11 @@
 //! * [`memory`]: the bounded in-memory backend (jobs, last ticks, records).
 //! * [`timetable`]: the scheduler's heap and its misfire/overlap decisions.
 //! * [`backoff`]: retry delays; [`restart`]: restart intensity.
-//! * [`redis_backend`]: key names, connections, stored jobs and the Redis
-//!   store (not yet wired into the tree: see the README's status).
+//! * [`redis_backend`]: key names, connections, stored jobs, the Redis
+//!   store, the run queue, the delivery ledger, users and digest inboxes.
+//! * [`users`]: users, packs and targeting; [`digest`]: digest profiles,
+//!   windows and rendering; [`delivery`]: messages and delivery reports.
+//! * [`jobs`]: herald's coded jobs (the food reminder), one file each.
 //!
 //! The actor tree (DESIGN.md), one module per actor:
 //!
