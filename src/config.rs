@@ -28,6 +28,7 @@ use herald_actors::redis_backend::RedisSettings;
 use herald_actors::redis_backend::connect::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_RESPONSE_TIMEOUT};
 use herald_actors::restart::{DEFAULT_MAX_RESTARTS, DEFAULT_RESTART_WINDOW, RestartLimit};
 use herald_actors::schedule::{CronExpr, Schedule, parse_zone};
+pub use herald_actors::secret::Secret;
 use herald_actors::template;
 use herald_actors::tree::{
     DEFAULT_MAX_QUEUED, DEFAULT_MISFIRE_GRACE, DEFAULT_SHUTDOWN_GRACE, DEFAULT_WORKERS,
@@ -378,23 +379,6 @@ fn default_retry_backoff_max() -> Duration {
     DEFAULT_RETRY_BACKOFF_MAX
 }
 
-/// A secret (token, password): never shown by `Debug` or `Display`.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret([redacted])")
-    }
-}
-
 /// The validated configuration the daemon runs on. `Debug` hides secrets,
 /// including a password inside the Redis URL.
 #[derive(Clone)]
@@ -637,10 +621,10 @@ fn apply_env(
         config.http.listen = v;
     }
     if let Some(v) = env("HERALD_ADMIN_TOKEN") {
-        config.http.admin_token = Some(Secret(v));
+        config.http.admin_token = Some(Secret::new(v));
     }
     if let Some(v) = env("TELEGRAM_BOT_TOKEN") {
-        config.telegram.token = Some(Secret(v));
+        config.telegram.token = Some(Secret::new(v));
     }
     if let Some(v) = env("REDIS_URL") {
         config.redis.url = v;

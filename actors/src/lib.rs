@@ -50,6 +50,7 @@ pub mod redis_backend;
 pub mod restart;
 pub mod schedule;
 pub mod scheduler;
+pub mod secret;
 pub mod subscriptions;
 pub mod supervisor;
 pub mod telegram;

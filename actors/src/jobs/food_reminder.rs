@@ -31,6 +31,7 @@
 //! dish, rendering) are plain functions tested below; [`FoodReminder`] wires
 //! them to HTTP.
 
+use crate::secret::Secret;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::time::Duration;
@@ -126,22 +127,6 @@ impl Job for FoodReminder {
         settings(config, &env_var)
             .map(|_| ())
             .map_err(|problems| problems.join("; "))
-    }
-}
-
-/// A token or key: never printed.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
     }
 }
 
@@ -393,7 +378,7 @@ pub fn settings(
     match timeout {
         Some(timeout) if problems.is_empty() => Ok(Settings {
             base_url,
-            token: env(ENV_SERVICE_TOKEN).or(file.token).map(Secret),
+            token: env(ENV_SERVICE_TOKEN).or(file.token).map(Secret::new),
             timeout,
             template,
             recommendation,
@@ -442,7 +427,7 @@ fn recommender(
     Some(Recommender {
         base_url: base_url?,
         model: model?,
-        api_key: env(ENV_RECOMMENDATION_KEY).or(rec.api_key).map(Secret),
+        api_key: env(ENV_RECOMMENDATION_KEY).or(rec.api_key).map(Secret::new),
         timeout: timeout?,
     })
 }
