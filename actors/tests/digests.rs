@@ -94,7 +94,7 @@ async fn conn(redis: &RedisServer) -> MultiplexedConnection {
 
 /// What a producer does: `XADD herald:digest:inbox:<profile> * text ...`.
 async fn produce(c: &mut MultiplexedConnection, profile: &str, text: &str) -> String {
-    redis::cmd("XADD")
+    let id: String = redis::cmd("XADD")
         .arg(format!("herald:digest:inbox:{profile}"))
         .arg("*")
         .arg("text")
@@ -103,7 +103,12 @@ async fn produce(c: &mut MultiplexedConnection, profile: &str, text: &str) -> St
         .arg("test")
         .query_async(c)
         .await
-        .unwrap()
+        .unwrap();
+    // A window ends a millisecond before the Redis clock when it is claimed
+    // (items of the current millisecond may still arrive, so they belong to
+    // the next window): let the item age past that before anything claims.
+    tokio::time::sleep(Duration::from_millis(3)).await;
+    id
 }
 
 async fn run(herald: &Herald, job: &str) -> ExecutionRecord {
