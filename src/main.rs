@@ -12,6 +12,7 @@
 
 mod config;
 mod http;
+mod telemetry;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -153,21 +154,6 @@ enum Ending {
     ApiStopped(String),
 }
 
-/// The Prometheus recorder behind `/metrics` (rendered by the admin API;
-/// no listener of its own). None if another recorder is installed.
-fn metrics_handle() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
-    match metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder() {
-        Ok(handle) => {
-            metrics::gauge!("herald_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
-            Some(handle)
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot install the metrics recorder; /metrics is empty");
-            None
-        }
-    }
-}
-
 /// Runs the actor tree until a signal (graceful shutdown, exit 0) or until
 /// the tree gives up on a failing actor (exit 1, for systemd to restart).
 async fn serve(settings: config::Settings) -> ExitCode {
@@ -180,6 +166,10 @@ async fn serve(settings: config::Settings) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let metrics = telemetry::install();
+    if let Some(handle) = &metrics {
+        telemetry::spawn_upkeep(handle.clone());
+    }
     // Without a token messages are logged, not sent (dry-run), and
     // Telegram's limits do not apply.
     let mut tree = settings.tree.clone();
@@ -264,7 +254,7 @@ async fn serve(settings: config::Settings) -> ExitCode {
     let api_state = http::ApiState::new(
         herald.admin(),
         settings.admin_token.as_ref().map(|t| t.expose()),
-        metrics_handle(),
+        metrics,
     );
     let (api_stop_tx, api_stop_rx) = tokio::sync::oneshot::channel::<()>();
     let api = tokio::spawn(http::serve(listener, api_state, async move {

@@ -367,7 +367,10 @@ impl StoreState {
             if batch.is_empty() {
                 return;
             }
-            match link.store.apply(&batch).await {
+            let started = tokio::time::Instant::now();
+            let applied = link.store.apply(&batch).await;
+            crate::telemetry::redis_round_trip("store", started.elapsed(), applied.is_ok());
+            match applied {
                 Ok(_) => {
                     let mut pending = link.pending.lock().unwrap_or_else(|p| p.into_inner());
                     // Only this actor removes writes, so the front is this batch.

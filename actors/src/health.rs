@@ -16,6 +16,7 @@ use deadpool_redis::redis::{self, AsyncConnectionConfig, aio::MultiplexedConnect
 use tokio::sync::watch;
 
 use crate::redis_backend::Keys;
+use crate::telemetry;
 
 pub const PING_EVERY: Duration = Duration::from_millis(200);
 pub const PING_TIMEOUT: Duration = Duration::from_millis(400);
@@ -86,6 +87,10 @@ pub async fn watch_redis(
 ) {
     let mut conn: Option<MultiplexedConnection> = None;
     let mut current = initial;
+    // Time spent offline, counted in whole seconds; the rest waits here.
+    let mut offline_carry = Duration::ZERO;
+    let mut last_beat = tokio::time::Instant::now();
+    telemetry::mode_is_online(current.mode == Mode::Online);
     let mut ticker = tokio::time::interval(PING_EVERY);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -93,8 +98,17 @@ pub async fn watch_redis(
             _ = ticker.tick() => {}
             _ = stop.changed() => return,
         }
+        let started = tokio::time::Instant::now();
+        if current.mode == Mode::Offline {
+            offline_carry += started - last_beat;
+            let whole = Duration::from_secs(offline_carry.as_secs());
+            telemetry::offline_for(whole);
+            offline_carry -= whole;
+        }
+        last_beat = started;
         let beat =
             tokio::time::timeout(PING_TIMEOUT, heartbeat(&url, &mut conn, &keys, &daemon_id)).await;
+        telemetry::redis_round_trip("heartbeat", started.elapsed(), matches!(beat, Ok(Ok(_))));
         let next = match beat {
             Ok(Ok((peers, jobs_version))) => Health {
                 mode: Mode::Online,
@@ -122,6 +136,7 @@ pub async fn watch_redis(
                 }
             }
             current = next;
+            telemetry::mode_is_online(current.mode == Mode::Online);
             status.send_replace(current.clone());
             on_change(&current);
         }

@@ -54,6 +54,7 @@ pub mod secret;
 pub mod subscriptions;
 pub mod supervisor;
 pub mod telegram;
+pub mod telemetry;
 pub mod template;
 pub mod timetable;
 pub mod tree;

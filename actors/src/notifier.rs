@@ -24,7 +24,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use crate::AbortOnDrop;
 use crate::delivery::{
-    DeliveryReport, Message, MessageOutcome, SendResult, delivery_key, occurrences,
+    ChatRole, DeliveryReport, Message, MessageOutcome, SendResult, delivery_key, occurrences,
 };
 use crate::handler::BoxFuture;
 use crate::handles::PoolHandle;
@@ -32,6 +32,7 @@ use crate::ledger::DeliveryLedger;
 use crate::record::RunId;
 use crate::redis_backend::DeliveryClaim;
 use crate::telegram::html;
+use crate::telemetry;
 use crate::users::UserDirectory;
 use crate::webhook::{WebhookEndpoint, WebhookOutcome, WebhookSender};
 
@@ -775,6 +776,7 @@ fn attempted(
         )),
         Attempt::Telegram(SendResult::RetryAfter(wait)) => {
             tracing::warn!(chat, ?wait, "telegram asked to slow down (429)");
+            telemetry::telegram_rate_limited(wait);
             pause_chat(state, chat, Instant::now() + wait);
             None
         }
@@ -831,6 +833,24 @@ fn settle(state: &mut NotifierState, run_id: &RunId, index: usize, outcome: Mess
         }
         _ => {}
     }
+    let channel = match message {
+        Message::Telegram { .. } if state.args.transport.name() == DryRun.name() => "dry_run",
+        Message::Telegram {
+            role: ChatRole::Save,
+            ..
+        } => "save",
+        Message::Telegram { .. } => "dm",
+        Message::Webhook { .. } => "webhook",
+    };
+    telemetry::delivered(
+        channel,
+        match &outcome {
+            MessageOutcome::Sent => "sent",
+            MessageOutcome::Failed(_) => "failed",
+            MessageOutcome::Deactivated(_) => "deactivated",
+            MessageOutcome::Skipped(_) => "skipped",
+        },
+    );
     f.report.settle(message, &outcome);
     f.changed = true;
     if f.report.pending == 0

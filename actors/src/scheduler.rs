@@ -21,6 +21,7 @@ use crate::health::{Health, Mode, owner};
 use crate::job::JobSpec;
 use crate::record::{ExecutionRecord, RunId, SkippedTicks, Trigger};
 use crate::redis_backend::{BackendError, RedisStore};
+use crate::telemetry;
 use crate::timetable::{Action, Timetable};
 use crate::worker_pool::RunRequest;
 
@@ -112,6 +113,9 @@ pub struct SchedulerState {
     resync_timer: Option<AbortOnDrop>,
     health: Option<Health>,
     stopped: bool,
+    /// Skips being executed come from the resync after an outage
+    /// (counted with reason `offline`).
+    skips_after_outage: bool,
 }
 
 impl Actor for Scheduler {
@@ -138,6 +142,7 @@ impl Actor for Scheduler {
                 args.store.set_last_tick(job.id.clone(), now);
             }
             timetable.upsert(job.clone(), last, now);
+            publish_job(job, snapshot.jobs.len(), now);
             timetable.set_in_flight(
                 &job.id,
                 in_flight.get(job.id.as_str()).copied().unwrap_or(0),
@@ -156,6 +161,7 @@ impl Actor for Scheduler {
             resync_timer: None,
             health,
             stopped: false,
+            skips_after_outage: false,
         };
         // Ticks missed while down are due now.
         fire_due(&myself, &mut state).await;
@@ -178,6 +184,7 @@ impl Actor for Scheduler {
                 let spec = Arc::new(*spec);
                 state.args.store.put_job(spec.clone());
                 let id = spec.id.clone();
+                publish_job(&spec, state.timetable.len() + 1, Utc::now());
                 let actions = state.timetable.upsert(spec, None, Utc::now());
                 execute(&myself, state, actions).await;
                 let _ = reply.send(state.timetable.next_fire(&id));
@@ -185,13 +192,16 @@ impl Actor for Scheduler {
             SchedulerMsg::Remove(id, reply) => {
                 let existed = state.timetable.remove(&id);
                 if existed {
+                    telemetry::job_gone(&id);
                     state.args.store.remove_job(id);
                 }
                 let _ = reply.send(existed);
             }
             SchedulerMsg::SetEnabled(id, enabled, reply) => {
                 let actions = state.timetable.set_enabled(&id, enabled, Utc::now());
+                let jobs = state.timetable.len();
                 let answer = state.timetable.job(&id).cloned().map(|spec| {
+                    publish_job(&spec, jobs, Utc::now());
                     state.args.store.put_job(spec);
                     state.timetable.next_fire(&id)
                 });
@@ -280,7 +290,11 @@ impl Actor for Scheduler {
                 match state.args.store.flush().await {
                     Ok(0) => match resync(state, after_outage).await {
                         Ok(actions) => {
+                            // Ticks found unhandled after an outage were
+                            // lost with their offline owner.
+                            state.skips_after_outage = after_outage;
                             execute(&myself, state, actions).await;
+                            state.skips_after_outage = false;
                             fire_due(&myself, state).await;
                         }
                         Err(e) => {
@@ -383,6 +397,7 @@ async fn resync(
         in_redis.insert(id.clone());
         if job.orphaned {
             if state.timetable.remove(&id) {
+                telemetry::job_gone(&id);
                 state.args.store.forget_job(id);
                 changed += 1;
             }
@@ -399,6 +414,7 @@ async fn resync(
                     None
                 };
                 let spec = Arc::new(spec);
+                publish_job(&spec, current.len(), now);
                 state.args.store.cache_job(spec.clone());
                 actions.extend(state.timetable.upsert(spec, resume_after, now));
                 changed += 1;
@@ -417,6 +433,7 @@ async fn resync(
         if removed.contains(id) {
             // Deleted through another daemon.
             state.timetable.remove(id);
+            telemetry::job_gone(id);
             state.args.store.forget_job(id.clone());
             changed += 1;
         } else {
@@ -429,6 +446,25 @@ async fn resync(
         tracing::info!(jobs = changed, "took job changes from redis");
     }
     Ok(actions)
+}
+
+/// The job's per-job metric series, at zero, and its expected interval
+/// (the gap between its next two fires) for the "no success" alert. Not
+/// for more than [`telemetry::JOB_SERIES_UP_TO`] jobs: past that the
+/// series appear with their first event.
+fn publish_job(spec: &JobSpec, jobs: usize, now: DateTime<Utc>) {
+    if jobs > telemetry::JOB_SERIES_UP_TO {
+        return;
+    }
+    let interval = spec
+        .enabled
+        .then(|| {
+            let first = spec.schedule.next_after(now)?;
+            let second = spec.schedule.next_after(first)?;
+            (second - first).to_std().ok()
+        })
+        .flatten();
+    telemetry::job_known(&spec.id, interval);
 }
 
 /// Does this daemon record this job's ticks? Online every daemon does
@@ -459,12 +495,16 @@ async fn claim(state: &mut SchedulerState, fires: Vec<Fire>) -> (Vec<Fire>, Vec<
     if health.mode == Mode::Online {
         let ticks: Vec<(String, DateTime<Utc>)> =
             fires.iter().map(|(j, at, _)| (j.id.clone(), *at)).collect();
+        let started = tokio::time::Instant::now();
         let mut claimed = cluster.redis.claim_ticks(&ticks, &cluster.daemon_id).await;
+        telemetry::redis_round_trip("claim", started.elapsed(), claimed.is_ok());
         if claimed.is_err() {
             // Claims are idempotent: asking again settles whether the first
             // attempt took.
             tokio::time::sleep(CLAIM_RETRY_AFTER).await;
+            let started = tokio::time::Instant::now();
             claimed = cluster.redis.claim_ticks(&ticks, &cluster.daemon_id).await;
+            telemetry::redis_round_trip("claim", started.elapsed(), claimed.is_ok());
         }
         match claimed {
             Ok(won) => {
@@ -552,6 +592,7 @@ async fn execute(
                 count,
             } => {
                 tracing::info!(job = %job_id, reason = reason.as_str(), %first, %last, count, "ticks skipped");
+                telemetry::ticks_skipped(&job_id, reason, count as u64, state.skips_after_outage);
                 state.args.store.put_skipped(SkippedTicks {
                     job_id,
                     reason,
@@ -625,7 +666,10 @@ async fn enqueue(
         keep_unconfirmed(myself, state, records, !again);
         return;
     }
-    match cluster.redis.enqueue(&records, &cluster.daemon_id).await {
+    let started = tokio::time::Instant::now();
+    let enqueued = cluster.redis.enqueue(&records, &cluster.daemon_id).await;
+    telemetry::redis_round_trip("enqueue", started.elapsed(), enqueued.is_ok());
+    match enqueued {
         Ok(queued) => {
             for (record, queued) in records.iter().zip(queued) {
                 if !queued {

@@ -220,6 +220,7 @@ impl Actor for RootSupervisor {
                 return Ok(());
             }
             tracing::warn!(actor = child.name(), %reason, "actor failed; restarting it");
+            crate::telemetry::actor_restarted(child.name());
             match spawn_child(&myself, &state.args, child).await {
                 Ok(cell) => {
                     state.children[index].1 = cell;

@@ -17,7 +17,7 @@ use crate::AbortOnDrop;
 use crate::custom_jobs::{CustomJobs, JobContext};
 use crate::digest::{DigestInbox, DigestJob, DigestProfile};
 use crate::execution_store::{
-    DEFAULT_MAX_PENDING, PendingWrites, RedisLink, SharedMemory, StoreData,
+    DEFAULT_MAX_PENDING, PendingWrites, RedisLink, SharedMemory, SharedPending, StoreData,
 };
 use crate::handler::Registry;
 use crate::handles::{
@@ -38,6 +38,7 @@ use crate::scheduler::Cluster;
 use crate::scheduler::SchedulerArgs;
 use crate::subscriptions::Subscriptions;
 use crate::supervisor::{Child, RootMsg, RootSupervisor, TreeArgs, TreeExit};
+use crate::telemetry;
 use crate::users::UserDirectory;
 use crate::webhook::{WebhookEndpoint, WebhookSender};
 use crate::worker_pool::{DEFAULT_VISIBILITY_TIMEOUT, DrainReport, PoolArgs, QueueArgs};
@@ -129,6 +130,8 @@ pub struct Herald {
     health: watch::Receiver<Health>,
     redis: Option<RedisStore>,
     _watcher: Option<(watch::Sender<bool>, AbortOnDrop)>,
+    /// Samples the gauges nothing else updates (queue, store buffer).
+    _sampler: AbortOnDrop,
     pub scheduler: SchedulerHandle,
     pub store: StoreHandle,
     pub pool: PoolHandle,
@@ -256,9 +259,10 @@ pub async fn spawn_tree_on(
     let (health_tx, health_rx) = watch::channel(health.clone());
     let directory = Arc::new(Directory::default());
     let timeout = config.call_timeout;
+    let pending = Arc::new(Mutex::new(PendingWrites::new(DEFAULT_MAX_PENDING)));
     let link = redis.as_ref().map(|(_, redis_store)| RedisLink {
         store: redis_store.clone(),
-        pending: Arc::new(Mutex::new(PendingWrites::new(DEFAULT_MAX_PENDING))),
+        pending: pending.clone(),
         health: health_rx.clone(),
         definitions: Arc::new(definitions),
     });
@@ -340,6 +344,12 @@ pub async fn spawn_tree_on(
         .await
         .map_err(|e| TreeError::Spawn(e.to_string()))?;
     let redis_store_handle = redis.as_ref().map(|(_, r)| r.clone());
+    telemetry::mode_is_online(health.mode == Mode::Online);
+    let sampler = AbortOnDrop::from(tokio::spawn(sample_gauges(
+        redis_store_handle.clone(),
+        pending,
+        health_rx.clone(),
+    )));
     let watcher = redis.map(|(settings, redis_store)| {
         let (stop_tx, stop_rx) = watch::channel(false);
         let (store_h, scheduler_h) = (store.clone(), scheduler.clone());
@@ -366,6 +376,7 @@ pub async fn spawn_tree_on(
         health: health_rx,
         redis: redis_store_handle,
         _watcher: watcher,
+        _sampler: sampler,
         scheduler,
         store,
         pool,
@@ -387,6 +398,38 @@ pub struct Digests {
 /// Start-up sync: writes each defined job's definition (keeping operator
 /// overrides), orphans stored jobs no longer defined, and returns the jobs
 /// to run (definitions with overrides) and their last ticks.
+/// How often the queue and the execution-store buffer are sampled.
+const SAMPLE_EVERY: Duration = Duration::from_secs(2);
+
+/// Keeps the queue and execution-store gauges current: the queue from
+/// Redis (while online), the buffer from memory.
+async fn sample_gauges(
+    redis: Option<RedisStore>,
+    pending: SharedPending,
+    health: watch::Receiver<Health>,
+) {
+    let mut every = tokio::time::interval(SAMPLE_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let (buffered, dropped) = {
+            let p = pending.lock().unwrap_or_else(|p| p.into_inner());
+            (p.len(), p.dropped())
+        };
+        telemetry::store_buffer(buffered, dropped);
+        if let Some(redis) = &redis
+            && health.borrow().mode == Mode::Online
+        {
+            let started = tokio::time::Instant::now();
+            let depth = redis.queue_depth().await;
+            telemetry::redis_round_trip("queue_depth", started.elapsed(), depth.is_ok());
+            if let Ok((depth, pending, retries)) = depth {
+                telemetry::queue_sampled(depth, pending, retries);
+            }
+        }
+    }
+}
+
 async fn sync_jobs(
     store: &RedisStore,
     defined: &[JobSpec],

@@ -10,12 +10,14 @@ use std::sync::Arc;
 
 use chrono::Utc;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tracing::Instrument;
 
 use crate::AbortOnDrop;
 use crate::delivery::{Message, Outbox};
 use crate::handler::{Notes, Registry, RunContext, RunNotes};
 use crate::handles::StoreHandle;
-use crate::record::{Counts, RunId, RunStatus};
+use crate::record::{Counts, RunId, RunStatus, Trigger};
+use crate::telemetry;
 use crate::users::UserDirectory;
 use crate::worker_pool::{PoolMsg, RunRequest};
 
@@ -135,7 +137,21 @@ fn start(myself: ActorRef<WorkerMsg>, state: &mut WorkerState, mut request: RunR
         return;
     }
     request.record.status = RunStatus::Running;
-    request.record.started_at = Some(Utc::now());
+    let now = Utc::now();
+    request.record.started_at = Some(now);
+    // Lateness is the scheduler's: a tick's first attempt, on time or
+    // caught up. Retries and manual runs start when they are meant to.
+    if request.record.attempt == 1
+        && matches!(
+            request.record.trigger,
+            Trigger::Schedule | Trigger::Misfire | Trigger::Queued
+        )
+    {
+        let late = (now - request.record.scheduled_at)
+            .to_std()
+            .unwrap_or_default();
+        telemetry::run_started_late(&request.record.job_id, late);
+    }
     request.record.retry_at = None;
     request.record.daemon = Some(state.args.daemon_id.clone());
     state.args.store.put_record(request.record.clone());
@@ -156,8 +172,10 @@ fn start(myself: ActorRef<WorkerMsg>, state: &mut WorkerState, mut request: RunR
         notes: notes.clone(),
     };
     let timeout = request.job.timeout;
+    // Everything the job logs carries its job and run ids.
+    let span = tracing::info_span!("run", job = %request.job.id, run = %run_id, attempt = request.record.attempt);
     let handler_task = match handler {
-        Ok(handler) => tokio::spawn(handler.run(ctx)),
+        Ok(handler) => tokio::spawn(handler.run(ctx).instrument(span)),
         Err(e) => tokio::spawn(async move { Err(e) }),
     };
     let abort = handler_task.abort_handle();

@@ -24,6 +24,7 @@ use crate::health::{Health, Mode};
 use crate::job::JobSpec;
 use crate::record::{Counts, ExecutionRecord, RunId, RunStatus};
 use crate::redis_backend::{QueueEntry, RedisStore, blocking_connection};
+use crate::telemetry;
 use crate::users::UserDirectory;
 use crate::worker::{AttemptOutcome, Worker, WorkerArgs, WorkerMsg};
 
@@ -435,6 +436,7 @@ impl Actor for WorkerPool {
         };
         tracing::warn!(worker = index, %reason, "worker died; replacing it");
         state.worker_restarts += 1;
+        telemetry::actor_restarted("worker");
         let slot = spawn_worker(&myself, &state.args, index).await?;
         let lost = std::mem::replace(&mut state.slots[index], slot).busy;
         if let Some(request) = lost {
@@ -663,6 +665,7 @@ fn attempt_done(
                 let next = record.attempt + 1;
                 let delay = retry_delay(&job.retry, next, rand::random::<f64>());
                 tracing::warn!(run = %record.run_id, attempt = record.attempt, %error, retry_in = ?delay, "attempt failed; retrying");
+                telemetry::retried(&record.job_id);
                 record.status = RunStatus::Pending;
                 record.attempt = next;
                 record.error = Some(error);
@@ -795,6 +798,14 @@ fn settle(state: &mut PoolState, record: ExecutionRecord, entry_id: Option<Strin
         "run finished"
     );
     let job_id = record.job_id.clone();
+    telemetry::run_ended(
+        &job_id,
+        record.status,
+        record.duration_ms.map(Duration::from_millis),
+        record
+            .finished_at
+            .map_or(0.0, |t| t.timestamp_millis() as f64 / 1000.0),
+    );
     state.args.store.put_record(record);
     if let Some(entry_id) = entry_id {
         state.args.store.ack(entry_id);
@@ -917,6 +928,7 @@ async fn read_queue(pool: ActorRef<PoolMsg>, q: QueueArgs, mut capacity: watch::
             last_reclaim = Instant::now();
             match q.redis.reclaim(&q.consumer, q.visibility, free).await {
                 Ok(entries) if !entries.is_empty() => {
+                    telemetry::reclaimed(entries.len());
                     if pool
                         .cast(PoolMsg::FromQueue {
                             entries,

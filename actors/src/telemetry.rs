@@ -1,0 +1,329 @@
+//! herald's Prometheus metrics: every name, its help text, its labels, and
+//! the one place each is recorded. The daemon installs the recorder and
+//! renders `/metrics`; the actors record through the functions here, so a
+//! name is spelt once and the dashboard (`grafana/`) and the alert rules
+//! can rely on this list.
+//!
+//! Label values are bounded: job ids, digest profile ids, actor names,
+//! fixed reasons and outcomes. Never user ids or chat ids.
+//!
+//! Series that may stay at zero for a long time (failures, skips, 429s,
+//! restarts) are registered at zero as soon as their labels are known, so
+//! every dashboard panel has a series from the first scrape and `rate()`
+//! sees the first increment.
+
+use std::time::Duration;
+
+use metrics::{Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge};
+
+use crate::record::{RunStatus, SkipReason};
+
+pub const BUILD_INFO: &str = "herald_build_info";
+/// Counter {job, status}: runs that ended, by final status
+/// (`success`, `failed`, `cancelled`).
+pub const RUNS: &str = "herald_runs_total";
+/// Histogram {job}: a run's duration: its last attempt's start to its
+/// final status (deliveries included).
+pub const RUN_DURATION: &str = "herald_run_duration_seconds";
+/// Histogram {job}: a scheduled run's start minus its scheduled time.
+pub const LATENESS: &str = "herald_schedule_lateness_seconds";
+/// Counter {job, reason}: ticks that did not run, by reason.
+pub const SKIPPED_TICKS: &str = "herald_skipped_ticks_total";
+/// Counter {job}: failed attempts that were retried.
+pub const RETRIES: &str = "herald_retries_total";
+/// Gauge: entries in the Redis run queue (not yet acknowledged).
+pub const QUEUE_DEPTH: &str = "herald_queue_depth";
+/// Gauge: queue entries read by a worker and not yet acknowledged.
+pub const QUEUE_PENDING: &str = "herald_queue_pending";
+/// Gauge: retries waiting for their time in Redis.
+pub const QUEUE_RETRIES_WAITING: &str = "herald_queue_retries_waiting";
+/// Counter: queue entries taken over from a daemon that left them
+/// unacknowledged past the visibility timeout.
+pub const QUEUE_RECLAIMED: &str = "herald_queue_reclaimed_total";
+/// Counter {channel, outcome}: messages settled, by destination kind
+/// (`dm`, `save`, `webhook`; `dry_run` for Telegram messages logged
+/// without a token) and outcome (`sent`, `failed`, `deactivated`,
+/// `skipped`).
+pub const DELIVERIES: &str = "herald_deliveries_total";
+/// Counter: Telegram answers of 429 Too Many Requests.
+pub const TELEGRAM_RATE_LIMITED: &str = "herald_telegram_rate_limited_total";
+/// Counter: seconds waited on Telegram's `retry_after`.
+pub const TELEGRAM_RATE_LIMIT_WAIT: &str = "herald_telegram_rate_limit_wait_seconds_total";
+/// Counter {actor}: actors restarted after a failure.
+pub const ACTOR_RESTARTS: &str = "herald_actor_restarts_total";
+/// Gauge: 1 while Redis is reachable (online), 0 offline.
+pub const ONLINE: &str = "herald_online";
+/// Counter: seconds spent offline.
+pub const OFFLINE_SECONDS: &str = "herald_offline_seconds_total";
+/// Counter {op}: Redis commands that failed.
+pub const REDIS_ERRORS: &str = "herald_redis_errors_total";
+/// Histogram {op}: Redis round trips, timed.
+pub const REDIS_DURATION: &str = "herald_redis_command_duration_seconds";
+/// Gauge: execution-store writes buffered in memory for Redis.
+pub const STORE_BUFFERED: &str = "herald_execution_store_buffered";
+/// Counter: execution-store writes dropped because the buffer was full.
+pub const STORE_DROPPED: &str = "herald_execution_store_dropped_total";
+/// Gauge {job}: Unix time of the job's last successful run.
+pub const LAST_SUCCESS: &str = "herald_job_last_success_timestamp_seconds";
+/// Gauge {job}: the gap between the job's next two fire times (what "no
+/// success within its expected interval" compares against); absent for a
+/// disabled job.
+pub const EXPECTED_INTERVAL: &str = "herald_job_expected_interval_seconds";
+
+/// Histogram buckets for [`RUN_DURATION`] (seconds).
+pub const RUN_DURATION_BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+];
+/// Histogram buckets for [`LATENESS`] (seconds): fine below 100 ms, where
+/// a healthy scheduler lives.
+pub const LATENESS_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+/// Histogram buckets for [`REDIS_DURATION`] (seconds).
+pub const REDIS_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+];
+
+/// Every histogram and its buckets, for the recorder's builder.
+pub const HISTOGRAMS: &[(&str, &[f64])] = &[
+    (RUN_DURATION, RUN_DURATION_BUCKETS),
+    (LATENESS, LATENESS_BUCKETS),
+    (REDIS_DURATION, REDIS_BUCKETS),
+];
+
+pub const ACTORS: &[&str] = &[
+    "execution_store",
+    "notifier",
+    "worker_pool",
+    "scheduler",
+    "worker",
+];
+const STATUSES: &[&str] = &["success", "failed", "cancelled"];
+/// Reasons a tick did not run. `offline` is a tick that nobody ran
+/// because the daemon that owned it while Redis was unreachable died, found
+/// when Redis came back and dropped by the misfire policy.
+pub const SKIP_REASONS: &[&str] = &[
+    "misfire",
+    "misfire_limit",
+    "overlap",
+    "disabled",
+    "shutdown",
+    "offline",
+];
+pub const CHANNELS: &[&str] = &["dm", "save", "webhook", "dry_run"];
+pub const OUTCOMES: &[&str] = &["sent", "failed", "deactivated", "skipped"];
+pub const REDIS_OPS: &[&str] = &["heartbeat", "store", "queue_depth", "claim", "enqueue"];
+
+/// Help texts and units for every metric, and the label-free series at
+/// zero. Call once after installing the recorder.
+pub fn describe() {
+    describe_gauge!(BUILD_INFO, "herald's version, as a label; always 1.");
+    describe_counter!(RUNS, "Runs that ended, by job and final status.");
+    describe_histogram!(
+        RUN_DURATION,
+        Unit::Seconds,
+        "Run duration, from start to final status, by job."
+    );
+    describe_histogram!(
+        LATENESS,
+        Unit::Seconds,
+        "Scheduled runs: start time minus scheduled time, by job."
+    );
+    describe_counter!(
+        SKIPPED_TICKS,
+        "Ticks that did not run, by job and reason (misfire, misfire_limit, overlap, disabled, shutdown, offline)."
+    );
+    describe_counter!(RETRIES, "Failed attempts that were retried, by job.");
+    describe_gauge!(
+        QUEUE_DEPTH,
+        "Entries in the Redis run queue not yet acknowledged."
+    );
+    describe_gauge!(
+        QUEUE_PENDING,
+        "Run-queue entries read by a worker and not yet acknowledged."
+    );
+    describe_gauge!(
+        QUEUE_RETRIES_WAITING,
+        "Retries waiting in Redis for their time."
+    );
+    describe_counter!(
+        QUEUE_RECLAIMED,
+        "Run-queue entries taken over from a daemon that left them unacknowledged."
+    );
+    describe_counter!(
+        DELIVERIES,
+        "Messages settled, by channel (dm, save, webhook, dry_run) and outcome (sent, failed, deactivated, skipped)."
+    );
+    describe_counter!(
+        TELEGRAM_RATE_LIMITED,
+        "Telegram answers of 429 Too Many Requests."
+    );
+    describe_counter!(
+        TELEGRAM_RATE_LIMIT_WAIT,
+        Unit::Seconds,
+        "Seconds waited on Telegram's retry_after."
+    );
+    describe_counter!(
+        ACTOR_RESTARTS,
+        "Actors restarted after a failure, by actor."
+    );
+    describe_gauge!(ONLINE, "1 while Redis is reachable (online), 0 offline.");
+    describe_counter!(OFFLINE_SECONDS, Unit::Seconds, "Seconds spent offline.");
+    describe_counter!(REDIS_ERRORS, "Redis commands that failed, by operation.");
+    describe_histogram!(
+        REDIS_DURATION,
+        Unit::Seconds,
+        "Redis round trips, by operation."
+    );
+    describe_gauge!(
+        STORE_BUFFERED,
+        "Execution-store writes buffered in memory for Redis."
+    );
+    describe_counter!(
+        STORE_DROPPED,
+        "Execution-store writes dropped because the buffer was full."
+    );
+    describe_gauge!(
+        LAST_SUCCESS,
+        Unit::Seconds,
+        "Unix time of the job's last successful run on this daemon."
+    );
+    describe_gauge!(
+        EXPECTED_INTERVAL,
+        Unit::Seconds,
+        "Seconds between the job's next two fire times."
+    );
+
+    for actor in ACTORS {
+        counter!(ACTOR_RESTARTS, "actor" => *actor).absolute(0);
+    }
+    for channel in CHANNELS {
+        for outcome in OUTCOMES {
+            counter!(DELIVERIES, "channel" => *channel, "outcome" => *outcome).absolute(0);
+        }
+    }
+    for op in REDIS_OPS {
+        counter!(REDIS_ERRORS, "op" => *op).absolute(0);
+    }
+    counter!(TELEGRAM_RATE_LIMITED).absolute(0);
+    counter!(TELEGRAM_RATE_LIMIT_WAIT).absolute(0);
+    counter!(QUEUE_RECLAIMED).absolute(0);
+    counter!(STORE_DROPPED).absolute(0);
+    counter!(OFFLINE_SECONDS).absolute(0);
+    gauge!(STORE_BUFFERED).set(0.0);
+    gauge!(QUEUE_DEPTH).set(0.0);
+    gauge!(QUEUE_PENDING).set(0.0);
+    gauge!(QUEUE_RETRIES_WAITING).set(0.0);
+}
+
+/// Up to this many jobs, each gets its per-job series at zero and its
+/// expected interval; past it (a label set per job becomes a memory and
+/// cardinality cost), per-job series appear with their first event.
+pub const JOB_SERIES_UP_TO: usize = 1_000;
+
+/// A job was removed: no expectation of success any more.
+pub fn job_gone(job: &str) {
+    gauge!(EXPECTED_INTERVAL, "job" => job.to_string()).set(0.0);
+}
+
+/// A job is known to the scheduler: its per-job series start at zero.
+/// `interval` is the gap between its next two fire times (None when
+/// disabled or never firing).
+pub fn job_known(job: &str, interval: Option<Duration>) {
+    let job = job.to_string();
+    for status in STATUSES {
+        counter!(RUNS, "job" => job.clone(), "status" => *status).increment(0);
+    }
+    for reason in SKIP_REASONS {
+        counter!(SKIPPED_TICKS, "job" => job.clone(), "reason" => *reason).increment(0);
+    }
+    counter!(RETRIES, "job" => job.clone()).increment(0);
+    match interval {
+        Some(i) => gauge!(EXPECTED_INTERVAL, "job" => job).set(i.as_secs_f64()),
+        // metrics has no "remove"; 0 reads as "no expectation" in the rules.
+        None => gauge!(EXPECTED_INTERVAL, "job" => job).set(0.0),
+    }
+}
+
+/// A run reached its final status.
+pub fn run_ended(job: &str, status: RunStatus, duration: Option<Duration>, finished_unix: f64) {
+    let job = job.to_string();
+    let status_label = match status {
+        RunStatus::Success => "success",
+        RunStatus::Failed => "failed",
+        RunStatus::Cancelled => "cancelled",
+        // Not final: nothing to count.
+        _ => return,
+    };
+    counter!(RUNS, "job" => job.clone(), "status" => status_label).increment(1);
+    if let Some(d) = duration {
+        metrics::histogram!(RUN_DURATION, "job" => job.clone()).record(d.as_secs_f64());
+    }
+    if status == RunStatus::Success {
+        gauge!(LAST_SUCCESS, "job" => job).set(finished_unix);
+    }
+}
+
+/// A scheduled run started this late.
+pub fn run_started_late(job: &str, lateness: Duration) {
+    metrics::histogram!(LATENESS, "job" => job.to_string()).record(lateness.as_secs_f64());
+}
+
+pub fn ticks_skipped(job: &str, reason: SkipReason, count: u64, after_offline: bool) {
+    let reason = if after_offline && reason == SkipReason::Misfire {
+        "offline"
+    } else {
+        reason.as_str()
+    };
+    counter!(SKIPPED_TICKS, "job" => job.to_string(), "reason" => reason).increment(count);
+}
+
+pub fn retried(job: &str) {
+    counter!(RETRIES, "job" => job.to_string()).increment(1);
+}
+
+pub fn queue_sampled(depth: u64, pending: u64, retries_waiting: u64) {
+    gauge!(QUEUE_DEPTH).set(depth as f64);
+    gauge!(QUEUE_PENDING).set(pending as f64);
+    gauge!(QUEUE_RETRIES_WAITING).set(retries_waiting as f64);
+}
+
+pub fn reclaimed(entries: usize) {
+    counter!(QUEUE_RECLAIMED).increment(entries as u64);
+}
+
+pub fn delivered(channel: &'static str, outcome: &'static str) {
+    counter!(DELIVERIES, "channel" => channel, "outcome" => outcome).increment(1);
+}
+
+pub fn telegram_rate_limited(wait: Duration) {
+    counter!(TELEGRAM_RATE_LIMITED).increment(1);
+    // Whole seconds are what Telegram's retry_after carries.
+    counter!(TELEGRAM_RATE_LIMIT_WAIT).increment(wait.as_secs());
+}
+
+pub fn actor_restarted(actor: &'static str) {
+    counter!(ACTOR_RESTARTS, "actor" => actor).increment(1);
+}
+
+pub fn mode_is_online(online: bool) {
+    gauge!(ONLINE).set(if online { 1.0 } else { 0.0 });
+}
+
+pub fn offline_for(elapsed: Duration) {
+    // Counters are integers in `metrics`; whole seconds, the remainder
+    // carried by the caller.
+    counter!(OFFLINE_SECONDS).increment(elapsed.as_secs());
+}
+
+pub fn redis_round_trip(op: &'static str, took: Duration, ok: bool) {
+    metrics::histogram!(REDIS_DURATION, "op" => op).record(took.as_secs_f64());
+    if !ok {
+        counter!(REDIS_ERRORS, "op" => op).increment(1);
+    }
+}
+
+pub fn store_buffer(buffered: usize, dropped_total: u64) {
+    gauge!(STORE_BUFFERED).set(buffered as f64);
+    counter!(STORE_DROPPED).absolute(dropped_total);
+}
