@@ -592,7 +592,7 @@ async fn execute(
                 count,
             } => {
                 tracing::info!(job = %job_id, reason = reason.as_str(), %first, %last, count, "ticks skipped");
-                telemetry::ticks_skipped(&job_id, reason, count as u64, state.skips_after_outage);
+                telemetry::ticks_skipped(&job_id, reason, count, state.skips_after_outage);
                 state.args.store.put_skipped(SkippedTicks {
                     job_id,
                     reason,
