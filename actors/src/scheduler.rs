@@ -448,23 +448,19 @@ async fn resync(
     Ok(actions)
 }
 
-/// The job's per-job metric series, at zero, and its expected interval
-/// (the gap between its next two fires) for the "no success" alert. Not
-/// for more than [`telemetry::JOB_SERIES_UP_TO`] jobs: past that the
-/// series appear with their first event.
+/// The job's per-job metric series, at zero, and when its next success is
+/// due (its next fire; none when disabled). Not for more than
+/// [`telemetry::JOB_SERIES_UP_TO`] jobs: past that the series appear with
+/// their first event.
 fn publish_job(spec: &JobSpec, jobs: usize, now: DateTime<Utc>) {
     if jobs > telemetry::JOB_SERIES_UP_TO {
         return;
     }
-    let interval = spec
+    let next = spec
         .enabled
-        .then(|| {
-            let first = spec.schedule.next_after(now)?;
-            let second = spec.schedule.next_after(first)?;
-            (second - first).to_std().ok()
-        })
+        .then(|| spec.schedule.next_after(now))
         .flatten();
-    telemetry::job_known(&spec.id, interval);
+    telemetry::job_known(&spec.id, next);
 }
 
 /// Does this daemon record this job's ticks? Online every daemon does

@@ -4,6 +4,11 @@
 //! name is spelt once and the dashboard (`grafana/`) and the alert rules
 //! can rely on this list.
 //!
+//! Herald's jobs are labelled `job_id`, not `job`: Prometheus gives every
+//! scraped series a `job` label of its own (the scrape job), and a clash
+//! would rename ours to `exported_job` unless every scrape config set
+//! `honor_labels`.
+//!
 //! Label values are bounded: job ids, digest profile ids, actor names,
 //! fixed reasons and outcomes. Never user ids or chat ids.
 //!
@@ -65,10 +70,11 @@ pub const STORE_BUFFERED: &str = "herald_execution_store_buffered";
 pub const STORE_DROPPED: &str = "herald_execution_store_dropped_total";
 /// Gauge {job}: Unix time of the job's last successful run.
 pub const LAST_SUCCESS: &str = "herald_job_last_success_timestamp_seconds";
-/// Gauge {job}: the gap between the job's next two fire times (what "no
-/// success within its expected interval" compares against); absent for a
-/// disabled job.
-pub const EXPECTED_INTERVAL: &str = "herald_job_expected_interval_seconds";
+/// Gauge {job_id}: Unix time by which the job's next success is due: its
+/// next fire time after its last success (or after start-up or an edit);
+/// 0 when it is disabled or removed. The "no success" alert compares the
+/// clock with it.
+pub const SUCCESS_DUE: &str = "herald_job_success_due_timestamp_seconds";
 
 /// Histogram buckets for [`RUN_DURATION`] (seconds).
 pub const RUN_DURATION_BUCKETS: &[f64] = &[
@@ -189,9 +195,9 @@ pub fn describe() {
         "Unix time of the job's last successful run on this daemon."
     );
     describe_gauge!(
-        EXPECTED_INTERVAL,
+        SUCCESS_DUE,
         Unit::Seconds,
-        "Seconds between the job's next two fire times."
+        "Unix time by which the job's next success is due (its next fire after the last success); 0 when disabled."
     );
 
     for actor in ACTORS {
@@ -217,32 +223,34 @@ pub fn describe() {
 }
 
 /// Up to this many jobs, each gets its per-job series at zero and its
-/// expected interval; past it (a label set per job becomes a memory and
+/// success due time at load; past it (a label set per job becomes a memory and
 /// cardinality cost), per-job series appear with their first event.
 pub const JOB_SERIES_UP_TO: usize = 1_000;
 
-/// A job was removed: no expectation of success any more.
+/// A job was removed: no success is due any more.
 pub fn job_gone(job: &str) {
-    gauge!(EXPECTED_INTERVAL, "job" => job.to_string()).set(0.0);
+    gauge!(SUCCESS_DUE, "job_id" => job.to_string()).set(0.0);
 }
 
-/// A job is known to the scheduler: its per-job series start at zero.
-/// `interval` is the gap between its next two fire times (None when
-/// disabled or never firing).
-pub fn job_known(job: &str, interval: Option<Duration>) {
+/// When the job's next success is due (its next fire), or None if it is
+/// disabled or never fires again.
+pub fn success_due(job: &str, next_fire: Option<chrono::DateTime<chrono::Utc>>) {
+    let at = next_fire.map_or(0.0, |t| t.timestamp_millis() as f64 / 1000.0);
+    gauge!(SUCCESS_DUE, "job_id" => job.to_string()).set(at);
+}
+
+/// A job is known to the scheduler (loaded or edited): its per-job series
+/// start at zero, and its next success is due at its next fire.
+pub fn job_known(job: &str, next_fire: Option<chrono::DateTime<chrono::Utc>>) {
     let job = job.to_string();
     for status in STATUSES {
-        counter!(RUNS, "job" => job.clone(), "status" => *status).increment(0);
+        counter!(RUNS, "job_id" => job.clone(), "status" => *status).increment(0);
     }
     for reason in SKIP_REASONS {
-        counter!(SKIPPED_TICKS, "job" => job.clone(), "reason" => *reason).increment(0);
+        counter!(SKIPPED_TICKS, "job_id" => job.clone(), "reason" => *reason).increment(0);
     }
-    counter!(RETRIES, "job" => job.clone()).increment(0);
-    match interval {
-        Some(i) => gauge!(EXPECTED_INTERVAL, "job" => job).set(i.as_secs_f64()),
-        // metrics has no "remove"; 0 reads as "no expectation" in the rules.
-        None => gauge!(EXPECTED_INTERVAL, "job" => job).set(0.0),
-    }
+    counter!(RETRIES, "job_id" => job.clone()).increment(0);
+    success_due(&job, next_fire);
 }
 
 /// A run reached its final status.
@@ -255,18 +263,18 @@ pub fn run_ended(job: &str, status: RunStatus, duration: Option<Duration>, finis
         // Not final: nothing to count.
         _ => return,
     };
-    counter!(RUNS, "job" => job.clone(), "status" => status_label).increment(1);
+    counter!(RUNS, "job_id" => job.clone(), "status" => status_label).increment(1);
     if let Some(d) = duration {
-        metrics::histogram!(RUN_DURATION, "job" => job.clone()).record(d.as_secs_f64());
+        metrics::histogram!(RUN_DURATION, "job_id" => job.clone()).record(d.as_secs_f64());
     }
     if status == RunStatus::Success {
-        gauge!(LAST_SUCCESS, "job" => job).set(finished_unix);
+        gauge!(LAST_SUCCESS, "job_id" => job).set(finished_unix);
     }
 }
 
 /// A scheduled run started this late.
 pub fn run_started_late(job: &str, lateness: Duration) {
-    metrics::histogram!(LATENESS, "job" => job.to_string()).record(lateness.as_secs_f64());
+    metrics::histogram!(LATENESS, "job_id" => job.to_string()).record(lateness.as_secs_f64());
 }
 
 pub fn ticks_skipped(job: &str, reason: SkipReason, count: u64, after_offline: bool) {
@@ -275,11 +283,11 @@ pub fn ticks_skipped(job: &str, reason: SkipReason, count: u64, after_offline: b
     } else {
         reason.as_str()
     };
-    counter!(SKIPPED_TICKS, "job" => job.to_string(), "reason" => reason).increment(count);
+    counter!(SKIPPED_TICKS, "job_id" => job.to_string(), "reason" => reason).increment(count);
 }
 
 pub fn retried(job: &str) {
-    counter!(RETRIES, "job" => job.to_string()).increment(1);
+    counter!(RETRIES, "job_id" => job.to_string()).increment(1);
 }
 
 pub fn queue_sampled(depth: u64, pending: u64, retries_waiting: u64) {

@@ -648,6 +648,7 @@ fn attempt_done(
             record.status = RunStatus::Success;
             record.counts = counts;
             record.error = None;
+            success_due(&request.job, now);
             settle(state, record, request.entry_id);
         }
         AttemptOutcome::Cancelled => {
@@ -743,6 +744,9 @@ fn fan_out_done(state: &mut PoolState, run_id: RunId, report: DeliveryReport) {
     if let Some(drain) = &mut state.draining {
         drain.report.finished += 1;
     }
+    if record.status == RunStatus::Success {
+        success_due(&d.request.job, now);
+    }
     settle(state, record, d.request.entry_id);
 }
 
@@ -780,6 +784,12 @@ fn settle_cancelled(state: &mut PoolState, request: RunRequest, why: &str) {
     record.retry_at = None;
     record.error = Some(why.to_string());
     settle(state, record, request.entry_id);
+}
+
+/// A success: the job's next one is due at its next fire.
+fn success_due(job: &JobSpec, now: DateTime<Utc>) {
+    let next = job.enabled.then(|| job.schedule.next_after(now)).flatten();
+    telemetry::success_due(&job.id, next);
 }
 
 /// Writes a final record, acknowledges its queue entry (after the record),

@@ -120,49 +120,51 @@ async fn a_retried_run_counts_once_as_success_with_its_retry_lateness_and_delive
     assert_eq!(
         value(
             "herald_runs_total",
-            r#"job="metrics-flaky",status="failed""#
+            r#"job_id="metrics-flaky",status="failed""#
         ),
         Some(0.0)
     );
-    assert_eq!(
-        value(
-            "herald_job_expected_interval_seconds",
-            r#"job="metrics-flaky""#
-        ),
-        Some(1.0),
-        "a job firing every second is expected to succeed every second"
+    let due = value(
+        "herald_job_success_due_timestamp_seconds",
+        r#"job_id="metrics-flaky""#,
+    )
+    .unwrap_or(0.0);
+    let now = chrono::Utc::now().timestamp_millis() as f64 / 1000.0;
+    assert!(
+        (now - 1.0..=now + 1.0).contains(&due),
+        "a job firing every second has its next success due within a second ({due} vs {now})"
     );
 
     metric_reaches(
         "herald_runs_total",
-        r#"job="metrics-flaky",status="success""#,
+        r#"job_id="metrics-flaky",status="success""#,
         1.0,
     )
     .await;
     herald.shutdown().await;
 
     assert_eq!(
-        value("herald_retries_total", r#"job="metrics-flaky""#),
+        value("herald_retries_total", r#"job_id="metrics-flaky""#),
         Some(1.0),
         "only the first attempt failed"
     );
     assert_eq!(
         value(
             "herald_runs_total",
-            r#"job="metrics-flaky",status="failed""#
+            r#"job_id="metrics-flaky",status="failed""#
         ),
         Some(0.0),
         "a retried attempt is not a failed run"
     );
     let lateness = value(
         "herald_schedule_lateness_seconds_count",
-        r#"job="metrics-flaky""#,
+        r#"job_id="metrics-flaky""#,
     )
     .unwrap_or(0.0);
     assert!(lateness >= 1.0, "lateness recorded per scheduled run");
     let on_time = value(
         "herald_schedule_lateness_seconds_bucket",
-        r#"job="metrics-flaky",le="1""#,
+        r#"job_id="metrics-flaky",le="1""#,
     )
     .unwrap_or(0.0);
     assert!(
@@ -172,20 +174,29 @@ async fn a_retried_run_counts_once_as_success_with_its_retry_lateness_and_delive
     assert!(
         value(
             "herald_run_duration_seconds_count",
-            r#"job="metrics-flaky""#
+            r#"job_id="metrics-flaky""#
         )
         .unwrap_or(0.0)
             >= 1.0
     );
     let last = value(
         "herald_job_last_success_timestamp_seconds",
-        r#"job="metrics-flaky""#,
+        r#"job_id="metrics-flaky""#,
     )
     .unwrap_or(0.0);
     let now = chrono::Utc::now().timestamp() as f64;
     assert!(
         (now - 30.0..=now + 1.0).contains(&last),
         "last success {last} is a Unix time of the last few seconds ({now})"
+    );
+    let due_after = value(
+        "herald_job_success_due_timestamp_seconds",
+        r#"job_id="metrics-flaky""#,
+    )
+    .unwrap_or(0.0);
+    assert!(
+        due_after > last && due_after <= last + 1.5,
+        "after a success the next is due at the next fire ({due_after} vs last success {last})"
     );
     let delivered = value_or_zero(
         "herald_deliveries_total",
@@ -208,7 +219,7 @@ async fn ticks_skipped_for_overlap_and_a_failed_run_count_by_reason_and_status()
     let herald = tree(vec![slow, failing], None).await;
     metric_reaches(
         "herald_skipped_ticks_total",
-        r#"job="metrics-slow",reason="overlap""#,
+        r#"job_id="metrics-slow",reason="overlap""#,
         1.0,
     )
     .await;
@@ -221,26 +232,26 @@ async fn ticks_skipped_for_overlap_and_a_failed_run_count_by_reason_and_status()
     assert_eq!(finished(&herald, &run).await.status, RunStatus::Failed);
     metric_reaches(
         "herald_runs_total",
-        r#"job="metrics-failing",status="failed""#,
+        r#"job_id="metrics-failing",status="failed""#,
         1.0,
     )
     .await;
     assert_eq!(
         value(
             "herald_skipped_ticks_total",
-            r#"job="metrics-slow",reason="misfire""#
+            r#"job_id="metrics-slow",reason="misfire""#
         ),
         Some(0.0)
     );
     assert_eq!(
-        value("herald_retries_total", r#"job="metrics-failing""#),
+        value("herald_retries_total", r#"job_id="metrics-failing""#),
         Some(0.0),
         "one attempt allowed: nothing retried"
     );
     assert_eq!(
         value(
             "herald_schedule_lateness_seconds_count",
-            r#"job="metrics-failing""#
+            r#"job_id="metrics-failing""#
         ),
         None,
         "a manual run has no lateness"
