@@ -20,7 +20,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use herald_actors::notifier::{DryRun, TelegramLimits, Transport};
 use herald_actors::schedule::{Schedule, parse_zone};
 use herald_actors::spawn_tree;
@@ -45,6 +45,9 @@ enum Command {
     Run {
         #[arg(long, default_value = config::DEFAULT_PATH)]
         config: PathBuf,
+        /// How log lines on stderr look (RUST_LOG filters them; default info).
+        #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
     },
     /// Validate a config file: print every problem (exit 2) or a summary.
     Check {
@@ -77,7 +80,7 @@ fn main() -> ExitCode {
             count,
         } => next(&expr, &tz, after.as_deref(), count),
         Command::Check { config } => check(&config),
-        Command::Run { config } => run(&config),
+        Command::Run { config, log_format } => run(&config, log_format),
     }
 }
 
@@ -124,8 +127,8 @@ fn check(path: &std::path::Path) -> ExitCode {
     }
 }
 
-fn run(path: &std::path::Path) -> ExitCode {
-    init_logging();
+fn run(path: &std::path::Path, log_format: LogFormat) -> ExitCode {
+    init_logging(log_format);
     let settings = match config::load(path) {
         Ok(s) => s,
         Err(problems) => {
@@ -328,17 +331,36 @@ fn usage_error(e: impl std::fmt::Display) -> ExitCode {
     ExitCode::from(EXIT_USAGE)
 }
 
-fn init_logging() {
+/// The shape of `herald run`'s log lines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines: time, level, spans, message, key=value fields.
+    Text,
+    /// One JSON object per line: timestamp, level, target, the event's
+    /// fields (message among them), span (the innermost span and its
+    /// fields) and spans (every enclosing span, outermost first).
+    Json,
+}
+
+fn init_logging(format: LogFormat) {
     use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    // A log line that cannot be written (stderr closed: a dead pipe,
+    // journald restarting) is dropped. Reporting it would go to the same
+    // closed stderr through eprintln!, which panics.
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        // A log line that cannot be written (stderr closed: a dead pipe,
-        // journald restarting) is dropped. Reporting it would go to the
-        // same closed stderr through eprintln!, which panics.
-        .log_internal_errors(false)
-        .init();
+        .log_internal_errors(false);
+    match format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder
+            .json()
+            .with_ansi(false)
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(true)
+            .init(),
+    }
 }

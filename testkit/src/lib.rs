@@ -2,7 +2,8 @@
 //!
 //! * [`RedisServer`]: a real `redis-server` (no persistence), which a test
 //!   can stop, restart on the same port, or freeze (SIGSTOP: the port
-//!   accepts connections and nothing answers) and thaw.
+//!   accepts connections and nothing answers) and thaw; optionally with a
+//!   password ([`RedisServer::start_with_password`]).
 //! * [`food`]: a fake food ordering service and an OpenAI-compatible
 //!   completions API, for the food reminder.
 
@@ -21,6 +22,8 @@ pub struct RedisServer {
     port: u16,
     child: Option<Child>,
     dir: PathBuf,
+    /// `--requirepass`, if any.
+    password: Option<String>,
 }
 
 /// A port nothing listens on right now.
@@ -32,6 +35,18 @@ pub fn free_port() -> u16 {
 impl RedisServer {
     /// Starts a server and waits until it answers PING.
     pub fn start() -> RedisServer {
+        Self::start_inner(None)
+    }
+
+    /// Starts a server that requires `password` (`--requirepass`): a client
+    /// must `AUTH` before any other command. [`RedisServer::url`] then
+    /// carries the password (not percent-encoded: use URL-safe characters);
+    /// a restart keeps it.
+    pub fn start_with_password(password: &str) -> RedisServer {
+        Self::start_inner(Some(password.to_string()))
+    }
+
+    fn start_inner(password: Option<String>) -> RedisServer {
         let port = free_port();
         let dir = std::env::temp_dir().join(format!("herald-redis-{}-{port}", std::process::id()));
         let _ = std::fs::create_dir_all(&dir);
@@ -39,13 +54,18 @@ impl RedisServer {
             port,
             child: None,
             dir,
+            password,
         };
         server.spawn();
         server
     }
 
     fn spawn(&mut self) {
-        let child = Command::new("redis-server")
+        let mut command = Command::new("redis-server");
+        if let Some(password) = &self.password {
+            command.args(["--requirepass", password]);
+        }
+        let child = command
             .args([
                 "--port",
                 &self.port.to_string(),
@@ -78,21 +98,52 @@ impl RedisServer {
         self.port
     }
 
+    /// `redis://127.0.0.1:PORT`, or `redis://:PASSWORD@127.0.0.1:PORT` for
+    /// a server started with a password.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        match &self.password {
+            None => format!("redis://127.0.0.1:{}", self.port),
+            Some(password) => format!("redis://:{password}@127.0.0.1:{}", self.port),
+        }
     }
 
-    /// Sends PING over a raw socket; true on +PONG.
+    /// Sends PING over a raw socket (after `AUTH` when the server has a
+    /// password); true on +PONG.
     pub fn answers_ping(&self) -> bool {
         let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)) else {
             return false;
         };
         let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
-        if stream.write_all(b"PING\r\n").is_err() {
+        let Some(password) = &self.password else {
+            if stream.write_all(b"PING\r\n").is_err() {
+                return false;
+            }
+            let mut buf = [0u8; 16];
+            return matches!(stream.read(&mut buf), Ok(n) if buf[..n].starts_with(b"+PONG"));
+        };
+        // AUTH and PING as RESP arrays (the password may hold spaces).
+        let mut request = format!("*2\r\n$4\r\nAUTH\r\n${}\r\n", password.len()).into_bytes();
+        request.extend_from_slice(password.as_bytes());
+        request.extend_from_slice(b"\r\n*1\r\n$4\r\nPING\r\n");
+        if stream.write_all(&request).is_err() {
             return false;
         }
-        let mut buf = [0u8; 16];
-        matches!(stream.read(&mut buf), Ok(n) if buf[..n].starts_with(b"+PONG"))
+        // "+OK\r\n+PONG\r\n", possibly in several reads.
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 64];
+        while answer.len() < 64 {
+            match stream.read(&mut buf) {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+            if answer.starts_with(b"+OK\r\n+PONG") {
+                return true;
+            }
+            if answer.starts_with(b"-") || answer.windows(3).any(|w| w == b"\r\n-") {
+                return false;
+            }
+        }
+        false
     }
 
     /// Kills the server (its data is gone: no persistence).
