@@ -24,17 +24,17 @@ use metrics::{Unit, counter, describe_counter, describe_gauge, describe_histogra
 use crate::record::{RunStatus, SkipReason};
 
 pub const BUILD_INFO: &str = "herald_build_info";
-/// Counter {job, status}: runs that ended, by final status
+/// Counter {job_id, status}: runs that ended, by final status
 /// (`success`, `failed`, `cancelled`).
 pub const RUNS: &str = "herald_runs_total";
-/// Histogram {job}: a run's duration: its last attempt's start to its
+/// Histogram {job_id}: a run's duration: its last attempt's start to its
 /// final status (deliveries included).
 pub const RUN_DURATION: &str = "herald_run_duration_seconds";
-/// Histogram {job}: a scheduled run's start minus its scheduled time.
+/// Histogram {job_id}: a scheduled run's start minus its scheduled time.
 pub const LATENESS: &str = "herald_schedule_lateness_seconds";
-/// Counter {job, reason}: ticks that did not run, by reason.
+/// Counter {job_id, reason}: ticks that did not run, by reason.
 pub const SKIPPED_TICKS: &str = "herald_skipped_ticks_total";
-/// Counter {job}: failed attempts that were retried.
+/// Counter {job_id}: failed attempts that were retried.
 pub const RETRIES: &str = "herald_retries_total";
 /// Gauge: entries in the Redis run queue (not yet acknowledged).
 pub const QUEUE_DEPTH: &str = "herald_queue_depth";
@@ -68,7 +68,7 @@ pub const REDIS_DURATION: &str = "herald_redis_command_duration_seconds";
 pub const STORE_BUFFERED: &str = "herald_execution_store_buffered";
 /// Counter: execution-store writes dropped because the buffer was full.
 pub const STORE_DROPPED: &str = "herald_execution_store_dropped_total";
-/// Gauge {job}: Unix time of the job's last successful run.
+/// Gauge {job_id}: Unix time of the job's last successful run.
 pub const LAST_SUCCESS: &str = "herald_job_last_success_timestamp_seconds";
 /// Gauge {job_id}: Unix time by which the job's next success is due: its
 /// next fire time after its last success (or after start-up or an edit);
