@@ -24,7 +24,7 @@
 //! admin token from the environment). Loopback only; every child is killed
 //! when dropped.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -102,11 +102,7 @@ impl Drop for Daemon {
     }
 }
 
-fn tail(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(40)..].join("\n")
-}
+use herald_testkit::log_tail as tail;
 
 /// One API exchange, kept for the secret check.
 struct Answer {

@@ -73,12 +73,7 @@ impl Drop for Guard {
     }
 }
 
-/// The last 40 lines of a log file, for failure messages.
-fn tail(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(40)..].join("\n")
-}
+use herald_testkit::log_tail as tail;
 
 /// Runs `promtool` with `args` (and `stdin`, if any).
 fn promtool(args: &[&str], stdin: Option<&[u8]>) -> Output {

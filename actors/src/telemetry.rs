@@ -22,6 +22,7 @@ use std::time::Duration;
 use metrics::{Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge};
 
 use crate::record::{RunStatus, SkipReason};
+use crate::supervisor::Child;
 
 pub const BUILD_INFO: &str = "herald_build_info";
 /// Counter {job_id, status}: runs that ended, by final status
@@ -97,13 +98,9 @@ pub const HISTOGRAMS: &[(&str, &[f64])] = &[
     (REDIS_DURATION, REDIS_BUCKETS),
 ];
 
-pub const ACTORS: &[&str] = &[
-    "execution_store",
-    "notifier",
-    "worker_pool",
-    "scheduler",
-    "worker",
-];
+/// The pool's workers, restarted by the pool (the other actors are the
+/// supervisor's children, named by [`Child::name`]).
+pub const WORKER_ACTOR: &str = "worker";
 const STATUSES: &[&str] = &["success", "failed", "cancelled"];
 /// Reasons a tick did not run. `offline` is a tick that nobody ran
 /// because the daemon that owned it while Redis was unreachable died, found
@@ -200,8 +197,8 @@ pub fn describe() {
         "Unix time by which the job's next success is due (its next fire after the last success); 0 when disabled."
     );
 
-    for actor in ACTORS {
-        counter!(ACTOR_RESTARTS, "actor" => *actor).absolute(0);
+    for actor in Child::ALL.iter().map(|c| c.name()).chain([WORKER_ACTOR]) {
+        counter!(ACTOR_RESTARTS, "actor" => actor).absolute(0);
     }
     for channel in CHANNELS {
         for outcome in OUTCOMES {

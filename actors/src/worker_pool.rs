@@ -436,7 +436,7 @@ impl Actor for WorkerPool {
         };
         tracing::warn!(worker = index, %reason, "worker died; replacing it");
         state.worker_restarts += 1;
-        telemetry::actor_restarted("worker");
+        telemetry::actor_restarted(telemetry::WORKER_ACTOR);
         let slot = spawn_worker(&myself, &state.args, index).await?;
         let lost = std::mem::replace(&mut state.slots[index], slot).busy;
         if let Some(request) = lost {
