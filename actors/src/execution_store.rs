@@ -163,6 +163,9 @@ pub type StoreArgs = Arc<StoreData>;
 /// One write to the store.
 pub enum StoreWrite {
     Record(Box<ExecutionRecord>),
+    /// A record Redis already holds (the enqueue script wrote it): kept
+    /// in memory only.
+    CachedRecord(Box<ExecutionRecord>),
     Skipped(SkippedTicks),
     LastTick {
         job_id: String,
@@ -259,6 +262,9 @@ impl StoreData {
             StoreWrite::RemoveJob(id) => {
                 self.mem().remove_job(&id);
                 queued.push(PendingWrite::RemoveJob(id));
+            }
+            StoreWrite::CachedRecord(r) => {
+                self.mem().put_record(*r);
             }
             StoreWrite::CachedJob(spec) => {
                 self.mem().put_job(spec);

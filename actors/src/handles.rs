@@ -170,6 +170,12 @@ impl StoreHandle {
         self.write(StoreWrite::RemoveJob(id));
     }
 
+    /// Memory only: a record Redis already holds (written by the enqueue
+    /// script). Forward-only like every record write.
+    pub fn cache_record(&self, record: ExecutionRecord) {
+        self.write(StoreWrite::CachedRecord(Box::new(record)));
+    }
+
     /// Memory only: a job as read back from Redis.
     pub fn cache_job(&self, spec: Arc<JobSpec>) {
         self.write(StoreWrite::CachedJob(spec));

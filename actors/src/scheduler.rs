@@ -37,8 +37,6 @@ const RESUBMIT_AFTER: Duration = Duration::from_millis(200);
 const RESYNC_SETTLE: Duration = Duration::from_secs(1);
 /// How often a tick held by queue_one checks whether its job is idle.
 const QUEUED_RECHECK: Duration = Duration::from_secs(1);
-/// Pause before asking again about claims whose outcome was lost.
-const CLAIM_RETRY_AFTER: Duration = Duration::from_millis(100);
 /// Pause before sending again an enqueue whose outcome was lost.
 const REENQUEUE_AFTER: Duration = Duration::from_millis(500);
 /// Enqueues awaiting confirmation kept at most; past it the oldest is
@@ -478,52 +476,13 @@ fn owns_offline(cluster: &Cluster, health: &Health, job_id: &str) -> bool {
 
 type Fire = (Arc<JobSpec>, DateTime<Utc>, Trigger);
 
-/// Splits fires into those this daemon should start (with Redis, those
-/// whose tick it claimed; offline, those of the jobs it owns, claimed on
-/// return) and those whose claim got no answer.
-async fn claim(state: &mut SchedulerState, fires: Vec<Fire>) -> (Vec<Fire>, Vec<Fire>) {
+/// Offline with Redis configured: keeps the fires of the jobs this daemon
+/// owns, and queues a claim of each tick, written on return, so no other
+/// daemon runs it again. (Online, the claim-guarded enqueue claims.)
+fn claim_offline(state: &mut SchedulerState, fires: Vec<Fire>) -> Vec<Fire> {
     let (Some(cluster), Some(health)) = (state.args.cluster.clone(), state.health.clone()) else {
-        return (fires, Vec::new());
+        return fires;
     };
-    if fires.is_empty() {
-        return (fires, Vec::new());
-    }
-    if health.mode == Mode::Online {
-        let ticks: Vec<(String, DateTime<Utc>)> =
-            fires.iter().map(|(j, at, _)| (j.id.clone(), *at)).collect();
-        let started = tokio::time::Instant::now();
-        let mut claimed = cluster.redis.claim_ticks(&ticks, &cluster.daemon_id).await;
-        telemetry::redis_round_trip("claim", started.elapsed(), claimed.is_ok());
-        if claimed.is_err() {
-            // Claims are idempotent: asking again settles whether the first
-            // attempt took.
-            tokio::time::sleep(CLAIM_RETRY_AFTER).await;
-            let started = tokio::time::Instant::now();
-            claimed = cluster.redis.claim_ticks(&ticks, &cluster.daemon_id).await;
-            telemetry::redis_round_trip("claim", started.elapsed(), claimed.is_ok());
-        }
-        match claimed {
-            Ok(won) => {
-                let mut kept = Vec::new();
-                for (fire, won) in fires.into_iter().zip(won) {
-                    if won {
-                        kept.push(fire);
-                    } else {
-                        state.timetable.not_started(&fire.0.id);
-                    }
-                }
-                return (kept, Vec::new());
-            }
-            Err(e) => {
-                // Ours may have been applied before the error, and another
-                // daemon's may be succeeding: neither running them here
-                // nor dropping them is safe. The claim-guarded enqueue,
-                // sent until Redis answers, settles who runs each.
-                tracing::warn!(error = %e, ticks = ticks.len(), "tick claims not confirmed; settling them through the queue");
-                return (Vec::new(), fires);
-            }
-        }
-    }
     let mut kept = Vec::new();
     for fire in fires {
         if owns_offline(&cluster, &health, &fire.0.id) {
@@ -536,7 +495,7 @@ async fn claim(state: &mut SchedulerState, fires: Vec<Fire>) -> (Vec<Fire>, Vec<
             state.timetable.not_started(&fire.0.id);
         }
     }
-    (kept, Vec::new())
+    kept
 }
 
 /// Sets the one timer for the earliest due job, if it changed.
@@ -603,35 +562,37 @@ async fn execute(
             }
         }
     }
-    let (fires, unsure) = claim(state, fires).await;
-    if !unsure.is_empty() {
-        let records = unsure
-            .into_iter()
-            .map(|(job, scheduled_at, trigger)| {
-                let run_id = RunId::for_tick(&job.id, scheduled_at);
-                pending_record(state, &job, run_id, scheduled_at, trigger, true)
-            })
-            .collect();
-        keep_unconfirmed(myself, state, records, true);
-    }
     let online = state.args.cluster.is_some()
         && state
             .health
             .as_ref()
             .is_some_and(|h| h.mode == Mode::Online);
     if !online {
-        for (job, scheduled_at, trigger) in fires {
+        for (job, scheduled_at, trigger) in claim_offline(state, fires) {
             let run_id = RunId::for_tick(&job.id, scheduled_at);
             start_run(myself, state, job, run_id, scheduled_at, trigger);
         }
         return;
     }
-    // Online: the runs go onto the shared queue, one pipeline for all.
+    // Online: one script per tick claims it and, if the claim is (or
+    // already was) this daemon's, writes the PENDING record and queues the
+    // run, all at once; one pipeline for all ticks due. Claim and enqueue
+    // in one step: a daemon killed between the two would otherwise hold a
+    // claim no run ever follows, and the tick would be lost.
     let records: Vec<ExecutionRecord> = fires
         .into_iter()
         .map(|(job, scheduled_at, trigger)| {
             let run_id = RunId::for_tick(&job.id, scheduled_at);
-            pending_record(state, &job, run_id, scheduled_at, trigger, true)
+            let mut record = ExecutionRecord::pending(
+                run_id,
+                &job.id,
+                trigger,
+                scheduled_at,
+                job.retry.max_attempts,
+                Utc::now(),
+            );
+            record.queued = true;
+            record
         })
         .collect();
     enqueue(myself, state, records, false).await;
@@ -667,10 +628,13 @@ async fn enqueue(
     telemetry::redis_round_trip("enqueue", started.elapsed(), enqueued.is_ok());
     match enqueued {
         Ok(queued) => {
-            for (record, queued) in records.iter().zip(queued) {
-                if !queued {
+            for (record, queued) in records.into_iter().zip(queued) {
+                if queued {
+                    // The script wrote it to Redis; memory learns of it.
+                    state.args.store.cache_record(record);
+                } else {
                     // Another daemon holds the tick and runs it.
-                    tracing::warn!(run = %record.run_id, "tick claimed elsewhere before it was queued; not running it here");
+                    tracing::debug!(run = %record.run_id, "tick claimed by another daemon");
                     if !again {
                         state.timetable.not_started(&record.job_id);
                     }
@@ -720,9 +684,8 @@ fn pending_record(
     run_id: RunId,
     scheduled_at: DateTime<Utc>,
     trigger: Trigger,
-    queued: bool,
 ) -> ExecutionRecord {
-    let mut record = ExecutionRecord::pending(
+    let record = ExecutionRecord::pending(
         run_id,
         &job.id,
         trigger,
@@ -730,7 +693,6 @@ fn pending_record(
         job.retry.max_attempts,
         Utc::now(),
     );
-    record.queued = queued;
     state.args.store.put_record(record.clone());
     record
 }
@@ -743,7 +705,7 @@ fn start_run(
     scheduled_at: DateTime<Utc>,
     trigger: Trigger,
 ) {
-    let record = pending_record(state, &job, run_id, scheduled_at, trigger, false);
+    let record = pending_record(state, &job, run_id, scheduled_at, trigger);
     submit(
         myself,
         state,

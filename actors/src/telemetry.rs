@@ -115,7 +115,7 @@ pub const SKIP_REASONS: &[&str] = &[
 ];
 pub const CHANNELS: &[&str] = &["dm", "save", "webhook", "dry_run"];
 pub const OUTCOMES: &[&str] = &["sent", "failed", "deactivated", "skipped"];
-pub const REDIS_OPS: &[&str] = &["heartbeat", "store", "queue_depth", "claim", "enqueue"];
+pub const REDIS_OPS: &[&str] = &["heartbeat", "store", "queue_depth", "enqueue"];
 
 /// Help texts and units for every metric, and the label-free series at
 /// zero. Call once after installing the recorder.
