@@ -1,7 +1,8 @@
 //! Test support for herald: real servers on free loopback ports.
 //!
-//! * [`RedisServer`]: a real `redis-server` (no persistence), which a test
-//!   can stop, restart on the same port, or freeze (SIGSTOP: the port
+//! * [`RedisServer`]: a real `redis-server` (no persistence, unless started
+//!   with [`RedisServer::start_persistent`]), which a test can stop,
+//!   restart on the same port, or freeze (SIGSTOP: the port
 //!   accepts connections and nothing answers) and thaw; optionally with a
 //!   password ([`RedisServer::start_with_password`]).
 //! * [`food`]: a fake food ordering service and an OpenAI-compatible
@@ -24,6 +25,8 @@ pub struct RedisServer {
     dir: PathBuf,
     /// `--requirepass`, if any.
     password: Option<String>,
+    /// Append-only file on: data outlives a stop and start.
+    persistent: bool,
 }
 
 /// A port nothing listens on right now.
@@ -46,7 +49,19 @@ impl RedisServer {
         Self::start_inner(Some(password.to_string()))
     }
 
+    /// Starts a server with the append-only file on (`appendfsync
+    /// everysec`, Redis's recommended setting), as a production Redis
+    /// holding herald's state runs: [`RedisServer::shut_down`] then
+    /// [`RedisServer::start_again`] keeps the data.
+    pub fn start_persistent() -> RedisServer {
+        Self::start_with(None, true)
+    }
+
     fn start_inner(password: Option<String>) -> RedisServer {
+        Self::start_with(password, false)
+    }
+
+    fn start_with(password: Option<String>, persistent: bool) -> RedisServer {
         let port = free_port();
         let dir = std::env::temp_dir().join(format!("herald-redis-{}-{port}", std::process::id()));
         let _ = std::fs::create_dir_all(&dir);
@@ -55,6 +70,7 @@ impl RedisServer {
             child: None,
             dir,
             password,
+            persistent,
         };
         server.spawn();
         server
@@ -74,7 +90,7 @@ impl RedisServer {
                 "--save",
                 "",
                 "--appendonly",
-                "no",
+                if self.persistent { "yes" } else { "no" },
                 "--dir",
             ])
             .arg(&self.dir)
@@ -151,6 +167,30 @@ impl RedisServer {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+    }
+
+    /// Stops the server the way an operator does (SIGTERM: it writes what
+    /// it holds, then exits) and waits for it to exit.
+    pub fn shut_down(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !matches!(child.try_wait(), Ok(Some(_))) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts a stopped server again on the same port and directory (with
+    /// the append-only file of [`RedisServer::start_persistent`], its data).
+    pub fn start_again(&mut self) {
+        if self.child.is_none() {
+            self.spawn();
         }
     }
 
