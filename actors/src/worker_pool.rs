@@ -938,10 +938,6 @@ async fn read_queue(pool: ActorRef<PoolMsg>, q: QueueArgs, mut capacity: watch::
             last_reclaim = Instant::now();
             match q.redis.reclaim(&q.consumer, q.visibility, free).await {
                 Ok(entries) if !entries.is_empty() => {
-                    tracing::info!(
-                        runs = entries.len(),
-                        "taking over runs another daemon left unacknowledged past the visibility timeout"
-                    );
                     telemetry::reclaimed(entries.len());
                     if pool
                         .cast(PoolMsg::FromQueue {
