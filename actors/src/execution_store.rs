@@ -10,7 +10,7 @@
 //! while online (after a flush, so they see this daemon's own writes) and
 //! from memory while offline. Handlers never fail.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -105,6 +105,38 @@ fn is_critical(write: &PendingWrite) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::record::{RunStatus, Trigger};
+
+    #[test]
+    fn a_batch_writes_each_run_once_at_its_latest_position() {
+        let at = Utc::now();
+        let rec = |run: &str, status: RunStatus| {
+            let mut r =
+                ExecutionRecord::pending(RunId(run.into()), "j", Trigger::Schedule, at, 1, at);
+            r.status = status;
+            PendingWrite::Record(Box::new(r))
+        };
+        let ack = |id: &str| PendingWrite::Ack {
+            entry_id: id.into(),
+        };
+        let batch = vec![
+            rec("a", RunStatus::Running),
+            rec("b", RunStatus::Running),
+            rec("a", RunStatus::Success),
+            ack("1-0"),
+            rec("c", RunStatus::Running),
+        ];
+        let kept = latest_records_only(batch);
+        assert_eq!(
+            kept,
+            vec![
+                rec("b", RunStatus::Running),
+                rec("a", RunStatus::Success),
+                ack("1-0"),
+                rec("c", RunStatus::Running),
+            ]
+        );
+    }
 
     #[test]
     fn overflow_drops_history_before_claims_acks_and_retries() {
@@ -373,6 +405,8 @@ impl StoreState {
             if batch.is_empty() {
                 return;
             }
+            let taken = batch.len();
+            let batch = latest_records_only(batch);
             let started = tokio::time::Instant::now();
             let applied = link.store.apply(&batch).await;
             crate::telemetry::redis_round_trip("store", started.elapsed(), applied.is_ok());
@@ -380,7 +414,7 @@ impl StoreState {
                 Ok(_) => {
                     let mut pending = link.pending.lock().unwrap_or_else(|p| p.into_inner());
                     // Only this actor removes writes, so the front is this batch.
-                    let n = batch.len().min(pending.writes.len());
+                    let n = taken.min(pending.writes.len());
                     pending.writes.drain(..n);
                 }
                 Err(e) => {
@@ -405,6 +439,31 @@ impl StoreState {
             self.data.clear_flush_request();
         }
     }
+}
+
+/// Drops a record write when a later write of the same run follows in the
+/// batch: record writes only move forward, so the later one carries all
+/// the earlier said, at a position still before the writes that depend on
+/// it (an ack follows its final record). Under load a run's RUNNING and
+/// final records often meet in one batch, and Redis is written once.
+fn latest_records_only(batch: Vec<PendingWrite>) -> Vec<PendingWrite> {
+    let mut seen: HashSet<&RunId> = HashSet::new();
+    let mut keep = vec![true; batch.len()];
+    for (i, w) in batch.iter().enumerate().rev() {
+        if let PendingWrite::Record(r) = w
+            && !seen.insert(&r.run_id)
+        {
+            keep[i] = false;
+        }
+    }
+    if keep.iter().all(|k| *k) {
+        return batch;
+    }
+    batch
+        .into_iter()
+        .zip(keep)
+        .filter_map(|(w, k)| k.then_some(w))
+        .collect()
 }
 
 impl Actor for ExecutionStore {

@@ -106,6 +106,14 @@ struct Delivering {
     counts: Counts,
 }
 
+/// Prefetch (see [`PoolState::prefetch`]) while the moving average of
+/// attempts' run time is below this.
+const PREFETCH_BELOW_MS: f64 = 50.0;
+const PREFETCH_MIN: usize = 16;
+const PREFETCH_MAX: usize = 64;
+/// Weight of the latest attempt in the moving average of run time.
+const RUN_TIME_WEIGHT: f64 = 0.3;
+
 /// How often the pool checks that the Notifier still has its fan-outs.
 const CHECK_FAN_OUTS_EVERY: Duration = Duration::from_secs(5);
 
@@ -171,8 +179,12 @@ pub struct PoolState {
     known: HashSet<RunId>,
     draining: Option<Draining>,
     worker_restarts: u64,
-    /// Idle workers not spoken for: how many entries the reader may take.
+    /// Idle workers not spoken for, plus the prefetch allowance: how many
+    /// entries the reader may take.
     capacity: watch::Sender<usize>,
+    /// Moving average of recent attempts' run time (ms): prefetching is
+    /// only for short runs.
+    recent_run_ms: f64,
     _reader: Option<AbortOnDrop>,
     _toucher: Option<AbortOnDrop>,
     _fan_out_checker: AbortOnDrop,
@@ -184,13 +196,26 @@ impl PoolState {
         let free = if self.draining.is_some() {
             0
         } else {
-            idle.saturating_sub(self.queue.len())
+            (idle + self.prefetch()).saturating_sub(self.queue.len())
         };
         self.capacity.send_if_modified(|c| {
             let changed = *c != free;
             *c = free;
             changed
         });
+    }
+
+    /// Entries read beyond the idle workers, so the next runs are at hand
+    /// when workers free up instead of a read round trip later: one read
+    /// serves many runs even at concurrency 1. Only while recent runs are
+    /// short: behind long runs a prefetched entry would wait here while
+    /// another daemon sits idle.
+    fn prefetch(&self) -> usize {
+        if self.recent_run_ms < PREFETCH_BELOW_MS {
+            self.slots.len().clamp(PREFETCH_MIN, PREFETCH_MAX)
+        } else {
+            0
+        }
     }
 
     /// Queue entries this pool holds (running, waiting in the local
@@ -259,6 +284,8 @@ impl Actor for WorkerPool {
             draining: None,
             worker_restarts: 0,
             capacity,
+            // No prefetch until a short run has been seen.
+            recent_run_ms: PREFETCH_BELOW_MS,
             _reader: reader,
             _toucher: toucher,
         };
@@ -588,6 +615,10 @@ fn attempt_done(
     record.duration_ms = record
         .started_at
         .map(|s| (now - s).num_milliseconds().max(0) as u64);
+    if let Some(ms) = record.duration_ms {
+        state.recent_run_ms =
+            RUN_TIME_WEIGHT * ms as f64 + (1.0 - RUN_TIME_WEIGHT) * state.recent_run_ms;
+    }
     if let Some(d) = &mut state.draining {
         match &outcome {
             AttemptOutcome::Cancelled => d.report.cancelled += 1,

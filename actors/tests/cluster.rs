@@ -575,3 +575,80 @@ async fn an_edit_through_one_daemon_reaches_the_other_within_a_second() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// Prefetching is for short runs only: with long runs, one daemon does not
+/// take entries off the queue that another, idle, daemon could run.
+#[tokio::test]
+async fn long_queued_runs_spread_over_daemons() {
+    use herald_actors::handler::{Registry, RunContext};
+    use herald_actors::job::JobKind;
+    use herald_actors::record::{Counts, ExecutionRecord, RunId, Trigger};
+    use herald_actors::schedule::Schedule;
+
+    let server = RedisServer::start();
+    let store = redis(&server);
+    store.ensure_queue().await.unwrap();
+    let daemon_with_one_worker = || async {
+        let mut registry = Registry::new();
+        registry.register("slow", |_ctx: RunContext| async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            Ok(Counts::default())
+        });
+        let job = JobSpec::new(
+            "slow",
+            Schedule::parse("0 0 1 1 *", chrono_tz::UTC).unwrap(),
+            JobKind::Coded {
+                handler: "slow".into(),
+            },
+        );
+        let config = TreeConfig {
+            workers: 1,
+            redis: Some(RedisSettings::new(server.url(), "herald")),
+            ..TreeConfig::default()
+        };
+        spawn_tree(config, vec![job], registry, Arc::new(DryRun))
+            .await
+            .expect("daemon starts")
+    };
+    let a = daemon_with_one_worker().await;
+    let b = daemon_with_one_worker().await;
+    let base = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+    let records: Vec<ExecutionRecord> = (0..10)
+        .map(|i| {
+            let at = base + chrono::TimeDelta::seconds(i);
+            ExecutionRecord::pending(
+                RunId::for_tick("slow", at),
+                "slow",
+                Trigger::Schedule,
+                at,
+                1,
+                Utc::now(),
+            )
+        })
+        .collect();
+    store.enqueue(&records, "test").await.unwrap();
+    let finished = wait_for("all 10 runs", Duration::from_secs(20), || async {
+        let mut done = Vec::new();
+        for r in &records {
+            let rec = store.record(&r.run_id).await.ok()??;
+            if !rec.status.is_terminal() {
+                return None;
+            }
+            done.push(rec);
+        }
+        Some(done)
+    })
+    .await;
+    let a_daemon = a.daemon_id().to_string();
+    a.shutdown().await;
+    b.shutdown().await;
+    let on_a = finished
+        .iter()
+        .filter(|r| r.daemon.as_deref() == Some(a_daemon.as_str()))
+        .count();
+    assert!(
+        (3..=7).contains(&on_a),
+        "{on_a} of 10 runs on one daemon: {:?}",
+        finished.iter().map(|r| &r.daemon).collect::<Vec<_>>()
+    );
+}
