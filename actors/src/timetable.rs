@@ -19,6 +19,23 @@ use crate::record::{SkipReason, Trigger};
 /// job down for 11 days reaches it; past it the rest are skipped unnamed.
 pub const MAX_MISSED_TICKS: u64 = 1_000_000;
 
+/// How long before its tick a run of a job with overlap `allow` is
+/// claimed and queued: the run then waits in the pool and starts on the
+/// dot, with the Redis round trips behind it (as Quartz acquires triggers
+/// ahead of their fire time). Jobs with `skip` or `queue_one` decide at the
+/// tick itself, since only then is it known whether the previous run is
+/// over.
+pub const FIRE_AHEAD: TimeDelta = TimeDelta::seconds(1);
+
+/// How far ahead of its tick a job is woken for.
+fn lead(spec: &JobSpec) -> TimeDelta {
+    if spec.overlap == OverlapPolicy::Allow {
+        FIRE_AHEAD
+    } else {
+        TimeDelta::zero()
+    }
+}
+
 /// What a due tick (or a finished run) leads to.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
@@ -57,6 +74,8 @@ struct Entry {
 #[derive(Debug)]
 pub struct Timetable {
     entries: HashMap<String, Entry>,
+    /// (wake time, generation, job id): the wake time is the job's next
+    /// tick, less [`FIRE_AHEAD`] for jobs that fire ahead.
     heap: BinaryHeap<Reverse<(DateTime<Utc>, u64, String)>>,
     next_generation: u64,
     /// A tick later than this is a misfire rather than a late fire.
@@ -179,20 +198,24 @@ impl Timetable {
         None
     }
 
-    /// Pops every tick due at `now` and decides what each leads to.
+    /// Pops every tick due at `now` (or, for jobs that fire ahead, due
+    /// within [`FIRE_AHEAD`] of it) and decides what each leads to.
     pub fn due(&mut self, now: DateTime<Utc>) -> Vec<Action> {
         let mut actions = Vec::new();
-        while let Some(Reverse((at, generation, _))) = self.heap.peek() {
-            if *at > now {
+        while let Some(Reverse((wake, generation, _))) = self.heap.peek() {
+            if *wake > now {
                 break;
             }
-            let (at, generation) = (*at, *generation);
+            let generation = *generation;
             let Some(Reverse((_, _, id))) = self.heap.pop() else {
                 break;
             };
             if !self.is_current(&id, generation) {
                 continue;
             }
+            let Some(at) = self.entries.get(&id).and_then(|e| e.next) else {
+                continue;
+            };
             if now - at > self.grace {
                 self.misfire(&id, at, now, &mut actions);
             } else {
@@ -297,7 +320,8 @@ impl Timetable {
             None
         };
         if let Some(next) = entry.next {
-            self.heap.push(Reverse((next, generation, id.to_string())));
+            let wake = next - lead(&entry.spec);
+            self.heap.push(Reverse((wake, generation, id.to_string())));
         }
         self.compact_if_stale();
     }
@@ -313,7 +337,10 @@ impl Timetable {
             .entries
             .iter()
             .filter(|(_, e)| e.spec.enabled)
-            .filter_map(|(id, e)| e.next.map(|n| Reverse((n, e.generation, id.clone()))))
+            .filter_map(|(id, e)| {
+                e.next
+                    .map(|n| Reverse((n - lead(&e.spec), e.generation, id.clone())))
+            })
             .collect();
     }
 
@@ -604,6 +631,38 @@ mod tests {
         t.due(at("2021-01-01T00:01:00Z"));
         assert_eq!(fires(&t.due(at("2021-01-01T00:02:00Z"))).len(), 1);
         assert_eq!(t.in_flight("j"), 2);
+    }
+
+    #[test]
+    fn allow_jobs_wake_ahead_of_their_tick_and_others_at_it() {
+        let mut t = table();
+        t.upsert(
+            job("ahead", "* * * * *", |s| s.overlap = OverlapPolicy::Allow),
+            None,
+            at("2021-01-01T00:00:30Z"),
+        );
+        t.upsert(
+            job("on-time", "* * * * *", |_| {}),
+            None,
+            at("2021-01-01T00:00:30Z"),
+        );
+        assert_eq!(t.next_wake(), Some(at("2021-01-01T00:00:59Z")));
+        assert!(t.due(at("2021-01-01T00:00:58.999Z")).is_empty());
+        // one second ahead: the allow job's 00:01 tick, not yet the other's
+        let early = t.due(at("2021-01-01T00:00:59Z"));
+        assert_eq!(
+            fires(&early),
+            vec![("00:01".to_string(), Trigger::Schedule)]
+        );
+        assert!(matches!(&early[..], [Action::Handled { job_id, .. }, ..] if job_id == "ahead"));
+        assert_eq!(t.next_fire("ahead"), Some(at("2021-01-01T00:02:00Z")));
+        assert_eq!(t.next_wake(), Some(at("2021-01-01T00:01:00Z")));
+        let on_time = t.due(at("2021-01-01T00:01:00Z"));
+        assert_eq!(
+            fires(&on_time),
+            vec![("00:01".to_string(), Trigger::Schedule)]
+        );
+        assert_eq!(t.next_wake(), Some(at("2021-01-01T00:01:59Z")));
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! it). On a restart the pool re-queues every unfinished record from the
 //! store.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -76,6 +76,8 @@ pub enum PoolMsg {
         outcome: AttemptOutcome,
     },
     RetryDue(RunId),
+    /// Held runs (fired ahead of their tick) are due: start them.
+    Release,
     /// Stop taking runs; let running ones finish within the grace, then
     /// cancel them. Replies when nothing is left.
     Drain {
@@ -173,6 +175,12 @@ pub struct PoolState {
     args: PoolArgs,
     slots: Vec<Slot>,
     queue: VecDeque<RunRequest>,
+    /// Runs fired ahead of their tick (see `timetable::FIRE_AHEAD`), by
+    /// scheduled time: they start on the dot, not before.
+    held: BTreeMap<(DateTime<Utc>, u64), RunRequest>,
+    held_seq: u64,
+    /// Wakes the pool when the earliest held run is due.
+    release_timer: Option<(DateTime<Utc>, AbortOnDrop)>,
     retries: HashMap<RunId, (RunRequest, AbortOnDrop)>,
     delivering: HashMap<RunId, Delivering>,
     /// Runs this pool holds: queued, running or waiting to retry.
@@ -197,6 +205,12 @@ impl PoolState {
             0
         } else {
             (idle + self.prefetch()).saturating_sub(self.queue.len())
+        };
+        // Held runs need no worker yet, but are bounded like the queue.
+        let free = if self.held.len() >= self.args.max_queued {
+            0
+        } else {
+            free
         };
         self.capacity.send_if_modified(|c| {
             let changed = *c != free;
@@ -225,6 +239,7 @@ impl PoolState {
             .iter()
             .filter_map(|s| s.busy.as_ref())
             .chain(self.queue.iter())
+            .chain(self.held.values())
             .chain(self.delivering.values().map(|d| &d.request))
             .filter_map(|r| r.entry_id.clone())
             .collect()
@@ -286,6 +301,9 @@ impl Actor for WorkerPool {
             capacity,
             // No prefetch until a short run has been seen.
             recent_run_ms: PREFETCH_BELOW_MS,
+            held: BTreeMap::new(),
+            held_seq: 0,
+            release_timer: None,
             _reader: reader,
             _toucher: toucher,
         };
@@ -294,6 +312,7 @@ impl Actor for WorkerPool {
             state.slots.push(slot);
         }
         restore(&myself, &mut state).await;
+        release_due(&myself, &mut state);
         dispatch(&mut state);
         state.update_capacity();
         Ok(state)
@@ -308,8 +327,12 @@ impl Actor for WorkerPool {
         match msg {
             PoolMsg::Submit(request) => submit(state, request),
             PoolMsg::FromQueue { entries, reclaimed } => {
-                from_queue(state, entries, reclaimed).await
+                from_queue(state, entries, reclaimed).await;
+                // The reader waits for this: entries that went to `held`
+                // leave the free capacity as it was.
+                state.capacity.send_modify(|_| {});
             }
+            PoolMsg::Release => state.release_timer = None,
             PoolMsg::Touch => {
                 let held = state.held_entries();
                 if let Some(q) = &state.args.queue
@@ -353,16 +376,19 @@ impl Actor for WorkerPool {
                     _deadline: AbortOnDrop::from(deadline),
                     deadline_passed: false,
                 };
-                for request in std::mem::take(&mut state.queue) {
-                    if request.entry_id.is_some() {
-                        // Not started: left unacknowledged, it goes to
-                        // another daemon after the visibility timeout.
+                let held = std::mem::take(&mut state.held).into_values();
+                state.release_timer = None;
+                let mut not_started = Vec::new();
+                for request in std::mem::take(&mut state.queue).into_iter().chain(held) {
+                    if let Some(entry_id) = request.entry_id {
                         state.known.remove(&request.record.run_id);
+                        not_started.push((entry_id, request.record));
                         continue;
                     }
                     settle_cancelled(state, request, "cancelled: herald is shutting down");
                     draining.report.cancelled += 1;
                 }
+                hand_back(state, not_started).await;
                 for (_, (request, _timer)) in std::mem::take(&mut state.retries) {
                     settle_cancelled(state, request, "cancelled: herald is shutting down");
                     draining.report.cancelled += 1;
@@ -407,7 +433,7 @@ impl Actor for WorkerPool {
                 let _ = reply.send(PoolStats {
                     workers: state.slots.len(),
                     busy: state.slots.iter().filter(|s| s.busy.is_some()).count(),
-                    queued: state.queue.len(),
+                    queued: state.queue.len() + state.held.len(),
                     waiting_retry: state.retries.len(),
                     delivering: state.delivering.len(),
                     worker_restarts: state.worker_restarts,
@@ -439,6 +465,7 @@ impl Actor for WorkerPool {
                 }
             }
         }
+        release_due(&myself, state);
         dispatch(state);
         finish_drain_if_idle(state);
         state.update_capacity();
@@ -538,7 +565,7 @@ async fn restore(myself: &ActorRef<PoolMsg>, state: &mut PoolState) {
         state.known.insert(request.record.run_id.clone());
         match request.record.retry_at {
             Some(at) if at > now => schedule_retry(myself, state, request, at),
-            _ => state.queue.push_back(request),
+            _ => take_in(state, request),
         }
     }
     if !state.known.is_empty() {
@@ -573,7 +600,50 @@ fn submit(state: &mut PoolState, request: RunRequest) {
         return;
     }
     state.known.insert(request.record.run_id.clone());
-    state.queue.push_back(request);
+    take_in(state, request);
+}
+
+/// Queues a run for a worker, or holds it until its tick if it was fired
+/// ahead.
+fn take_in(state: &mut PoolState, request: RunRequest) {
+    let at = request.record.scheduled_at;
+    if request.record.attempt <= 1 && at > Utc::now() {
+        state.held_seq += 1;
+        state.held.insert((at, state.held_seq), request);
+    } else {
+        state.queue.push_back(request);
+    }
+}
+
+/// Moves held runs whose tick has come to the front of the queue (they
+/// are due now; what waits there may wait a moment longer), and arms the
+/// timer for the next.
+fn release_due(myself: &ActorRef<PoolMsg>, state: &mut PoolState) {
+    let now = Utc::now();
+    let mut due = Vec::new();
+    while let Some(entry) = state.held.first_entry() {
+        if entry.key().0 > now {
+            break;
+        }
+        due.push(entry.remove());
+    }
+    for request in due.into_iter().rev() {
+        state.queue.push_front(request);
+    }
+    let Some(&(next, _)) = state.held.keys().next() else {
+        state.release_timer = None;
+        return;
+    };
+    if state
+        .release_timer
+        .as_ref()
+        .is_some_and(|(at, _)| *at == next)
+    {
+        return;
+    }
+    let delay = (next - now).to_std().unwrap_or_default();
+    let timer = myself.send_after(delay, || PoolMsg::Release);
+    state.release_timer = Some((next, AbortOnDrop::from(timer)));
 }
 
 fn dispatch(state: &mut PoolState) {
@@ -797,6 +867,17 @@ fn cancel(state: &mut PoolState, run_id: &RunId) -> bool {
         settle_cancelled(state, request, "cancelled");
         return true;
     }
+    if let Some(key) = state
+        .held
+        .iter()
+        .find(|(_, r)| &r.record.run_id == run_id)
+        .map(|(k, _)| *k)
+    {
+        if let Some(request) = state.held.remove(&key) {
+            settle_cancelled(state, request, "cancelled");
+        }
+        return true;
+    }
     if let Some(slot) = state
         .slots
         .iter()
@@ -859,7 +940,24 @@ fn settle(state: &mut PoolState, record: ExecutionRecord, entry_id: Option<Strin
 /// Takes runs read from the queue. Reclaimed ones whose run already
 /// finished (the dead daemon recorded it but did not get to acknowledge)
 /// are only acknowledged.
+/// Queue entries read but not started (the pool is shutting down) go back
+/// to the queue, for the other daemons to read at once. If Redis does not
+/// take them, they stay unacknowledged and another daemon takes them over
+/// after the visibility timeout.
+async fn hand_back(state: &PoolState, not_started: Vec<(String, ExecutionRecord)>) {
+    let Some(q) = &state.args.queue else {
+        return;
+    };
+    if not_started.is_empty() {
+        return;
+    }
+    if let Err(e) = q.redis.requeue(&not_started).await {
+        tracing::warn!(error = %e, runs = not_started.len(), "could not hand unstarted runs back to the queue; another daemon takes them over after the visibility timeout");
+    }
+}
+
 async fn from_queue(state: &mut PoolState, entries: Vec<QueueEntry>, reclaimed: bool) {
+    let mut not_started = Vec::new();
     let ids: Vec<String> = entries.iter().map(|e| e.record.job_id.clone()).collect();
     let jobs = match state.args.store.jobs(ids).await {
         Ok(jobs) => jobs,
@@ -881,7 +979,8 @@ async fn from_queue(state: &mut PoolState, entries: Vec<QueueEntry>, reclaimed: 
             continue;
         }
         if state.draining.is_some() {
-            // Left unacknowledged for another daemon.
+            // Read by a last read under way when the drain began.
+            not_started.push((entry.entry_id, entry.record));
             continue;
         }
         let Some(job) = jobs.get(i).cloned().flatten() else {
@@ -899,17 +998,21 @@ async fn from_queue(state: &mut PoolState, entries: Vec<QueueEntry>, reclaimed: 
             tracing::warn!(run = %entry.record.run_id, "took over a run its daemon left unfinished");
         }
         if state.known.insert(entry.record.run_id.clone()) {
-            state.queue.push_back(RunRequest {
-                record: entry.record,
-                job,
-                entry_id: Some(entry.entry_id),
-            });
+            take_in(
+                state,
+                RunRequest {
+                    record: entry.record,
+                    job,
+                    entry_id: Some(entry.entry_id),
+                },
+            );
         } else {
             // This daemon already has the run (restored locally): the copy
             // it runs settles it; this entry is redundant.
             state.args.store.ack(entry.entry_id);
         }
     }
+    hand_back(state, not_started).await;
 }
 
 /// Has the run moved past this queue entry? For a reclaimed entry: its

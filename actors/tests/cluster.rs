@@ -652,3 +652,86 @@ async fn long_queued_runs_spread_over_daemons() {
         finished.iter().map(|r| &r.daemon).collect::<Vec<_>>()
     );
 }
+
+/// A job with overlap `allow` is claimed and queued ahead of its tick
+/// (its PENDING record is in Redis before the tick), and its run starts on
+/// the tick, never before it.
+#[tokio::test]
+async fn an_allow_job_is_queued_ahead_and_starts_on_its_tick() {
+    use herald_actors::job::OverlapPolicy;
+    use herald_actors::record::RunId;
+
+    let server = RedisServer::start();
+    let store = redis(&server);
+    let calls = Calls::default();
+    let tick = DateTime::from_timestamp(Utc::now().timestamp() + 3, 0).unwrap();
+    let mut job = coded(
+        "ahead",
+        &tick.format("%S %M %H %d %m *").to_string(),
+        "count",
+    );
+    job.overlap = OverlapPolicy::Allow;
+    let herald = daemon(&server, vec![job], &calls).await;
+    let run = RunId::for_tick("ahead", tick);
+    // 300 ms before the tick, the run waits, queued and claimed
+    let before = tick - chrono::TimeDelta::milliseconds(300);
+    tokio::time::sleep((before - Utc::now()).to_std().unwrap()).await;
+    let pending = store.record(&run).await.unwrap().expect("queued ahead");
+    assert_eq!(pending.status, RunStatus::Pending);
+    assert_eq!(calls.total(), 0, "started before its tick");
+    let done = support::finished(&herald, &run).await;
+    herald.shutdown().await;
+    assert_eq!(done.status, RunStatus::Success);
+    let started = done.started_at.unwrap();
+    assert!(
+        started >= tick,
+        "started at {started}, before its tick {tick}"
+    );
+    assert_eq!(calls.total(), 1);
+}
+
+/// A daemon shutting down hands the runs it holds for an upcoming tick
+/// back to the queue: another daemon runs them on time, not a visibility
+/// timeout later.
+#[tokio::test]
+async fn runs_held_by_a_stopping_daemon_run_on_time_elsewhere() {
+    use herald_actors::job::OverlapPolicy;
+    use herald_actors::record::RunId;
+
+    let server = RedisServer::start();
+    let store = redis(&server);
+    let calls = Calls::default();
+    let tick = DateTime::from_timestamp(Utc::now().timestamp() + 3, 0).unwrap();
+    let mut job = coded(
+        "ahead",
+        &tick.format("%S %M %H %d %m *").to_string(),
+        "count",
+    );
+    job.overlap = OverlapPolicy::Allow;
+    let a = daemon(&server, vec![job.clone()], &calls).await;
+    let run = RunId::for_tick("ahead", tick);
+    // A has queued and read the run ahead of its tick
+    wait_for(
+        "the run to be queued ahead",
+        Duration::from_secs(5),
+        || async {
+            let (_, pending, _) = store.queue_depth().await.ok()?;
+            (pending == 1).then_some(())
+        },
+    )
+    .await;
+    assert!(Utc::now() < tick - chrono::TimeDelta::milliseconds(200));
+    let b = daemon(&server, vec![job], &calls).await;
+    let a_id = a.daemon_id().to_string();
+    a.shutdown().await;
+    let done = support::finished_within(&b, &run, Duration::from_secs(10)).await;
+    b.shutdown().await;
+    assert_eq!(done.status, RunStatus::Success);
+    assert_ne!(done.daemon.as_deref(), Some(a_id.as_str()));
+    let late = done.started_at.unwrap() - tick;
+    assert!(
+        late < chrono::TimeDelta::seconds(2),
+        "started {late} after its tick: it waited for the visibility timeout"
+    );
+    assert_eq!(calls.total(), 1);
+}

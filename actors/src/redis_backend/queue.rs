@@ -21,7 +21,7 @@ use deadpool_redis::redis::streams::{
 };
 use deadpool_redis::redis::{self, AsyncCommands, AsyncConnectionConfig};
 
-use super::scripts::{ENQUEUE, INFLIGHT_COUNTS, PROMOTE_RETRIES};
+use super::scripts::{ENQUEUE, INFLIGHT_COUNTS, PROMOTE_RETRIES, REQUEUE};
 use super::store::{BackendError, CLAIM_TTL, RedisStore, from_json, to_json};
 use crate::record::ExecutionRecord;
 
@@ -176,6 +176,24 @@ impl RedisStore {
             .query_async::<Vec<String>>(&mut c)
             .await?;
         Ok(())
+    }
+
+    /// Hands entries this daemon read but did not start back to the queue
+    /// (see [`REQUEUE`]); returns how many were still held here.
+    pub async fn requeue(
+        &self,
+        entries: &[(String, ExecutionRecord)],
+    ) -> Result<usize, BackendError> {
+        if entries.is_empty() {
+            return Ok(0);
+        }
+        let mut invocation = REQUEUE.prepare_invoke();
+        invocation.key(self.keys.runs()).arg(GROUP);
+        for (entry_id, record) in entries {
+            invocation.arg(entry_id).arg(to_json(record)?);
+        }
+        let mut c = self.conn().await?;
+        Ok(invocation.invoke_async(&mut c).await?)
     }
 
     /// Runs in flight per job, on every daemon (see [`INFLIGHT_COUNTS`]).

@@ -144,6 +144,26 @@ return #due",
     )
 });
 
+/// Hands queue entries this consumer read but did not start back to the
+/// queue, for any daemon to read at once (rather than after the visibility
+/// timeout): each still held here is acknowledged, deleted and added again
+/// with the same record. KEYS[1]: the run stream. ARGV: group, then pairs
+/// of entry id and record JSON. Returns how many were handed back.
+pub(super) static REQUEUE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local n = 0
+for i = 2, #ARGV, 2 do
+  if redis.call('XACK', KEYS[1], ARGV[1], ARGV[i]) == 1 then
+    redis.call('XDEL', KEYS[1], ARGV[i])
+    redis.call('XADD', KEYS[1], '*', 'record', ARGV[i + 1])
+    n = n + 1
+  end
+end
+return n",
+    )
+});
+
 /// How many runs of each job are in flight: members of the job's
 /// in-flight set whose record is still PENDING or RUNNING. Members whose
 /// record is final or gone are dropped, so a lost removal heals itself.
@@ -233,7 +253,7 @@ return window",
     )
 });
 
-fn all() -> [&'static Script; 10] {
+fn all() -> [&'static Script; 11] {
     [
         &CLAIM_DIGEST_WINDOW,
         &HOLD_LEASE,
@@ -245,6 +265,7 @@ fn all() -> [&'static Script; 10] {
         &PUT_SKIPPED,
         &PROMOTE_RETRIES,
         &INFLIGHT_COUNTS,
+        &REQUEUE,
     ]
 }
 
