@@ -430,6 +430,9 @@ async fn sample_gauges(
     }
 }
 
+/// Jobs written or read per Redis request at start-up.
+const SYNC_SLICE: usize = 1_000;
+
 async fn sync_jobs(
     store: &RedisStore,
     defined: &[JobSpec],
@@ -443,7 +446,9 @@ async fn sync_jobs(
     let mut writes = Vec::new();
     let mut effective = Vec::new();
     for spec in defined {
-        let Some(synced) = sync_job(Some(spec), stored.remove(&spec.id)) else {
+        let previous = stored.remove(&spec.id);
+        let unchanged = previous.clone();
+        let Some(synced) = sync_job(Some(spec), previous) else {
             continue;
         };
         match synced.effective() {
@@ -454,7 +459,10 @@ async fn sync_jobs(
                 effective.push(spec.clone());
             }
         }
-        writes.push(PendingWrite::Job(Box::new(synced)));
+        // A restart with the same definitions writes nothing.
+        if unchanged.as_ref() != Some(&synced) {
+            writes.push(PendingWrite::Job(Box::new(synced)));
+        }
     }
     for (id, leftover) in stored {
         if leftover.origin == JobOrigin::Custom {
@@ -470,7 +478,12 @@ async fn sync_jobs(
             writes.push(PendingWrite::Job(Box::new(orphaned)));
         }
     }
-    store.apply(&writes).await?;
+    // In slices, so each pipeline stays well within the response timeout
+    // however many jobs there are.
+    for slice in writes.chunks(SYNC_SLICE) {
+        store.apply(slice).await?;
+    }
+    drop(writes);
     let ids: Vec<String> = effective.iter().map(|j| j.id.clone()).collect();
     let last_ticks = store.last_ticks(&ids).await?;
     Ok((effective, last_ticks))

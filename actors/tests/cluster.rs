@@ -735,3 +735,36 @@ async fn runs_held_by_a_stopping_daemon_run_on_time_elsewhere() {
     );
     assert_eq!(calls.total(), 1);
 }
+
+/// Twenty thousand jobs sync within the default response timeout (written
+/// and read in slices, not one pipeline), come up online, and a restart
+/// with the same definitions writes none of them again.
+#[tokio::test]
+async fn many_jobs_sync_online_and_a_restart_rewrites_none() {
+    let server = RedisServer::start();
+    let store = redis(&server);
+    let calls = Calls::default();
+    let jobs: Vec<JobSpec> = (0..20_000)
+        .map(|i| {
+            coded(
+                &format!("daily-{i}"),
+                &format!("{} {} * * *", i % 60, (i / 60) % 24),
+                "count",
+            )
+        })
+        .collect();
+    let first = daemon(&server, jobs.clone(), &calls).await;
+    assert_eq!(first.mode(), Mode::Online);
+    assert_eq!(store.jobs().await.unwrap().len(), 20_000);
+    let version = store.jobs_version().await.unwrap();
+    assert!(version > 0);
+    first.shutdown().await;
+    let second = daemon(&server, jobs, &calls).await;
+    assert_eq!(second.mode(), Mode::Online);
+    assert_eq!(
+        store.jobs_version().await.unwrap(),
+        version,
+        "a restart rewrote job definitions"
+    );
+    second.shutdown().await;
+}

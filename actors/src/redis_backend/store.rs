@@ -23,6 +23,8 @@ use crate::record::{ExecutionRecord, RunId, SkippedTicks};
 
 /// How many ids one page of a filtered query reads.
 const QUERY_PAGE: isize = 256;
+/// Keys read per `MGET`: a reply for a thousand keys stays small and quick.
+const MGET_SLICE: usize = 1_000;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum BackendError {
@@ -188,18 +190,23 @@ impl RedisStore {
             .unwrap_or(0))
     }
 
+    /// Every stored job (read in slices of [`MGET_SLICE`]).
     pub async fn jobs(&self) -> Result<Vec<StoredJob>, BackendError> {
         let mut c = self.conn().await?;
         let ids: Vec<String> = c.smembers(self.keys.jobs()).await?;
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let keys: Vec<String> = ids.iter().map(|id| self.keys.job(id)).collect();
-        let values: Vec<Option<String>> = redis::cmd("MGET").arg(&keys).query_async(&mut c).await?;
-        let mut jobs = Vec::new();
-        for (key, value) in keys.iter().zip(values) {
-            if let Some(json) = value {
-                jobs.push(from_json(key, &json)?);
+        let mut jobs = Vec::with_capacity(ids.len());
+        // In slices: one reply per thousand jobs stays small and quick.
+        for slice in ids.chunks(MGET_SLICE) {
+            let keys: Vec<String> = slice.iter().map(|id| self.keys.job(id)).collect();
+            let values: Vec<Option<String>> =
+                redis::cmd("MGET").arg(&keys).query_async(&mut c).await?;
+            for (key, value) in keys.iter().zip(values) {
+                if let Some(json) = value {
+                    jobs.push(from_json(key, &json)?);
+                }
             }
         }
         Ok(jobs)
@@ -228,14 +235,20 @@ impl RedisStore {
         if job_ids.is_empty() {
             return Ok(HashMap::new());
         }
-        let keys: Vec<String> = job_ids.iter().map(|id| self.keys.last_run(id)).collect();
         let mut c = self.conn().await?;
-        let values: Vec<Option<i64>> = redis::cmd("MGET").arg(&keys).query_async(&mut c).await?;
-        Ok(job_ids
-            .iter()
-            .zip(values)
-            .filter_map(|(id, v)| Some((id.clone(), DateTime::from_timestamp(v?, 0)?)))
-            .collect())
+        let mut ticks = HashMap::new();
+        for slice in job_ids.chunks(MGET_SLICE) {
+            let keys: Vec<String> = slice.iter().map(|id| self.keys.last_run(id)).collect();
+            let values: Vec<Option<i64>> =
+                redis::cmd("MGET").arg(&keys).query_async(&mut c).await?;
+            ticks.extend(
+                slice
+                    .iter()
+                    .zip(values)
+                    .filter_map(|(id, v)| Some((id.clone(), DateTime::from_timestamp(v?, 0)?))),
+            );
+        }
+        Ok(ticks)
     }
 
     // --- tick claims ----------------------------------------------------
