@@ -32,6 +32,8 @@ use crate::redis_backend::{
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
 /// Writes per pipeline.
 const FLUSH_BATCH: usize = 1_000;
+/// How long a requested flush waits for more writes to join it.
+const FLUSH_GATHER: Duration = Duration::from_millis(25);
 /// Pipelines per flush before other messages get their turn (a backlog
 /// after an outage is flushed in slices, not in one long handler).
 const FLUSH_SLICE: usize = 10;
@@ -347,6 +349,8 @@ pub enum StoreMsg {
     Stats(RpcReplyPort<StoreStats>),
     Mode(Mode),
     Flush,
+    /// The gathering pause after a flush request is over: flush.
+    Gathered,
     /// Flush and report how many writes are still pending.
     FlushNow(RpcReplyPort<usize>),
     Sweep,
@@ -378,6 +382,8 @@ pub struct StoreState {
     redis: Option<RedisLink>,
     mode: Mode,
     retry_timer: Option<AbortOnDrop>,
+    /// A flush asked for waits this out, gathering the writes that follow.
+    gather_timer: Option<AbortOnDrop>,
     _sweeper: AbortOnDrop,
 }
 
@@ -496,6 +502,7 @@ impl Actor for ExecutionStore {
             data: args,
             mode,
             retry_timer: None,
+            gather_timer: None,
             _sweeper: AbortOnDrop::from(sweeper),
         };
         // Writes an earlier incarnation left pending.
@@ -605,6 +612,18 @@ impl Actor for ExecutionStore {
                 }
             }
             StoreMsg::Flush => {
+                // Wait a moment for more: one flush then carries many
+                // runs' writes (a quick run's RUNNING and final records
+                // become one write), and a burst of runs starting is not
+                // slowed by flushes between them. The flag stays set
+                // meanwhile, so writers do not ask again.
+                if state.gather_timer.is_none() {
+                    let timer = myself.send_after(FLUSH_GATHER, || StoreMsg::Gathered);
+                    state.gather_timer = Some(AbortOnDrop::from(timer));
+                }
+            }
+            StoreMsg::Gathered => {
+                state.gather_timer = None;
                 state.retry_timer = None;
                 state.flush(&myself).await;
             }

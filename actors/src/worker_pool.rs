@@ -112,6 +112,9 @@ struct Delivering {
 /// attempts' run time is below this.
 const PREFETCH_BELOW_MS: f64 = 50.0;
 const PREFETCH_MIN: usize = 16;
+/// Entries read at once, beyond the workers' share, while the queue holds
+/// runs fired ahead of their tick.
+const HOLD_READ: usize = 1_000;
 const PREFETCH_MAX: usize = 64;
 /// Weight of the latest attempt in the moving average of run time.
 const RUN_TIME_WEIGHT: f64 = 0.3;
@@ -179,6 +182,8 @@ pub struct PoolState {
     /// scheduled time: they start on the dot, not before.
     held: BTreeMap<(DateTime<Utc>, u64), RunRequest>,
     held_seq: u64,
+    /// The last read from the queue brought runs to hold.
+    reading_ahead: bool,
     /// Wakes the pool when the earliest held run is due.
     release_timer: Option<(DateTime<Utc>, AbortOnDrop)>,
     retries: HashMap<RunId, (RunRequest, AbortOnDrop)>,
@@ -207,8 +212,12 @@ impl PoolState {
             (idle + self.prefetch()).saturating_sub(self.queue.len())
         };
         // Held runs need no worker yet, but are bounded like the queue.
+        // While reads bring runs to hold (a batch of ticks fired ahead),
+        // read them in large batches: they must all be here by their tick.
         let free = if self.held.len() >= self.args.max_queued {
             0
+        } else if self.reading_ahead && self.draining.is_none() {
+            free + HOLD_READ.min(self.args.max_queued - self.held.len())
         } else {
             free
         };
@@ -303,6 +312,7 @@ impl Actor for WorkerPool {
             recent_run_ms: PREFETCH_BELOW_MS,
             held: BTreeMap::new(),
             held_seq: 0,
+            reading_ahead: false,
             release_timer: None,
             _reader: reader,
             _toucher: toucher,
@@ -327,7 +337,9 @@ impl Actor for WorkerPool {
         match msg {
             PoolMsg::Submit(request) => submit(state, request),
             PoolMsg::FromQueue { entries, reclaimed } => {
+                let held_before = state.held.len();
                 from_queue(state, entries, reclaimed).await;
+                state.reading_ahead = state.held.len() > held_before;
                 // The reader waits for this: entries that went to `held`
                 // leave the free capacity as it was.
                 state.capacity.send_modify(|_| {});
