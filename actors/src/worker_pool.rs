@@ -949,9 +949,6 @@ fn settle(state: &mut PoolState, record: ExecutionRecord, entry_id: Option<Strin
     let _ = state.args.scheduler.run_settled(job_id);
 }
 
-/// Takes runs read from the queue. Reclaimed ones whose run already
-/// finished (the dead daemon recorded it but did not get to acknowledge)
-/// are only acknowledged.
 /// Queue entries read but not started (the pool is shutting down) go back
 /// to the queue, for the other daemons to read at once. If Redis does not
 /// take them, they stay unacknowledged and another daemon takes them over
@@ -968,6 +965,9 @@ async fn hand_back(state: &PoolState, not_started: Vec<(String, ExecutionRecord)
     }
 }
 
+/// Takes runs read from the queue. Reclaimed ones whose run already
+/// finished (the dead daemon recorded it but did not get to acknowledge)
+/// are only acknowledged.
 async fn from_queue(state: &mut PoolState, entries: Vec<QueueEntry>, reclaimed: bool) {
     let mut not_started = Vec::new();
     let ids: Vec<String> = entries.iter().map(|e| e.record.job_id.clone()).collect();
