@@ -582,14 +582,11 @@ async fn execute(
     let records: Vec<ExecutionRecord> = fires
         .into_iter()
         .map(|(job, scheduled_at, trigger)| {
-            let run_id = RunId::for_tick(&job.id, scheduled_at);
-            let mut record = ExecutionRecord::pending(
-                run_id,
-                &job.id,
-                trigger,
+            let mut record = new_run(
+                &job,
+                RunId::for_tick(&job.id, scheduled_at),
                 scheduled_at,
-                job.retry.max_attempts,
-                Utc::now(),
+                trigger,
             );
             record.queued = true;
             record
@@ -685,16 +682,26 @@ fn pending_record(
     scheduled_at: DateTime<Utc>,
     trigger: Trigger,
 ) -> ExecutionRecord {
-    let record = ExecutionRecord::pending(
+    let record = new_run(job, run_id, scheduled_at, trigger);
+    state.args.store.put_record(record.clone());
+    record
+}
+
+/// A run's first record, PENDING.
+fn new_run(
+    job: &JobSpec,
+    run_id: RunId,
+    scheduled_at: DateTime<Utc>,
+    trigger: Trigger,
+) -> ExecutionRecord {
+    ExecutionRecord::pending(
         run_id,
         &job.id,
         trigger,
         scheduled_at,
         job.retry.max_attempts,
         Utc::now(),
-    );
-    state.args.store.put_record(record.clone());
-    record
+    )
 }
 
 fn start_run(

@@ -658,19 +658,12 @@ async fn long_queued_runs_spread_over_daemons() {
 /// the tick, never before it.
 #[tokio::test]
 async fn an_allow_job_is_queued_ahead_and_starts_on_its_tick() {
-    use herald_actors::job::OverlapPolicy;
     use herald_actors::record::RunId;
 
     let server = RedisServer::start();
     let store = redis(&server);
     let calls = Calls::default();
-    let tick = DateTime::from_timestamp(Utc::now().timestamp() + 3, 0).unwrap();
-    let mut job = coded(
-        "ahead",
-        &tick.format("%S %M %H %d %m *").to_string(),
-        "count",
-    );
-    job.overlap = OverlapPolicy::Allow;
+    let (job, tick) = allow_job_ticking_once_soon();
     let herald = daemon(&server, vec![job], &calls).await;
     let run = RunId::for_tick("ahead", tick);
     // 300 ms before the tick, the run waits, queued and claimed
@@ -695,19 +688,12 @@ async fn an_allow_job_is_queued_ahead_and_starts_on_its_tick() {
 /// timeout later.
 #[tokio::test]
 async fn runs_held_by_a_stopping_daemon_run_on_time_elsewhere() {
-    use herald_actors::job::OverlapPolicy;
     use herald_actors::record::RunId;
 
     let server = RedisServer::start();
     let store = redis(&server);
     let calls = Calls::default();
-    let tick = DateTime::from_timestamp(Utc::now().timestamp() + 3, 0).unwrap();
-    let mut job = coded(
-        "ahead",
-        &tick.format("%S %M %H %d %m *").to_string(),
-        "count",
-    );
-    job.overlap = OverlapPolicy::Allow;
+    let (job, tick) = allow_job_ticking_once_soon();
     let a = daemon(&server, vec![job.clone()], &calls).await;
     let run = RunId::for_tick("ahead", tick);
     // A has queued and read the run ahead of its tick
@@ -767,4 +753,17 @@ async fn many_jobs_sync_online_and_a_restart_rewrites_none() {
         "a restart rewrote job definitions"
     );
     second.shutdown().await;
+}
+
+/// A job with overlap `allow` whose only tick is a whole second 3 s from
+/// now (time to fire it ahead and look before the tick).
+fn allow_job_ticking_once_soon() -> (JobSpec, DateTime<Utc>) {
+    let tick = DateTime::from_timestamp(Utc::now().timestamp() + 3, 0).unwrap();
+    let mut job = coded(
+        "ahead",
+        &tick.format("%S %M %H %d %m *").to_string(),
+        "count",
+    );
+    job.overlap = herald_actors::job::OverlapPolicy::Allow;
+    (job, tick)
 }
