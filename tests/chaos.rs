@@ -143,24 +143,13 @@ impl Daemon {
     fn spawn(&mut self) {
         self.incarnation += 1;
         let log = std::fs::File::create(self.log()).expect("a log file");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
+        let mut cmd = herald_testkit::herald_command(env!("CARGO_BIN_EXE_herald"));
         cmd.args(["run", "--config"])
             .arg(&self.config)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
-        for var in [
-            "REDIS_URL",
-            "REDIS_HOST",
-            "REDIS_PORT",
-            "REDIS_PASSWORD",
-            "TELEGRAM_BOT_TOKEN",
-            "HERALD_ADMIN_TOKEN",
-            "HERALD_HTTP_LISTEN",
-        ] {
-            cmd.env_remove(var);
-        }
         self.child = Some(cmd.spawn().expect("herald starts"));
     }
 

@@ -7,23 +7,13 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 fn herald() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
+    let mut cmd = herald_testkit::herald_command(env!("CARGO_BIN_EXE_herald"));
     cmd.current_dir(env!("CARGO_MANIFEST_DIR"));
     // Hermetic: no Redis the machine may run; tests that want one set it.
     cmd.env(
         "REDIS_URL",
         format!("redis://127.0.0.1:{}", herald_testkit::free_port()),
     );
-    for var in [
-        "REDIS_HOST",
-        "REDIS_PORT",
-        "REDIS_PASSWORD",
-        "TELEGRAM_BOT_TOKEN",
-        "HERALD_ADMIN_TOKEN",
-        "HERALD_HTTP_LISTEN",
-    ] {
-        cmd.env_remove(var);
-    }
     // Each daemon its own admin API port: tests run in parallel.
     cmd.env(
         "HERALD_HTTP_LISTEN",

@@ -304,7 +304,7 @@ model = "test-model"
 
     let stderr_path = dir.path().join("stderr.log");
     let stdout_path = dir.path().join("stdout.log");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
+    let mut cmd = herald_testkit::herald_command(env!("CARGO_BIN_EXE_herald"));
     cmd.current_dir(dir.path())
         .args(["run", "--config"])
         .arg(&config)
@@ -318,19 +318,6 @@ model = "test-model"
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&stdout_path).expect("stdout file"))
         .stderr(std::fs::File::create(&stderr_path).expect("stderr file"));
-    for var in [
-        "REDIS_URL",
-        "REDIS_HOST",
-        "REDIS_PORT",
-        "REDIS_PASSWORD",
-        "TELEGRAM_BOT_TOKEN",
-        "HERALD_HTTP_LISTEN",
-        "FOOD_SERVICE_URL",
-        "FOOD_SERVICE_TOKEN",
-        "HERALD_RECOMMENDATION_API_KEY",
-    ] {
-        cmd.env_remove(var);
-    }
     match format {
         Format::Json => {
             assert!(redis.url().contains(REDIS_PASSWORD));

@@ -535,7 +535,7 @@ retry_backoff = "1s"
         )
         .expect("write the config");
         let log = dir.path().join("herald.log");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
+        let mut cmd = herald_testkit::herald_command(env!("CARGO_BIN_EXE_herald"));
         cmd.current_dir(dir.path())
             .args(["run", "--config"])
             .arg(&config)
@@ -544,17 +544,6 @@ retry_backoff = "1s"
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("herald's log file"));
-        for var in [
-            "REDIS_HOST",
-            "REDIS_PORT",
-            "REDIS_PASSWORD",
-            "TELEGRAM_BOT_TOKEN",
-            "HERALD_ADMIN_TOKEN",
-            "HERALD_HTTP_LISTEN",
-            "FOOD_SERVICE_URL",
-        ] {
-            cmd.env_remove(var);
-        }
         let mut herald = Guard::spawn("herald", &mut cmd);
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(&http).is_err() {

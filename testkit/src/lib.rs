@@ -29,6 +29,31 @@ pub struct RedisServer {
     persistent: bool,
 }
 
+/// Every environment variable herald reads for its settings and secrets.
+pub const HERALD_ENV: &[&str] = &[
+    "REDIS_URL",
+    "REDIS_HOST",
+    "REDIS_PORT",
+    "REDIS_PASSWORD",
+    "TELEGRAM_BOT_TOKEN",
+    "HERALD_ADMIN_TOKEN",
+    "HERALD_HTTP_LISTEN",
+    "FOOD_SERVICE_URL",
+    "FOOD_SERVICE_TOKEN",
+    "HERALD_RECOMMENDATION_API_KEY",
+];
+
+/// A `herald` command that does not inherit the test environment's herald
+/// settings (a machine's REDIS_URL, a developer's token): a test sets
+/// what it means to.
+pub fn herald_command(binary: &str) -> Command {
+    let mut cmd = Command::new(binary);
+    for var in HERALD_ENV {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
 /// A port nothing listens on right now.
 pub fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
