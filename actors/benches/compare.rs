@@ -36,7 +36,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Datelike, SecondsFormat, TimeDelta, Timelike, Utc};
+use chrono::{DateTime, Datelike, SecondsFormat, Timelike, Utc};
 use deadpool_redis::redis;
 use deadpool_redis::redis::aio::MultiplexedConnection;
 use herald_actors::handler::{Registry, RunContext};
@@ -423,28 +423,8 @@ async fn drain(o: &Opts, ctx: &mut Ctx) -> Result<Value, Fail> {
     // Pre-load (not timed): PENDING runs of a no-op job on the run queue,
     // one per (job, scheduled second), as the `queue` bench does.
     let tl0 = Instant::now();
-    let base = DateTime::from_timestamp(1_700_000_000, 0).ok_or_else(|| fail("base time"))?;
-    let now = Utc::now();
-    let mut i = 0u64;
-    while i < n {
-        let records: Vec<ExecutionRecord> = (i..n.min(i + chunk as u64))
-            .map(|k| {
-                let at = base + TimeDelta::seconds(k as i64);
-                ExecutionRecord::pending(
-                    RunId::for_tick("noop", at),
-                    "noop",
-                    Trigger::Schedule,
-                    at,
-                    1,
-                    now,
-                )
-            })
-            .collect();
-        let queued = store.enqueue(&records, "bench-loader").await?;
-        if queued.iter().any(|q| !q) {
-            return Err(fail("a pre-loaded run was refused by the queue"));
-        }
-        i += chunk as u64;
+    if support::preload_noop_runs(&store, n, chunk).await? > 0 {
+        return Err(fail("a pre-loaded run was refused by the queue"));
     }
     let load_seconds = tl0.elapsed().as_secs_f64();
     let (len, _, _) = store.queue_depth().await?;

@@ -16,13 +16,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
 use deadpool_redis::redis;
 use herald_actors::handler::{Registry, RunContext};
 use herald_actors::job::{JobKind, JobSpec};
 use herald_actors::memory::StoreLimits;
 use herald_actors::notifier::DryRun;
-use herald_actors::record::{Counts, ExecutionRecord, RunId, Trigger};
+use herald_actors::record::Counts;
 use herald_actors::redis_backend::{RedisSettings, RedisStore, connect};
 use herald_actors::schedule::Schedule;
 use herald_actors::{TreeConfig, spawn_tree};
@@ -91,25 +90,10 @@ async fn drain(workers: usize) -> (f64, f64, f64, f64, f64, String) {
         StoreLimits::default(),
     );
     store.ensure_queue().await.unwrap();
-    let base = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
-    let now = Utc::now();
-    for chunk in (0..RUNS).collect::<Vec<_>>().chunks(1_000) {
-        let records: Vec<ExecutionRecord> = chunk
-            .iter()
-            .map(|&i| {
-                let at = base + chrono::TimeDelta::seconds(i as i64);
-                ExecutionRecord::pending(
-                    RunId::for_tick("noop", at),
-                    "noop",
-                    Trigger::Schedule,
-                    at,
-                    1,
-                    now,
-                )
-            })
-            .collect();
-        store.enqueue(&records, "bench").await.unwrap();
-    }
+    let refused = support::preload_noop_runs(&store, RUNS as u64, 1_000)
+        .await
+        .unwrap();
+    assert_eq!(refused, 0, "pre-loaded runs refused");
     let mut registry = Registry::new();
     registry.register("noop", |_ctx: RunContext| async { Ok(Counts::default()) });
     let config = TreeConfig {
