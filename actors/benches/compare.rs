@@ -1325,6 +1325,13 @@ fn main() -> ExitCode {
         usage(&format!("unknown scenario {scenario}"));
     }
     let o = Opts::parse(&args[1..]);
+    // The tree's own log, to stderr, only when asked for (it costs time).
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     match o.0.get("redis") {
         None => usage("--redis redis://127.0.0.1:PORT is required"),
         Some(u) if !u.starts_with("redis://") => usage("--redis must be a redis:// URL"),

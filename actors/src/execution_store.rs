@@ -53,6 +53,8 @@ pub struct PendingWrites {
     writes: VecDeque<PendingWrite>,
     cap: usize,
     dropped: u64,
+    /// Writes taken out for the pipeline under way (see [`Flight`]).
+    in_flight: usize,
 }
 
 impl PendingWrites {
@@ -61,6 +63,7 @@ impl PendingWrites {
             writes: VecDeque::new(),
             cap: cap.max(1),
             dropped: 0,
+            in_flight: 0,
         }
     }
 
@@ -70,6 +73,10 @@ impl PendingWrites {
     /// could run a tick twice or lose a run, go only if nothing else is left.
     fn push(&mut self, write: PendingWrite) {
         self.writes.push_back(write);
+        self.enforce_cap();
+    }
+
+    fn enforce_cap(&mut self) {
         while self.writes.len() > self.cap {
             let victim = self
                 .writes
@@ -81,12 +88,32 @@ impl PendingWrites {
         }
     }
 
+    /// Takes the oldest writes out for one pipeline. They are moved, not
+    /// copied, so the queue can change meanwhile (new writes, drops at the
+    /// cap) without the batch's place in it being lost.
+    fn take_batch(&mut self, max: usize) -> Vec<PendingWrite> {
+        let n = max.min(self.writes.len());
+        let batch: Vec<PendingWrite> = self.writes.drain(..n).collect();
+        self.in_flight = batch.len();
+        batch
+    }
+
+    /// A batch Redis did not take goes back in front of what came since.
+    fn put_back(&mut self, batch: Vec<PendingWrite>) {
+        self.in_flight = 0;
+        for write in batch.into_iter().rev() {
+            self.writes.push_front(write);
+        }
+        self.enforce_cap();
+    }
+
+    /// Writes not yet in Redis: queued and in flight.
     pub fn len(&self) -> usize {
-        self.writes.len()
+        self.writes.len() + self.in_flight
     }
 
     pub fn is_empty(&self) -> bool {
-        self.writes.is_empty()
+        self.len() == 0
     }
 
     pub fn dropped(&self) -> u64 {
@@ -138,6 +165,46 @@ mod tests {
                 rec("c", RunStatus::Running),
             ]
         );
+    }
+
+    fn ack(id: &str) -> PendingWrite {
+        PendingWrite::Ack {
+            entry_id: id.into(),
+        }
+    }
+
+    #[test]
+    fn writes_queued_during_a_flight_survive_its_landing_and_follow_a_failed_one() {
+        let pending: SharedPending = Arc::new(Mutex::new(PendingWrites::new(3)));
+        let take = |n| pending.lock().unwrap().take_batch(n);
+        let fly = |batch| Flight {
+            pending: pending.clone(),
+            batch,
+            landed: false,
+        };
+        pending.lock().unwrap().push(ack("1-0"));
+        pending.lock().unwrap().push(ack("2-0"));
+        let flight = fly(take(10));
+        assert_eq!(pending.lock().unwrap().len(), 2, "in flight still counts");
+        // Meanwhile: more writes than the cap leaves room for beside the
+        // batch; a history write is dropped, the acks stay.
+        pending.lock().unwrap().push(PendingWrite::RemoveJob("old".into()));
+        for id in ["3-0", "4-0", "5-0"] {
+            pending.lock().unwrap().push(ack(id));
+        }
+        flight.landed();
+        let left: Vec<PendingWrite> = pending.lock().unwrap().writes.iter().cloned().collect();
+        assert_eq!(left, vec![ack("3-0"), ack("4-0"), ack("5-0")]);
+        assert_eq!(pending.lock().unwrap().dropped(), 1);
+
+        // A flight that does not land goes back in front, in order.
+        let flight = fly(take(2));
+        pending.lock().unwrap().push(ack("6-0"));
+        drop(flight);
+        let left: Vec<PendingWrite> = pending.lock().unwrap().writes.iter().cloned().collect();
+        // cap 3: the oldest critical write goes
+        assert_eq!(left, vec![ack("4-0"), ack("5-0"), ack("6-0")]);
+        assert_eq!(pending.lock().unwrap().len(), 3);
     }
 
     #[test]
@@ -320,6 +387,19 @@ impl StoreData {
         true
     }
 
+    /// The current definitions of these jobs (None where unknown).
+    pub fn jobs(&self, ids: &[String]) -> Vec<Option<Arc<JobSpec>>> {
+        let mem = self.mem();
+        ids.iter().map(|id| mem.job(id)).collect()
+    }
+
+    /// Writes not yet in Redis (0 without Redis).
+    pub fn pending_writes(&self) -> usize {
+        self.redis.as_ref().map_or(0, |link| {
+            link.pending.lock().unwrap_or_else(|p| p.into_inner()).len()
+        })
+    }
+
     /// Marks a flush as asked for; `true` if the caller should ask the
     /// actor (none was outstanding).
     pub fn request_flush(&self) -> bool {
@@ -334,8 +414,6 @@ impl StoreData {
 }
 
 pub enum StoreMsg {
-    /// The current definitions of these jobs (None where unknown).
-    Jobs(Vec<String>, RpcReplyPort<Vec<Option<Arc<JobSpec>>>>),
     GetRecord(RunId, RpcReplyPort<Option<ExecutionRecord>>),
     Query(RecordQuery, RpcReplyPort<Vec<ExecutionRecord>>),
     Latest(String, RpcReplyPort<Option<ExecutionRecord>>),
@@ -404,26 +482,26 @@ impl StoreState {
             return;
         };
         for _ in 0..FLUSH_SLICE {
-            let batch: Vec<PendingWrite> = {
-                let pending = link.pending.lock().unwrap_or_else(|p| p.into_inner());
-                pending.writes.iter().take(FLUSH_BATCH).cloned().collect()
-            };
+            let batch = link
+                .pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take_batch(FLUSH_BATCH);
             if batch.is_empty() {
                 return;
             }
-            let taken = batch.len();
-            let batch = latest_records_only(batch);
+            let flight = Flight {
+                pending: link.pending.clone(),
+                batch: latest_records_only(batch),
+                landed: false,
+            };
             let started = tokio::time::Instant::now();
-            let applied = link.store.apply(&batch).await;
+            let applied = link.store.apply(&flight.batch).await;
             crate::telemetry::redis_round_trip("store", started.elapsed(), applied.is_ok());
             match applied {
-                Ok(_) => {
-                    let mut pending = link.pending.lock().unwrap_or_else(|p| p.into_inner());
-                    // Only this actor removes writes, so the front is this batch.
-                    let n = taken.min(pending.writes.len());
-                    pending.writes.drain(..n);
-                }
+                Ok(_) => flight.landed(),
                 Err(e) => {
+                    drop(flight);
                     tracing::debug!(error = %e, "flush to redis failed; will retry");
                     if self.retry_timer.is_none() {
                         let timer = myself.send_after(FLUSH_RETRY, || StoreMsg::Flush);
@@ -443,6 +521,38 @@ impl StoreState {
             && myself.cast(StoreMsg::Flush).is_err()
         {
             self.data.clear_flush_request();
+        }
+    }
+}
+
+/// A batch on its way to Redis. Unless it landed, it goes back to the
+/// front of the pending writes when dropped: on a failed pipeline, and
+/// also if the flush is cut short (the actor panics or is stopped
+/// mid-await), so a batch is never lost with the actor.
+struct Flight {
+    pending: SharedPending,
+    batch: Vec<PendingWrite>,
+    landed: bool,
+}
+
+impl Flight {
+    fn landed(mut self) {
+        self.landed = true;
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .in_flight = 0;
+    }
+}
+
+impl Drop for Flight {
+    fn drop(&mut self) {
+        if !self.landed {
+            let batch = std::mem::take(&mut self.batch);
+            self.pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .put_back(batch);
         }
     }
 }
@@ -534,12 +644,6 @@ impl Actor for ExecutionStore {
         state: &mut StoreState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            StoreMsg::Jobs(ids, reply) => {
-                let mem = state.mem();
-                let jobs = ids.iter().map(|id| mem.job(id)).collect();
-                drop(mem);
-                let _ = reply.send(jobs);
-            }
             StoreMsg::GetRecord(id, reply) => {
                 let found = match redis_read(state, &myself).await {
                     Some(link) => link.store.record(&id).await.ok().flatten(),

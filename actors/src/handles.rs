@@ -99,7 +99,8 @@ fn cast<M: ractor::Message>(
 ///
 /// Writes are applied by the handle itself to the store's shared data
 /// (memory and the queue for Redis), so they never wait on, or get lost
-/// with, the actor; the actor is then asked to flush. Reads go to the actor.
+/// with, the actor; the actor is then asked to flush. Reads go to the actor
+/// (but for the job lookup of the run path, from memory).
 #[derive(Clone)]
 pub struct StoreHandle {
     dir: Arc<Directory>,
@@ -186,11 +187,16 @@ impl StoreHandle {
         self.write(StoreWrite::ForgetJob(id));
     }
 
-    pub async fn jobs(&self, ids: Vec<String>) -> Result<Vec<Option<Arc<JobSpec>>>, HandleError> {
-        call(self.actor(), "execution store", self.timeout, |r| {
-            StoreMsg::Jobs(ids, r)
-        })
-        .await
+    /// The current definitions of these jobs (None where unknown), read
+    /// from the store's memory directly: the pool looks jobs up for every
+    /// batch it reads, and must not wait behind a flush to Redis.
+    pub fn jobs(&self, ids: &[String]) -> Vec<Option<Arc<JobSpec>>> {
+        self.data.jobs(ids)
+    }
+
+    /// Writes not yet in Redis.
+    pub fn pending_writes(&self) -> usize {
+        self.data.pending_writes()
     }
 
     pub fn set_mode(&self, mode: Mode) -> Result<(), HandleError> {

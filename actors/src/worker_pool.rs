@@ -30,6 +30,12 @@ use crate::worker::{AttemptOutcome, Worker, WorkerArgs, WorkerMsg};
 
 /// How long one blocking read of the run queue waits for entries.
 const QUEUE_BLOCK: Duration = Duration::from_millis(500);
+/// The reader takes no new entries while this many store writes wait for
+/// Redis: runs started faster than their records can be written would
+/// only pile up writes (and past the store's cap, drop records).
+const WRITE_BACKLOG_MAX: usize = 20_000;
+/// How long the reader waits for the write backlog to shrink.
+const BACKLOG_PAUSE: Duration = Duration::from_millis(5);
 /// How often due retries are moved onto the queue.
 const PROMOTE_EVERY: Duration = Duration::from_millis(200);
 /// Default visibility timeout: an entry a daemon holds unacknowledged this
@@ -268,7 +274,12 @@ impl Actor for WorkerPool {
         let (capacity, capacity_rx) = watch::channel(0);
         let (reader, toucher) = match &args.queue {
             Some(q) => {
-                let reader = tokio::spawn(read_queue(myself.clone(), q.clone(), capacity_rx));
+                let reader = tokio::spawn(read_queue(
+                    myself.clone(),
+                    q.clone(),
+                    args.store.clone(),
+                    capacity_rx,
+                ));
                 let touch_every = (q.visibility / 3).max(Duration::from_millis(1));
                 let me = myself.clone();
                 let toucher = tokio::spawn(async move {
@@ -971,14 +982,7 @@ async fn hand_back(state: &PoolState, not_started: Vec<(String, ExecutionRecord)
 async fn from_queue(state: &mut PoolState, entries: Vec<QueueEntry>, reclaimed: bool) {
     let mut not_started = Vec::new();
     let ids: Vec<String> = entries.iter().map(|e| e.record.job_id.clone()).collect();
-    let jobs = match state.args.store.jobs(ids).await {
-        Ok(jobs) => jobs,
-        Err(e) => {
-            // Left unacknowledged: redelivered after the visibility timeout.
-            tracing::warn!(error = %e, entries = entries.len(), "cannot look up jobs of queued runs; leaving them queued");
-            return;
-        }
-    };
+    let jobs = state.args.store.jobs(&ids);
     for (i, entry) in entries.into_iter().enumerate() {
         // A reclaimed entry whose run is final (its daemon died before
         // acknowledging), or a retry entry whose run moved on (the retry
@@ -1042,7 +1046,12 @@ fn superseded(current: &ExecutionRecord, entry: &ExecutionRecord, reclaimed: boo
 /// Reads the run queue for the pool while Redis is online: new entries up
 /// to the pool's free capacity, entries of dead daemons after the
 /// visibility timeout, and due retries moved onto the queue.
-async fn read_queue(pool: ActorRef<PoolMsg>, q: QueueArgs, mut capacity: watch::Receiver<usize>) {
+async fn read_queue(
+    pool: ActorRef<PoolMsg>,
+    q: QueueArgs,
+    store: StoreHandle,
+    mut capacity: watch::Receiver<usize>,
+) {
     let mut conn = None;
     let mut group_ready = false;
     let mut last_reclaim = Instant::now();
@@ -1074,6 +1083,10 @@ async fn read_queue(pool: ActorRef<PoolMsg>, q: QueueArgs, mut capacity: watch::
         if last_promote.elapsed() >= PROMOTE_EVERY {
             last_promote = Instant::now();
             let _ = q.redis.promote_due_retries(Utc::now(), 1_000).await;
+        }
+        if store.pending_writes() >= WRITE_BACKLOG_MAX {
+            tokio::time::sleep(BACKLOG_PAUSE).await;
+            continue;
         }
         let free = *capacity.borrow_and_update();
         if free == 0 {
