@@ -194,13 +194,13 @@ pub struct CustomJobs {
     pub(crate) scheduler: SchedulerHandle,
     pub(crate) context: JobContext,
     /// Ids defined by config or code: not replaceable or deletable here.
-    pub(crate) defined: std::sync::Arc<std::collections::HashSet<String>>,
+    pub(crate) defined: crate::job::Definitions,
 }
 
 impl CustomJobs {
     /// Defined by config or code (not created at run time).
     pub fn is_defined(&self, id: &str) -> bool {
-        self.defined.contains(id)
+        self.defined.contains_key(id)
     }
 
     async fn exists(&self, id: &str) -> Result<bool, JobApiError> {
@@ -209,7 +209,7 @@ impl CustomJobs {
 
     pub async fn create(&self, job: CustomJob) -> Result<JobSpec, JobApiError> {
         let spec = job.validate(&self.context).map_err(JobApiError::Invalid)?;
-        if self.defined.contains(&spec.id) || self.exists(&spec.id).await? {
+        if self.defined.contains_key(&spec.id) || self.exists(&spec.id).await? {
             return Err(JobApiError::Conflict(format!(
                 "a job {:?} exists already",
                 spec.id
@@ -223,7 +223,7 @@ impl CustomJobs {
     pub async fn update(&self, id: &str, mut job: CustomJob) -> Result<JobSpec, JobApiError> {
         job.id = id.to_string();
         let spec = job.validate(&self.context).map_err(JobApiError::Invalid)?;
-        if self.defined.contains(id) {
+        if self.defined.contains_key(id) {
             return Err(JobApiError::Conflict(format!(
                 "job {id:?} is defined by config or code; change its schedule, zone or enabled flag instead"
             )));
@@ -243,7 +243,7 @@ impl CustomJobs {
     }
 
     pub async fn delete(&self, id: &str) -> Result<(), JobApiError> {
-        if self.defined.contains(id) {
+        if self.defined.contains_key(id) {
             return Err(JobApiError::Conflict(format!(
                 "job {id:?} is defined by config or code; disable it instead"
             )));

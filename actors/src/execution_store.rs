@@ -21,7 +21,7 @@ use tokio::sync::watch;
 
 use crate::AbortOnDrop;
 use crate::health::{Health, Mode};
-use crate::job::JobSpec;
+use crate::job::{Definitions, JobSpec};
 use crate::memory::{MemoryStore, RecordQuery};
 use crate::record::{ExecutionRecord, RunId, SkippedTicks};
 use crate::redis_backend::{
@@ -188,7 +188,10 @@ mod tests {
         assert_eq!(pending.lock().unwrap().len(), 2, "in flight still counts");
         // Meanwhile: more writes than the cap leaves room for beside the
         // batch; a history write is dropped, the acks stay.
-        pending.lock().unwrap().push(PendingWrite::RemoveJob("old".into()));
+        pending
+            .lock()
+            .unwrap()
+            .push(PendingWrite::RemoveJob("old".into()));
         for id in ["3-0", "4-0", "5-0"] {
             pending.lock().unwrap().push(ack(id));
         }
@@ -245,7 +248,7 @@ pub struct RedisLink {
     pub pending: SharedPending,
     pub health: watch::Receiver<Health>,
     /// Job definitions from config and code, to turn edits into overrides.
-    pub definitions: Arc<HashMap<String, JobDefinition>>,
+    pub definitions: Definitions,
 }
 
 /// The store's data, shared by the actor and every handle. Writes land
@@ -345,12 +348,15 @@ impl StoreData {
                 self.mem().put_job(spec.clone());
                 if let Some(link) = &self.redis {
                     let stored = match link.definitions.get(&spec.id) {
-                        Some(definition) => StoredJob {
-                            definition: definition.clone(),
-                            overrides: overrides_for(&spec, definition),
-                            orphaned: false,
-                            origin: JobOrigin::Defined,
-                        },
+                        Some(defined) => {
+                            let definition = JobDefinition::from(defined.as_ref());
+                            StoredJob {
+                                overrides: overrides_for(&spec, &definition),
+                                definition,
+                                orphaned: false,
+                                origin: JobOrigin::Defined,
+                            }
+                        }
                         // Not defined by config or code: created at run time.
                         None => StoredJob {
                             origin: JobOrigin::Custom,

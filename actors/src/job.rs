@@ -68,6 +68,10 @@ impl Default for RetryPolicy {
     }
 }
 
+/// Jobs as config and code define them, by id (shared: the store turns
+/// edits into overrides of these, the admin API refuses to replace them).
+pub type Definitions = std::sync::Arc<std::collections::HashMap<String, std::sync::Arc<JobSpec>>>;
+
 /// A job as the scheduler sees it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct JobSpec {

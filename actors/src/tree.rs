@@ -4,7 +4,7 @@
 //! [`Herald`], which holds the handles to talk to the tree and the one way
 //! to stop it ([`Herald::shutdown`]).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,14 +24,13 @@ use crate::handles::{
     DEFAULT_CALL_TIMEOUT, Directory, NotifierHandle, PoolHandle, SchedulerHandle, StoreHandle,
 };
 use crate::health::{Health, Mode, PING_TIMEOUT, watch_redis};
-use crate::job::{JobKind, JobSpec};
+use crate::job::{Definitions, JobKind, JobSpec};
 use crate::ledger::DeliveryLedger;
 use crate::memory::{MemoryStore, StoreLimits};
 use crate::notifier::{NotifierArgs, TelegramLimits, Transport, Webhooks};
 use crate::redis_backend::connect::redacted_url;
 use crate::redis_backend::{
-    BackendError, JobDefinition, JobOrigin, PendingWrite, RedisSettings, RedisStore, connect,
-    sync_job,
+    BackendError, JobOrigin, PendingWrite, RedisSettings, RedisStore, connect, sync_job,
 };
 use crate::restart::RestartLimit;
 use crate::scheduler::Cluster;
@@ -218,11 +217,11 @@ pub async fn spawn_tree_on(
         }
     }
     let mut last_ticks = HashMap::new();
-    let definitions: HashMap<String, JobDefinition> = jobs
-        .iter()
-        .map(|j| (j.id.clone(), JobDefinition::from(j)))
-        .collect();
-    let defined_ids: std::collections::HashSet<String> = definitions.keys().cloned().collect();
+    // One copy of each defined job, shared by the definitions, the store's
+    // memory and the scheduler (unless an operator's edit makes it differ).
+    let mut jobs: Vec<Arc<JobSpec>> = jobs.into_iter().map(Arc::new).collect();
+    let definitions: Definitions =
+        Arc::new(jobs.iter().map(|j| (j.id.clone(), j.clone())).collect());
     if let Some((settings, store)) = &redis {
         let reachable = matches!(
             tokio::time::timeout(PING_TIMEOUT, store.ping()).await,
@@ -250,7 +249,7 @@ pub async fn spawn_tree_on(
     {
         let mut mem = memory.lock().unwrap_or_else(|p| p.into_inner());
         for job in jobs {
-            mem.put_job(Arc::new(job));
+            mem.put_job(job);
         }
         for (id, at) in last_ticks {
             mem.set_last_tick(&id, at);
@@ -264,7 +263,7 @@ pub async fn spawn_tree_on(
         store: redis_store.clone(),
         pending: pending.clone(),
         health: health_rx.clone(),
-        definitions: Arc::new(definitions),
+        definitions: definitions.clone(),
     });
     let store_data = Arc::new(StoreData::new(memory.clone(), link));
     let store = StoreHandle::new(directory.clone(), timeout, store_data.clone());
@@ -304,7 +303,7 @@ pub async fn spawn_tree_on(
             save_chat: config.save_chat,
             webhooks: config.webhooks.iter().map(|w| w.name.clone()).collect(),
         },
-        defined: Arc::new(defined_ids),
+        defined: definitions,
     };
     let users = UserDirectory::new(redis.as_ref().map(|(_, r)| (r.clone(), health_rx.clone())));
     let args = TreeArgs {
@@ -435,55 +434,63 @@ const SYNC_SLICE: usize = 1_000;
 
 async fn sync_jobs(
     store: &RedisStore,
-    defined: &[JobSpec],
-) -> Result<(Vec<JobSpec>, HashMap<String, DateTime<Utc>>), BackendError> {
-    let mut stored: HashMap<String, crate::redis_backend::StoredJob> = store
-        .jobs()
-        .await?
-        .into_iter()
-        .map(|j| (j.definition.id.clone(), j))
-        .collect();
-    let mut writes = Vec::new();
-    let mut effective = Vec::new();
-    for spec in defined {
-        let previous = stored.remove(&spec.id);
-        let unchanged = previous.clone();
-        let Some(synced) = sync_job(Some(spec), previous) else {
-            continue;
-        };
-        match synced.effective() {
-            Ok(job) => effective.push(job),
-            Err(e) => {
-                // An override that no longer parses: run the definition.
-                tracing::warn!(error = %e, "ignoring the operator's overrides of a job");
+    defined: &[Arc<JobSpec>],
+) -> Result<(Vec<Arc<JobSpec>>, HashMap<String, DateTime<Utc>>), BackendError> {
+    let mut leftover: HashSet<String> = store.job_ids().await?.into_iter().collect();
+    let mut effective = Vec::with_capacity(defined.len());
+    // Slice by slice (read, compare, write what changed), so each request
+    // stays well within the response timeout and only one slice of stored
+    // jobs is in memory at a time, however many jobs there are.
+    for slice in defined.chunks(SYNC_SLICE) {
+        let ids: Vec<&str> = slice.iter().map(|j| j.id.as_str()).collect();
+        let stored = store.jobs_by_id(&ids).await?;
+        let mut writes = Vec::new();
+        for (spec, previous) in slice.iter().zip(stored) {
+            leftover.remove(&spec.id);
+            let unchanged = previous.clone();
+            let Some(synced) = sync_job(Some(spec), previous) else {
+                continue;
+            };
+            if synced.overrides.is_empty() {
                 effective.push(spec.clone());
+            } else {
+                match synced.effective() {
+                    Ok(job) => effective.push(Arc::new(job)),
+                    Err(e) => {
+                        // An override that no longer parses: run the definition.
+                        tracing::warn!(error = %e, "ignoring the operator's overrides of a job");
+                        effective.push(spec.clone());
+                    }
+                }
+            }
+            // A restart with the same definitions writes nothing.
+            if unchanged.as_ref() != Some(&synced) {
+                writes.push(PendingWrite::Job(Box::new(synced)));
             }
         }
-        // A restart with the same definitions writes nothing.
-        if unchanged.as_ref() != Some(&synced) {
-            writes.push(PendingWrite::Job(Box::new(synced)));
-        }
+        store.apply(&writes).await?;
     }
-    for (id, leftover) in stored {
-        if leftover.origin == JobOrigin::Custom {
-            // Created at run time: kept, and scheduled like the others.
-            match leftover.effective() {
-                Ok(job) => effective.push(job),
-                Err(e) => tracing::warn!(error = %e, "skipping a custom job redis holds"),
+    let leftover: Vec<String> = leftover.into_iter().collect();
+    for slice in leftover.chunks(SYNC_SLICE) {
+        let ids: Vec<&str> = slice.iter().map(String::as_str).collect();
+        let mut writes = Vec::new();
+        for stored in store.jobs_by_id(&ids).await?.into_iter().flatten() {
+            if stored.origin == JobOrigin::Custom {
+                // Created at run time: kept, and scheduled like the others.
+                match stored.effective() {
+                    Ok(job) => effective.push(Arc::new(job)),
+                    Err(e) => tracing::warn!(error = %e, "skipping a custom job redis holds"),
+                }
+                continue;
             }
-            continue;
+            let id = stored.definition.id.clone();
+            if let Some(orphaned) = sync_job(None, Some(stored)) {
+                tracing::info!(job = %id, "job no longer defined: marked orphaned");
+                writes.push(PendingWrite::Job(Box::new(orphaned)));
+            }
         }
-        if let Some(orphaned) = sync_job(None, Some(leftover)) {
-            tracing::info!(job = %id, "job no longer defined: marked orphaned");
-            writes.push(PendingWrite::Job(Box::new(orphaned)));
-        }
+        store.apply(&writes).await?;
     }
-    // In slices, so each pipeline stays well within the response timeout
-    // however many jobs there are.
-    for slice in writes.chunks(SYNC_SLICE) {
-        store.apply(slice).await?;
-    }
-    drop(writes);
     let ids: Vec<String> = effective.iter().map(|j| j.id.clone()).collect();
     let last_ticks = store.last_ticks(&ids).await?;
     Ok((effective, last_ticks))

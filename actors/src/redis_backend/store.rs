@@ -190,6 +190,27 @@ impl RedisStore {
             .unwrap_or(0))
     }
 
+    /// The ids of every stored job.
+    pub async fn job_ids(&self) -> Result<Vec<String>, BackendError> {
+        let mut c = self.conn().await?;
+        Ok(c.smembers(self.keys.jobs()).await?)
+    }
+
+    /// These jobs as stored (None where Redis has none), in one MGET: the
+    /// caller slices.
+    pub async fn jobs_by_id(&self, ids: &[&str]) -> Result<Vec<Option<StoredJob>>, BackendError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut c = self.conn().await?;
+        let keys: Vec<String> = ids.iter().map(|id| self.keys.job(id)).collect();
+        let values: Vec<Option<String>> = redis::cmd("MGET").arg(&keys).query_async(&mut c).await?;
+        keys.iter()
+            .zip(values)
+            .map(|(key, value)| value.map(|json| from_json(key, &json)).transpose())
+            .collect()
+    }
+
     /// Every stored job (read in slices of [`MGET_SLICE`]).
     pub async fn jobs(&self) -> Result<Vec<StoredJob>, BackendError> {
         let mut c = self.conn().await?;

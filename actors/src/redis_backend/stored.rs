@@ -57,6 +57,13 @@ pub struct Overrides {
     pub overlap: Option<OverlapPolicy>,
 }
 
+impl Overrides {
+    /// Nothing changed: the job runs as defined.
+    pub fn is_empty(&self) -> bool {
+        *self == Overrides::default()
+    }
+}
+
 /// A job as stored under `{prefix}:job:{id}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredJob {
