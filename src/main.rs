@@ -14,6 +14,12 @@ mod config;
 mod http;
 mod telemetry;
 
+// mimalloc rather than glibc's malloc: the run path allocates and frees
+// small objects (records, ids, messages) across the runtime's threads, and
+// glibc's allocator took a quarter of the daemon's CPU there (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

@@ -30,6 +30,10 @@
 //! * footprint: daily 5-field jobs registered in Redis, then the daemon
 //!   in a child process (this binary, `footprint-worker`) idles; its VmRSS.
 
+// The daemon's allocator (src/main.rs), so the figures are the daemon's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
