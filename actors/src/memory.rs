@@ -140,7 +140,10 @@ impl MemoryStore {
         self.order.insert(seq, record.run_id.clone());
         self.records.insert(record.run_id.clone(), (seq, record));
         if let Some(old) = evicted {
-            self.remove_record(&old);
+            // Already out of its job's history.
+            if let Some((seq, _)) = self.records.remove(&old) {
+                self.order.remove(&seq);
+            }
         }
         while self.records.len() > self.limits.max_records {
             let Some((_, oldest)) = self.order.pop_first() else {
@@ -156,7 +159,13 @@ impl MemoryStore {
         if let Some((seq, record)) = self.records.remove(run_id) {
             self.order.remove(&seq);
             if let Some(h) = self.history.get_mut(&record.job_id) {
-                h.retain(|id| id != run_id);
+                // Records leave oldest first, so this one is nearly always
+                // the front of its job's history: no scan then.
+                if h.front() == Some(run_id) {
+                    h.pop_front();
+                } else {
+                    h.retain(|id| id != run_id);
+                }
                 if h.is_empty() {
                     self.history.remove(&record.job_id);
                 }
@@ -304,6 +313,30 @@ mod tests {
             .map(|r| r.run_id.0)
             .collect();
         assert_eq!(ids, ["a@1700000004", "a@1700000003", "a@1700000002"]);
+    }
+
+    #[test]
+    fn the_overall_cap_keeps_each_jobs_history_in_step() {
+        let now = Utc::now();
+        let mut s = MemoryStore::new(limits(3, 2));
+        for n in 0..4 {
+            s.put_record(rec("a", n, RunStatus::Success, now));
+            s.put_record(rec("b", n, RunStatus::Success, now));
+        }
+        let ids = |job: &str| -> Vec<String> {
+            s.query(&RecordQuery {
+                job_id: Some(job.into()),
+                limit: 10,
+                ..Default::default()
+            })
+            .into_iter()
+            .map(|r| r.run_id.0)
+            .collect()
+        };
+        // 8 written, 3 kept overall: b@3, a@3, b@2 (the newest)
+        assert_eq!(ids("a"), ["a@1700000003"]);
+        assert_eq!(ids("b"), ["b@1700000003", "b@1700000002"]);
+        assert_eq!(s.record_count(), 3);
     }
 
     #[test]

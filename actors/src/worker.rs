@@ -2,11 +2,14 @@
 //!
 //! The job's handler runs in a task of its own, watched by a second task
 //! that applies the timeout; a panic, an error or a timeout becomes an
-//! [`AttemptOutcome`] sent back here, so the worker itself never fails
-//! because of a job. Both tasks are aborted if the worker goes away.
+//! [`AttemptOutcome`] that the watcher sends straight to the pool (one
+//! message per run fewer than going through this actor), so the worker
+//! itself never fails because of a job. Both tasks are aborted if the
+//! worker goes away.
 
 use std::any::Any;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use chrono::Utc;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
@@ -14,7 +17,7 @@ use tracing::Instrument;
 
 use crate::AbortOnDrop;
 use crate::delivery::{Message, Outbox};
-use crate::handler::{Notes, Registry, RunContext, RunNotes};
+use crate::handler::{Registry, RunContext, RunNotes};
 use crate::handles::StoreHandle;
 use crate::record::{Counts, RunId, RunStatus, Trigger};
 use crate::telemetry;
@@ -33,13 +36,6 @@ pub enum AttemptOutcome {
 pub enum WorkerMsg {
     Execute(Box<RunRequest>),
     Cancel(RunId),
-    Finished {
-        run_id: RunId,
-        outcome: AttemptOutcome,
-        /// What the handler noted, whatever the outcome (a failed digest
-        /// run still shows its window).
-        notes: Notes,
-    },
 }
 
 #[derive(Clone)]
@@ -56,9 +52,18 @@ pub struct WorkerArgs {
 pub struct Worker;
 
 struct Current {
-    request: RunRequest,
+    run_id: RunId,
+    /// Set by the watcher just before it reports the outcome to the pool:
+    /// from then on this worker is free for the next run.
+    done: Arc<AtomicBool>,
     handler_task: AbortOnDrop,
     _watcher: AbortOnDrop,
+}
+
+impl Current {
+    fn busy(&self) -> bool {
+        !self.done.load(Ordering::Acquire)
+    }
 }
 
 pub struct WorkerState {
@@ -84,39 +89,18 @@ impl Actor for Worker {
 
     async fn handle(
         &self,
-        myself: ActorRef<WorkerMsg>,
+        _myself: ActorRef<WorkerMsg>,
         msg: WorkerMsg,
         state: &mut WorkerState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            WorkerMsg::Execute(request) => start(myself, state, *request),
+            WorkerMsg::Execute(request) => start(state, *request),
             WorkerMsg::Cancel(run_id) => {
                 if let Some(current) = &state.current
-                    && current.request.record.run_id == run_id
+                    && current.run_id == run_id
                 {
                     // The watcher sees the abort and reports Cancelled.
                     current.handler_task.0.abort();
-                }
-            }
-            WorkerMsg::Finished {
-                run_id,
-                outcome,
-                notes,
-            } => {
-                if state
-                    .current
-                    .as_ref()
-                    .is_some_and(|c| c.request.record.run_id == run_id)
-                    && let Some(mut done) = state.current.take()
-                {
-                    if notes.digest.is_some() {
-                        done.request.record.digest = notes.digest;
-                    }
-                    let _ = state.args.pool.cast(PoolMsg::AttemptDone {
-                        worker: state.args.index,
-                        request: done.request,
-                        outcome,
-                    });
                 }
             }
         }
@@ -124,12 +108,12 @@ impl Actor for Worker {
     }
 }
 
-fn start(myself: ActorRef<WorkerMsg>, state: &mut WorkerState, mut request: RunRequest) {
-    if let Some(current) = &state.current {
+fn start(state: &mut WorkerState, mut request: RunRequest) {
+    if let Some(current) = state.current.as_ref().filter(|c| c.busy()) {
         // The pool only hands work to idle workers; refuse rather than drop.
         tracing::error!(
             worker = state.args.index,
-            busy_with = %current.request.record.run_id,
+            busy_with = %current.run_id,
             refused = %request.record.run_id,
             "worker asked to run two runs at once; handing the new one back"
         );
@@ -180,6 +164,11 @@ fn start(myself: ActorRef<WorkerMsg>, state: &mut WorkerState, mut request: RunR
     };
     let abort = handler_task.abort_handle();
     let handler_abort = abort.clone();
+    let done = Arc::new(AtomicBool::new(false));
+    let finished = done.clone();
+    let pool = state.args.pool.clone();
+    let worker = state.args.index;
+    let current_run = run_id.clone();
     let watcher = tokio::spawn(async move {
         let outcome = match tokio::time::timeout(timeout, handler_task).await {
             Err(_) => {
@@ -193,15 +182,22 @@ fn start(myself: ActorRef<WorkerMsg>, state: &mut WorkerState, mut request: RunR
             }
             Ok(Err(_)) => AttemptOutcome::Cancelled,
         };
+        // What the handler noted counts whatever the outcome (a failed
+        // digest run still shows its window).
         let notes = notes.take();
-        let _ = myself.cast(WorkerMsg::Finished {
-            run_id,
+        if notes.digest.is_some() {
+            request.record.digest = notes.digest;
+        }
+        finished.store(true, Ordering::Release);
+        let _ = pool.cast(PoolMsg::AttemptDone {
+            worker,
+            request,
             outcome,
-            notes,
         });
     });
     state.current = Some(Current {
-        request,
+        run_id: current_run,
+        done,
         handler_task: AbortOnDrop(handler_abort),
         _watcher: AbortOnDrop::from(watcher),
     });
