@@ -130,7 +130,10 @@ impl MemoryStore {
         }
         let seq = self.next_seq;
         self.next_seq += 1;
-        let job_history = self.history.entry(record.job_id.clone()).or_default();
+        let job_history = match self.history.get_mut(&record.job_id) {
+            Some(history) => history,
+            None => self.history.entry(record.job_id.clone()).or_default(),
+        };
         job_history.push_back(record.run_id.clone());
         let evicted = if job_history.len() > self.limits.history_per_job {
             job_history.pop_front()

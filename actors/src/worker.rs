@@ -1,18 +1,22 @@
 //! A Worker actor: executes one run at a time for the WorkerPool.
 //!
-//! The job's handler runs in a task of its own, watched by a second task
-//! that applies the timeout; a panic, an error or a timeout becomes an
-//! [`AttemptOutcome`] that the watcher sends straight to the pool (one
-//! message per run fewer than going through this actor), so the worker
-//! itself never fails because of a job. Both tasks are aborted if the
-//! worker goes away.
+//! The job's handler runs in a task of its own, which also applies the
+//! timeout and catches a panic; a panic, an error, a timeout or a
+//! cancellation becomes an [`AttemptOutcome`] that the task sends straight
+//! to the pool (one message per run fewer than going through this actor),
+//! so the worker itself never fails because of a job. The task is aborted
+//! if the worker goes away. (A handler that blocks its thread instead of
+//! awaiting also holds up its own timeout: handlers must be async.)
 
 use std::any::Any;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use chrono::Utc;
+use futures_util::FutureExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::sync::oneshot;
 use tracing::Instrument;
 
 use crate::AbortOnDrop;
@@ -56,8 +60,9 @@ struct Current {
     /// Set by the watcher just before it reports the outcome to the pool:
     /// from then on this worker is free for the next run.
     done: Arc<AtomicBool>,
-    handler_task: AbortOnDrop,
-    _watcher: AbortOnDrop,
+    /// Ends the handler (dropped at its next await) and reports Cancelled.
+    cancel: Option<oneshot::Sender<()>>,
+    _task: AbortOnDrop,
 }
 
 impl Current {
@@ -96,11 +101,11 @@ impl Actor for Worker {
         match msg {
             WorkerMsg::Execute(request) => start(state, *request),
             WorkerMsg::Cancel(run_id) => {
-                if let Some(current) = &state.current
+                if let Some(current) = &mut state.current
                     && current.run_id == run_id
+                    && let Some(cancel) = current.cancel.take()
                 {
-                    // The watcher sees the abort and reports Cancelled.
-                    current.handler_task.0.abort();
+                    let _ = cancel.send(());
                 }
             }
         }
@@ -158,29 +163,37 @@ fn start(state: &mut WorkerState, mut request: RunRequest) {
     let timeout = request.job.timeout;
     // Everything the job logs carries its job and run ids.
     let span = tracing::info_span!("run", job = %request.job.id, run = %run_id, attempt = request.record.attempt);
-    let handler_task = match handler {
-        Ok(handler) => tokio::spawn(handler.run(ctx).instrument(span)),
-        Err(e) => tokio::spawn(async move { Err(e) }),
-    };
-    let abort = handler_task.abort_handle();
-    let handler_abort = abort.clone();
+    let (cancel, cancelled) = oneshot::channel::<()>();
     let done = Arc::new(AtomicBool::new(false));
     let finished = done.clone();
     let pool = state.args.pool.clone();
     let worker = state.args.index;
     let current_run = run_id.clone();
-    let watcher = tokio::spawn(async move {
-        let outcome = match tokio::time::timeout(timeout, handler_task).await {
-            Err(_) => {
-                abort.abort();
-                AttemptOutcome::Failed(format!("timed out after {timeout:?}"))
+    // One task per run: the handler, its timeout, cancellation and panics
+    // are all watched here (a second task and its wake-up per run cost
+    // more than the run of a short job).
+    let task = tokio::spawn(async move {
+        let run = async move {
+            match handler {
+                Ok(handler) => {
+                    AssertUnwindSafe(handler.run(ctx).instrument(span))
+                        .catch_unwind()
+                        .await
+                }
+                Err(e) => Ok(Err(e)),
             }
-            Ok(Ok(Ok(counts))) => AttemptOutcome::Success(counts, outbox.take()),
-            Ok(Ok(Err(e))) => AttemptOutcome::Failed(e.to_string()),
-            Ok(Err(join)) if join.is_panic() => {
-                AttemptOutcome::Failed(format!("panicked: {}", panic_message(join.into_panic())))
-            }
-            Ok(Err(_)) => AttemptOutcome::Cancelled,
+        };
+        let outcome = tokio::select! {
+            biased;
+            Ok(()) = cancelled => AttemptOutcome::Cancelled,
+            ran = tokio::time::timeout(timeout, run) => match ran {
+                Err(_) => AttemptOutcome::Failed(format!("timed out after {timeout:?}")),
+                Ok(Ok(Ok(counts))) => AttemptOutcome::Success(counts, outbox.take()),
+                Ok(Ok(Err(e))) => AttemptOutcome::Failed(e.to_string()),
+                Ok(Err(panic)) => {
+                    AttemptOutcome::Failed(format!("panicked: {}", panic_message(panic)))
+                }
+            },
         };
         // What the handler noted counts whatever the outcome (a failed
         // digest run still shows its window).
@@ -198,8 +211,8 @@ fn start(state: &mut WorkerState, mut request: RunRequest) {
     state.current = Some(Current {
         run_id: current_run,
         done,
-        handler_task: AbortOnDrop(handler_abort),
-        _watcher: AbortOnDrop::from(watcher),
+        cancel: Some(cancel),
+        _task: AbortOnDrop::from(task),
     });
 }
 
