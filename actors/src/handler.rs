@@ -191,6 +191,8 @@ pub struct Registry {
     definitions: Vec<JobSpec>,
     configs: HashMap<String, Arc<serde_json::Value>>,
     config_checks: HashMap<String, ConfigCheck>,
+    /// The settings of a job that has none, shared (asked for every run).
+    no_config: Arc<serde_json::Value>,
 }
 
 impl Registry {
@@ -255,8 +257,8 @@ impl Registry {
     pub fn config(&self, job_id: &str) -> Arc<serde_json::Value> {
         self.configs
             .get(job_id)
-            .cloned()
-            .unwrap_or_else(|| Arc::new(serde_json::Value::Null))
+            .unwrap_or(&self.no_config)
+            .clone()
     }
 
     /// The handler for a job's kind.

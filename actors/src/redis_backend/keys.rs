@@ -4,13 +4,14 @@
 /// Key names under a prefix (default `herald`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Keys {
-    prefix: String,
+    /// Shared: every handle holding a store clones its keys.
+    prefix: std::sync::Arc<str>,
 }
 
 impl Keys {
     pub fn new(prefix: impl Into<String>) -> Self {
         Keys {
-            prefix: prefix.into(),
+            prefix: prefix.into().into(),
         }
     }
 
