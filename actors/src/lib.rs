@@ -12,7 +12,8 @@
 //! * [`record`]: execution records and skipped ticks.
 //! * [`memory`]: the bounded in-memory backend (jobs, last ticks, records).
 //! * [`timetable`]: the scheduler's heap and its misfire/overlap decisions.
-//! * [`backoff`]: retry delays; [`restart`]: restart intensity.
+//! * [`backoff`]: retry delays; [`restart`]: restart intensity;
+//!   [`precise_timer`]: sub-millisecond one-shot timer (held runs' release).
 //! * [`redis_backend`]: key names, connections, stored jobs, the Redis
 //!   store, the run queue, the delivery ledger, users and digest inboxes.
 //! * [`users`]: users, packs and targeting; [`digest`]: digest profiles,
@@ -45,6 +46,7 @@ pub mod jobs;
 pub mod ledger;
 pub mod memory;
 pub mod notifier;
+pub mod precise_timer;
 pub mod record;
 pub mod redis_backend;
 pub mod restart;

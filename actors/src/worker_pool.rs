@@ -20,6 +20,7 @@ use crate::backoff::retry_delay;
 use crate::delivery::{DeliveryReport, Message};
 use crate::handler::Registry;
 use crate::handles::{NotifierHandle, SchedulerHandle, StoreHandle};
+use crate::precise_timer::PreciseTimer;
 use crate::health::{Health, Mode};
 use crate::job::JobSpec;
 use crate::record::{Counts, ExecutionRecord, RunId, RunStatus};
@@ -190,8 +191,10 @@ pub struct PoolState {
     held_seq: u64,
     /// The last read from the queue brought runs to hold.
     reading_ahead: bool,
-    /// Wakes the pool when the earliest held run is due.
-    release_timer: Option<(DateTime<Utc>, AbortOnDrop)>,
+    /// Wakes the pool when the earliest held run is due (to well under a
+    /// millisecond: see `precise_timer`), and the instant it is armed for.
+    release_timer: PreciseTimer,
+    release_at: Option<DateTime<Utc>>,
     retries: HashMap<RunId, (RunRequest, AbortOnDrop)>,
     delivering: HashMap<RunId, Delivering>,
     /// Runs this pool holds: queued, running or waiting to retry.
@@ -308,6 +311,10 @@ impl Actor for WorkerPool {
                 }
             }
         });
+        let me = myself.clone();
+        let release_timer = PreciseTimer::new("herald-release", move || {
+            me.cast(PoolMsg::Release).is_ok()
+        })?;
         let mut state = PoolState {
             args,
             slots: Vec::new(),
@@ -324,7 +331,8 @@ impl Actor for WorkerPool {
             held: BTreeMap::new(),
             held_seq: 0,
             reading_ahead: false,
-            release_timer: None,
+            release_timer,
+            release_at: None,
             _reader: reader,
             _toucher: toucher,
         };
@@ -333,7 +341,7 @@ impl Actor for WorkerPool {
             state.slots.push(slot);
         }
         restore(&myself, &mut state).await;
-        release_due(&myself, &mut state);
+        release_due(&mut state);
         dispatch(&mut state);
         state.update_capacity();
         Ok(state)
@@ -355,7 +363,7 @@ impl Actor for WorkerPool {
                 // leave the free capacity as it was.
                 state.capacity.send_modify(|_| {});
             }
-            PoolMsg::Release => state.release_timer = None,
+            PoolMsg::Release => state.release_at = None,
             PoolMsg::Touch => {
                 let held = state.held_entries();
                 if let Some(q) = &state.args.queue
@@ -400,7 +408,8 @@ impl Actor for WorkerPool {
                     deadline_passed: false,
                 };
                 let held = std::mem::take(&mut state.held).into_values();
-                state.release_timer = None;
+                state.release_at = None;
+                state.release_timer.disarm();
                 let mut not_started = Vec::new();
                 for request in std::mem::take(&mut state.queue).into_iter().chain(held) {
                     if let Some(entry_id) = request.entry_id {
@@ -488,7 +497,7 @@ impl Actor for WorkerPool {
                 }
             }
         }
-        release_due(&myself, state);
+        release_due(state);
         dispatch(state);
         finish_drain_if_idle(state);
         state.update_capacity();
@@ -641,7 +650,7 @@ fn take_in(state: &mut PoolState, request: RunRequest) {
 /// Moves held runs whose tick has come to the front of the queue (they
 /// are due now; what waits there may wait a moment longer), and arms the
 /// timer for the next.
-fn release_due(myself: &ActorRef<PoolMsg>, state: &mut PoolState) {
+fn release_due(state: &mut PoolState) {
     let now = Utc::now();
     let mut due = Vec::new();
     while let Some(entry) = state.held.first_entry() {
@@ -654,19 +663,17 @@ fn release_due(myself: &ActorRef<PoolMsg>, state: &mut PoolState) {
         state.queue.push_front(request);
     }
     let Some(&(next, _)) = state.held.keys().next() else {
-        state.release_timer = None;
+        if state.release_at.take().is_some() {
+            state.release_timer.disarm();
+        }
         return;
     };
-    if state
-        .release_timer
-        .as_ref()
-        .is_some_and(|(at, _)| *at == next)
-    {
+    if state.release_at == Some(next) {
         return;
     }
     let delay = (next - now).to_std().unwrap_or_default();
-    let timer = myself.send_after(delay, || PoolMsg::Release);
-    state.release_timer = Some((next, AbortOnDrop::from(timer)));
+    state.release_timer.arm(Instant::now() + delay);
+    state.release_at = Some(next);
 }
 
 fn dispatch(state: &mut PoolState) {
