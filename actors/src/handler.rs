@@ -255,10 +255,7 @@ impl Registry {
 
     /// A job's settings (null if none).
     pub fn config(&self, job_id: &str) -> Arc<serde_json::Value> {
-        self.configs
-            .get(job_id)
-            .unwrap_or(&self.no_config)
-            .clone()
+        self.configs.get(job_id).unwrap_or(&self.no_config).clone()
     }
 
     /// The handler for a job's kind.

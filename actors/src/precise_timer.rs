@@ -116,7 +116,10 @@ mod tests {
         );
         timer.arm(Instant::now() + Duration::from_millis(50));
         timer.disarm();
-        assert!(rx.recv_timeout(Duration::from_millis(200)).is_err(), "disarmed");
+        assert!(
+            rx.recv_timeout(Duration::from_millis(200)).is_err(),
+            "disarmed"
+        );
         drop(timer);
     }
 }

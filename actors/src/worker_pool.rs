@@ -20,9 +20,9 @@ use crate::backoff::retry_delay;
 use crate::delivery::{DeliveryReport, Message};
 use crate::handler::Registry;
 use crate::handles::{NotifierHandle, SchedulerHandle, StoreHandle};
-use crate::precise_timer::PreciseTimer;
 use crate::health::{Health, Mode};
 use crate::job::JobSpec;
+use crate::precise_timer::PreciseTimer;
 use crate::record::{Counts, ExecutionRecord, RunId, RunStatus};
 use crate::redis_backend::{QueueEntry, RedisStore, blocking_connection};
 use crate::telemetry;
@@ -312,9 +312,8 @@ impl Actor for WorkerPool {
             }
         });
         let me = myself.clone();
-        let release_timer = PreciseTimer::new("herald-release", move || {
-            me.cast(PoolMsg::Release).is_ok()
-        })?;
+        let release_timer =
+            PreciseTimer::new("herald-release", move || me.cast(PoolMsg::Release).is_ok())?;
         let mut state = PoolState {
             args,
             slots: Vec::new(),
