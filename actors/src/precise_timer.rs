@@ -100,13 +100,14 @@ mod tests {
         let timer = PreciseTimer::new("test-timer", move || tx.send(Instant::now()).is_ok())
             .expect("spawn the timer thread");
         let start = Instant::now();
-        timer.arm(start + Duration::from_millis(200));
-        // Re-armed before it fired: only the later deadline counts.
+        timer.arm(start + Duration::from_secs(10));
+        // Re-armed before it fired: only the latest deadline counts (the
+        // bound is loose: this checks which deadline, not how precisely).
         timer.arm(start + Duration::from_millis(30));
-        let fired = rx.recv_timeout(Duration::from_secs(2)).expect("fired");
-        assert!(fired >= start + Duration::from_millis(30));
+        let fired = rx.recv_timeout(Duration::from_secs(5)).expect("fired");
+        assert!(fired >= start + Duration::from_millis(30), "fired early");
         assert!(
-            fired < start + Duration::from_millis(150),
+            fired < start + Duration::from_secs(5),
             "fired at {:?}",
             fired - start
         );
