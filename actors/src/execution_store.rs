@@ -634,11 +634,9 @@ impl Actor for ExecutionStore {
         state: &mut StoreState,
     ) -> Result<(), ActorProcessingErr> {
         state.flush(&myself).await;
-        if let Some(link) = &state.redis {
-            let left = link.pending.lock().unwrap_or_else(|p| p.into_inner()).len();
-            if left > 0 {
-                tracing::warn!(left, "writes not flushed to redis before stopping");
-            }
+        let left = state.data.pending_writes();
+        if left > 0 {
+            tracing::warn!(left, "writes not flushed to redis before stopping");
         }
         Ok(())
     }
@@ -740,21 +738,14 @@ impl Actor for ExecutionStore {
             StoreMsg::FlushNow(reply) => {
                 // Everything, slice after slice, as long as Redis takes it.
                 loop {
-                    let before = state.redis.as_ref().map_or(0, |l| {
-                        l.pending.lock().unwrap_or_else(|p| p.into_inner()).len()
-                    });
+                    let before = state.data.pending_writes();
                     state.flush(&myself).await;
-                    let after = state.redis.as_ref().map_or(0, |l| {
-                        l.pending.lock().unwrap_or_else(|p| p.into_inner()).len()
-                    });
+                    let after = state.data.pending_writes();
                     if after == 0 || after >= before {
                         break;
                     }
                 }
-                let left = state.redis.as_ref().map_or(0, |l| {
-                    l.pending.lock().unwrap_or_else(|p| p.into_inner()).len()
-                });
-                let _ = reply.send(left);
+                let _ = reply.send(state.data.pending_writes());
             }
             StoreMsg::Sweep => {
                 let expired = state.mem().expire(Utc::now());

@@ -144,9 +144,7 @@ impl MemoryStore {
         self.records.insert(record.run_id.clone(), (seq, record));
         if let Some(old) = evicted {
             // Already out of its job's history.
-            if let Some((seq, _)) = self.records.remove(&old) {
-                self.order.remove(&seq);
-            }
+            self.forget_record(&old);
         }
         while self.records.len() > self.limits.max_records {
             let Some((_, oldest)) = self.order.pop_first() else {
@@ -158,20 +156,28 @@ impl MemoryStore {
         true
     }
 
+    /// Drops a record from the record map and the age order, not from its
+    /// job's history.
+    fn forget_record(&mut self, run_id: &RunId) -> Option<ExecutionRecord> {
+        let (seq, record) = self.records.remove(run_id)?;
+        self.order.remove(&seq);
+        Some(record)
+    }
+
     fn remove_record(&mut self, run_id: &RunId) {
-        if let Some((seq, record)) = self.records.remove(run_id) {
-            self.order.remove(&seq);
-            if let Some(h) = self.history.get_mut(&record.job_id) {
-                // Records leave oldest first, so this one is nearly always
-                // the front of its job's history: no scan then.
-                if h.front() == Some(run_id) {
-                    h.pop_front();
-                } else {
-                    h.retain(|id| id != run_id);
-                }
-                if h.is_empty() {
-                    self.history.remove(&record.job_id);
-                }
+        let Some(record) = self.forget_record(run_id) else {
+            return;
+        };
+        if let Some(h) = self.history.get_mut(&record.job_id) {
+            // Records leave oldest first, so this one is nearly always the
+            // front of its job's history: no scan then.
+            if h.front() == Some(run_id) {
+                h.pop_front();
+            } else {
+                h.retain(|id| id != run_id);
+            }
+            if h.is_empty() {
+                self.history.remove(&record.job_id);
             }
         }
     }

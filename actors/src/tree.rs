@@ -451,18 +451,17 @@ async fn sync_jobs(
             let Some(synced) = sync_job(Some(spec), previous) else {
                 continue;
             };
-            if synced.overrides.is_empty() {
-                effective.push(spec.clone());
+            // Not edited: the defined job itself (one shared copy).
+            let job = if synced.overrides.is_empty() {
+                spec.clone()
             } else {
-                match synced.effective() {
-                    Ok(job) => effective.push(Arc::new(job)),
-                    Err(e) => {
-                        // An override that no longer parses: run the definition.
-                        tracing::warn!(error = %e, "ignoring the operator's overrides of a job");
-                        effective.push(spec.clone());
-                    }
-                }
-            }
+                synced.effective().map(Arc::new).unwrap_or_else(|e| {
+                    // An override that no longer parses: run the definition.
+                    tracing::warn!(error = %e, "ignoring the operator's overrides of a job");
+                    spec.clone()
+                })
+            };
+            effective.push(job);
             // A restart with the same definitions writes nothing.
             if unchanged.as_ref() != Some(&synced) {
                 writes.push(PendingWrite::Job(Box::new(synced)));

@@ -213,22 +213,12 @@ impl RedisStore {
 
     /// Every stored job (read in slices of [`MGET_SLICE`]).
     pub async fn jobs(&self) -> Result<Vec<StoredJob>, BackendError> {
-        let mut c = self.conn().await?;
-        let ids: Vec<String> = c.smembers(self.keys.jobs()).await?;
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
+        let ids = self.job_ids().await?;
         let mut jobs = Vec::with_capacity(ids.len());
         // In slices: one reply per thousand jobs stays small and quick.
         for slice in ids.chunks(MGET_SLICE) {
-            let keys: Vec<String> = slice.iter().map(|id| self.keys.job(id)).collect();
-            let values: Vec<Option<String>> =
-                redis::cmd("MGET").arg(&keys).query_async(&mut c).await?;
-            for (key, value) in keys.iter().zip(values) {
-                if let Some(json) = value {
-                    jobs.push(from_json(key, &json)?);
-                }
-            }
+            let slice: Vec<&str> = slice.iter().map(String::as_str).collect();
+            jobs.extend(self.jobs_by_id(&slice).await?.into_iter().flatten());
         }
         Ok(jobs)
     }
