@@ -37,6 +37,8 @@ const FLUSH_GATHER: Duration = Duration::from_millis(25);
 /// Pipelines per flush before other messages get their turn (a backlog
 /// after an outage is flushed in slices, not in one long handler).
 const FLUSH_SLICE: usize = 10;
+/// How long a stopping store keeps flushing what is pending.
+const FINAL_FLUSH_LIMIT: Duration = Duration::from_secs(10);
 /// After a failed flush, try again this soon (the watcher may not have
 /// noticed a short outage).
 const FLUSH_RETRY: Duration = Duration::from_millis(500);
@@ -626,14 +628,25 @@ impl Actor for ExecutionStore {
         Ok(state)
     }
 
-    /// On a graceful stop (after every queued write was handled), one last
-    /// flush to Redis; what cannot reach it stays in the shared queue.
+    /// On a graceful stop (after every queued write was handled), flush
+    /// to Redis until nothing is pending, Redis stops taking writes, or
+    /// [`FINAL_FLUSH_LIMIT`] has passed (one flush is at most a slice, and
+    /// a start-up or a burst can leave more than that pending); what
+    /// cannot reach Redis stays in the shared queue.
     async fn post_stop(
         &self,
         myself: ActorRef<StoreMsg>,
         state: &mut StoreState,
     ) -> Result<(), ActorProcessingErr> {
-        state.flush(&myself).await;
+        let deadline = tokio::time::Instant::now() + FINAL_FLUSH_LIMIT;
+        loop {
+            let before = state.data.pending_writes();
+            state.flush(&myself).await;
+            let after = state.data.pending_writes();
+            if after == 0 || after >= before || tokio::time::Instant::now() >= deadline {
+                break;
+            }
+        }
         let left = state.data.pending_writes();
         if left > 0 {
             tracing::warn!(left, "writes not flushed to redis before stopping");

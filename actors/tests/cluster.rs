@@ -767,3 +767,20 @@ fn allow_job_ticking_once_soon() -> (JobSpec, DateTime<Utc>) {
     job.overlap = herald_actors::job::OverlapPolicy::Allow;
     (job, tick)
 }
+
+#[tokio::test]
+async fn a_graceful_stop_flushes_every_pending_write_not_just_one_slice() {
+    let server = RedisServer::start();
+    let calls = Calls::default();
+    let herald = daemon(&server, Vec::new(), &calls).await;
+    // More than one flush slice (10 batches of 1,000) pending at the stop.
+    let at = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+    let ids: Vec<String> = (0..25_000).map(|i| format!("job-{i}")).collect();
+    for id in &ids {
+        herald.store.set_last_tick(id.clone(), at);
+    }
+    herald.shutdown().await;
+    let ticks = redis(&server).last_ticks(&ids).await.unwrap();
+    assert_eq!(ticks.len(), ids.len(), "last ticks in redis after the stop");
+    assert!(ticks.values().all(|t| *t == at));
+}
