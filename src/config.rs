@@ -419,7 +419,7 @@ impl fmt::Debug for Settings {
 impl Settings {
     /// One line saying what was loaded, secrets left out.
     pub fn summary(&self) -> String {
-        let jobs: Vec<&str> = self.jobs.iter().map(|j| j.id.as_str()).collect();
+        let jobs: Vec<&str> = self.jobs.iter().map(|j| &*j.id).collect();
         let job_list = if jobs.is_empty() {
             String::new()
         } else {
@@ -941,7 +941,7 @@ impl Validator<'_> {
         let registered: Vec<String> = registry
             .definitions()
             .iter()
-            .map(|j| j.id.clone())
+            .map(|j| j.id.to_string())
             .collect();
         let mut out = std::collections::BTreeMap::new();
         for (id, table) in tables {
@@ -1106,7 +1106,7 @@ impl Validator<'_> {
             );
             if let (Some(expr), Some(tz)) = (expr, tz) {
                 specs.push(JobSpec {
-                    id: job.id.clone(),
+                    id: job.id.as_str().into(),
                     schedule: Schedule::new(expr, tz),
                     enabled: job.enabled,
                     misfire: job.misfire,

@@ -77,6 +77,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    herald_actors::allocator::release_freed_memory_promptly();
     let cli = Cli::parse();
     match cli.command {
         Command::Next {

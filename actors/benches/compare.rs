@@ -952,7 +952,7 @@ async fn precision(o: &Opts, ctx: &mut Ctx) -> Result<Value, Fail> {
             let start = Utc::now().timestamp_micros() as f64 / 1e3;
             if let Ok(mut s) = starts.lock() {
                 s.push((
-                    ctx.job.id.clone(),
+                    ctx.job.id.to_string(),
                     ctx.run_id.0.clone(),
                     millis(ctx.scheduled_at),
                     start,
@@ -1307,6 +1307,8 @@ async fn run(scenario: &str, o: &Opts) -> Result<Value, Fail> {
 }
 
 fn main() -> ExitCode {
+    // As the daemon's main does.
+    herald_actors::allocator::release_freed_memory_promptly();
     let args: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| a != "--bench")

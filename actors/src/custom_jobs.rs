@@ -204,7 +204,12 @@ impl CustomJobs {
     }
 
     async fn exists(&self, id: &str) -> Result<bool, JobApiError> {
-        Ok(self.scheduler.jobs().await?.iter().any(|j| j.spec.id == id))
+        Ok(self
+            .scheduler
+            .jobs()
+            .await?
+            .iter()
+            .any(|j| &*j.spec.id == id))
     }
 
     pub async fn create(&self, job: CustomJob) -> Result<JobSpec, JobApiError> {
@@ -275,7 +280,7 @@ mod tests {
     #[test]
     fn a_valid_job_becomes_a_spec() {
         let spec = job().validate(&JobContext::default()).unwrap();
-        assert_eq!(spec.id, "lunch");
+        assert_eq!(&*spec.id, "lunch");
         assert_eq!(spec.schedule.tz(), chrono_tz::Asia::Tehran);
         assert_eq!(spec.delivery.targets.packs, vec!["ops".to_string()]);
         assert!(spec.delivery.dm && spec.enabled);

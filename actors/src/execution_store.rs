@@ -21,7 +21,7 @@ use tokio::sync::watch;
 
 use crate::AbortOnDrop;
 use crate::health::{Health, Mode};
-use crate::job::{Definitions, JobSpec};
+use crate::job::{Definitions, JobId, JobSpec};
 use crate::memory::{MemoryStore, RecordQuery};
 use crate::record::{ExecutionRecord, RunId, SkippedTicks};
 use crate::redis_backend::{
@@ -274,7 +274,7 @@ pub enum StoreWrite {
     CachedRecord(Box<ExecutionRecord>),
     Skipped(SkippedTicks),
     LastTick {
-        job_id: String,
+        job_id: JobId,
         at: DateTime<Utc>,
     },
     /// A tick this daemon ran while offline, to claim in Redis on return.
@@ -446,7 +446,7 @@ pub enum StoreMsg {
 #[derive(Debug, Clone, Default)]
 pub struct StoreSnapshot {
     pub jobs: Vec<Arc<JobSpec>>,
-    pub last_ticks: HashMap<String, DateTime<Utc>>,
+    pub last_ticks: HashMap<JobId, DateTime<Utc>>,
     /// PENDING and RUNNING records, oldest first.
     pub unfinished: Vec<ExecutionRecord>,
 }

@@ -217,19 +217,19 @@ impl Registry {
         let mut spec = job.definition()?;
         crate::job::check_job_id(&spec.id).map_err(|e| e.to_string())?;
         spec.kind = JobKind::Coded {
-            handler: spec.id.clone(),
+            handler: spec.id.to_string(),
         };
-        if self.handlers.contains_key(&spec.id) {
+        if self.handlers.contains_key(&*spec.id) {
             return Err(format!("job {:?} is registered twice", spec.id));
         }
         let job = Arc::new(job);
         let checked = job.clone();
         self.config_checks.insert(
-            spec.id.clone(),
+            spec.id.to_string(),
             Arc::new(move |config: &serde_json::Value| checked.check_config(config)),
         );
         self.handlers
-            .insert(spec.id.clone(), Arc::new(JobAsHandler(job)));
+            .insert(spec.id.to_string(), Arc::new(JobAsHandler(job)));
         self.definitions.push(spec);
         Ok(self)
     }

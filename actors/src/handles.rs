@@ -15,7 +15,7 @@ use ractor::{ActorRef, RpcReplyPort};
 use crate::delivery::{DeliveryReport, Message};
 use crate::execution_store::{StoreData, StoreMsg, StoreSnapshot, StoreStats, StoreWrite};
 use crate::health::{Health, Mode};
-use crate::job::JobSpec;
+use crate::job::{JobId, JobSpec};
 use crate::memory::RecordQuery;
 use crate::notifier::{NotifierMsg, NotifierStats};
 use crate::record::{ExecutionRecord, RunId, SkippedTicks};
@@ -139,7 +139,7 @@ impl StoreHandle {
         self.write(StoreWrite::Skipped(skipped));
     }
 
-    pub fn set_last_tick(&self, job_id: String, at: DateTime<Utc>) {
+    pub fn set_last_tick(&self, job_id: JobId, at: DateTime<Utc>) {
         self.write(StoreWrite::LastTick { job_id, at });
     }
 

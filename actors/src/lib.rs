@@ -19,6 +19,7 @@
 //! * [`users`]: users, packs and targeting; [`digest`]: digest profiles,
 //!   windows and rendering; [`delivery`]: messages and delivery reports.
 //! * [`jobs`]: herald's coded jobs (the food reminder), one file each.
+//! * [`allocator`]: how the daemon's allocator returns memory to the OS.
 //!
 //! The actor tree (DESIGN.md), one module per actor:
 //!
@@ -33,6 +34,7 @@
 //! [`handles`] are the typed ways to talk to them; [`handler`] is what a
 //! run executes; [`tree`] builds the tree from plain data ([`spawn_tree`]).
 
+pub mod allocator;
 pub mod backoff;
 pub mod custom_jobs;
 pub mod delivery;

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::job::JobSpec;
+use crate::job::{JobId, JobSpec};
 use crate::record::{ExecutionRecord, RunId, RunStatus, SkippedTicks};
 
 /// Bounds on what the store keeps.
@@ -60,8 +60,8 @@ pub struct RecordQuery {
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     limits: StoreLimits,
-    jobs: BTreeMap<String, Arc<JobSpec>>,
-    last_tick: HashMap<String, DateTime<Utc>>,
+    jobs: BTreeMap<JobId, Arc<JobSpec>>,
+    last_tick: HashMap<JobId, DateTime<Utc>>,
     records: HashMap<RunId, (u64, ExecutionRecord)>,
     /// Creation sequence -> run, oldest first.
     order: BTreeMap<u64, RunId>,
@@ -109,10 +109,18 @@ impl MemoryStore {
 
     /// Only moves forward, so a late write cannot rewind a job.
     pub fn set_last_tick(&mut self, job_id: &str, at: DateTime<Utc>) {
-        let entry = self.last_tick.entry(job_id.to_string()).or_insert(at);
-        if at > *entry {
-            *entry = at;
+        if let Some(last) = self.last_tick.get_mut(job_id) {
+            if at > *last {
+                *last = at;
+            }
+            return;
         }
+        // Keyed by the job's own id where the job is known (no copy).
+        let key = self
+            .jobs
+            .get_key_value(job_id)
+            .map_or_else(|| JobId::from(job_id), |(id, _)| id.clone());
+        self.last_tick.insert(key, at);
     }
 
     // --- records --------------------------------------------------------

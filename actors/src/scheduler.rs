@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use crate::AbortOnDrop;
 use crate::handles::{PoolHandle, StoreHandle};
 use crate::health::{Health, Mode, owner};
-use crate::job::JobSpec;
+use crate::job::{JobId, JobSpec};
 use crate::record::{ExecutionRecord, RunId, SkippedTicks, Trigger};
 use crate::redis_backend::{BackendError, RedisStore};
 use crate::telemetry;
@@ -141,10 +141,7 @@ impl Actor for Scheduler {
             }
             timetable.upsert(job.clone(), last, now);
             publish_job(job, snapshot.jobs.len(), now);
-            timetable.set_in_flight(
-                &job.id,
-                in_flight.get(job.id.as_str()).copied().unwrap_or(0),
-            );
+            timetable.set_in_flight(&job.id, in_flight.get(&*job.id).copied().unwrap_or(0));
         }
         tracing::info!(jobs = timetable.len(), "scheduler started");
         let health = args.cluster.as_ref().map(|c| c.health.borrow().clone());
@@ -374,14 +371,17 @@ async fn resync(
     };
     let stored = cluster.redis.jobs().await?;
     let removed = cluster.redis.removed_jobs().await?;
-    let ids: Vec<String> = stored.iter().map(|j| j.definition.id.clone()).collect();
+    let ids: Vec<JobId> = stored
+        .iter()
+        .map(|j| JobId::from(j.definition.id.as_str()))
+        .collect();
     let last_ticks = if after_outage {
         cluster.redis.last_ticks(&ids).await.unwrap_or_default()
     } else {
         HashMap::new()
     };
     let now = Utc::now();
-    let current: HashMap<String, Arc<JobSpec>> = state
+    let current: HashMap<JobId, Arc<JobSpec>> = state
         .timetable
         .jobs()
         .into_iter()
@@ -404,8 +404,8 @@ async fn resync(
         match job.effective() {
             Ok(spec) => {
                 let resume_after = if after_outage {
-                    last_ticks.get(&id).copied()
-                } else if current.get(&id).is_some_and(|c| **c == spec) {
+                    last_ticks.get(id.as_str()).copied()
+                } else if current.get(id.as_str()).is_some_and(|c| **c == spec) {
                     // Unchanged: its timer stands.
                     continue;
                 } else {
@@ -425,14 +425,14 @@ async fn resync(
         }
     }
     for (id, spec) in &current {
-        if in_redis.contains(id) {
+        if in_redis.contains(&**id) {
             continue;
         }
-        if removed.contains(id) {
+        if removed.contains(&**id) {
             // Deleted through another daemon.
             state.timetable.remove(id);
             telemetry::job_gone(id);
-            state.args.store.forget_job(id.clone());
+            state.args.store.forget_job(id.to_string());
             changed += 1;
         } else {
             // Redis lost it (restarted empty, flushed) or never had it
@@ -489,7 +489,7 @@ fn claim_offline(state: &mut SchedulerState, fires: Vec<Fire>) -> Vec<Fire> {
             state
                 .args
                 .store
-                .put_claim(fire.0.id.clone(), fire.1, cluster.daemon_id.clone());
+                .put_claim(fire.0.id.to_string(), fire.1, cluster.daemon_id.clone());
             kept.push(fire);
         } else {
             state.timetable.not_started(&fire.0.id);
@@ -537,8 +537,8 @@ async fn execute(
                 scheduled_at,
                 trigger,
             } => fires.push((job, scheduled_at, trigger)),
-            Action::Skip { ref job_id, .. } | Action::Handled { ref job_id, .. }
-                if !owns(state, job_id) => {}
+            Action::Skip { ref job_id, .. } if !owns(state, job_id) => {}
+            Action::Handled { ref job_id, .. } if !owns(state, job_id) => {}
             Action::Skip {
                 job_id,
                 reason,

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, TimeDelta, Utc};
 
-use crate::job::{JobSpec, MisfirePolicy, OverlapPolicy};
+use crate::job::{JobId, JobSpec, MisfirePolicy, OverlapPolicy};
 use crate::record::{SkipReason, Trigger};
 
 /// Most missed ticks enumerated for one job when catching up. A per-second
@@ -57,7 +57,7 @@ pub enum Action {
     },
     /// Every tick of the job up to `at` has been dealt with (persist it, so
     /// a restart resumes from here).
-    Handled { job_id: String, at: DateTime<Utc> },
+    Handled { job_id: JobId, at: DateTime<Utc> },
 }
 
 #[derive(Debug)]
@@ -75,10 +75,10 @@ struct Entry {
 
 #[derive(Debug)]
 pub struct Timetable {
-    entries: HashMap<String, Entry>,
+    entries: HashMap<JobId, Entry>,
     /// (wake time, generation, job id): the wake time is the job's next
     /// tick, less [`FIRE_AHEAD`] for jobs that fire ahead.
-    heap: BinaryHeap<Reverse<(DateTime<Utc>, u64, String)>>,
+    heap: BinaryHeap<Reverse<(DateTime<Utc>, u64, JobId)>>,
     next_generation: u64,
     /// A tick later than this is a misfire rather than a late fire.
     grace: TimeDelta,
@@ -264,7 +264,7 @@ impl Timetable {
                 e.queued.is_some()
                     || (e.spec.overlap != OverlapPolicy::Allow && e.next.is_some_and(|n| n <= now))
             })
-            .map(|(id, _)| id.clone())
+            .map(|(id, _)| id.to_string())
             .collect()
     }
 
@@ -323,7 +323,8 @@ impl Timetable {
         };
         if let Some(next) = entry.next {
             let wake = next - lead(&entry.spec);
-            self.heap.push(Reverse((wake, generation, id.to_string())));
+            self.heap
+                .push(Reverse((wake, generation, entry.spec.id.clone())));
         }
         self.compact_if_stale();
     }
@@ -356,7 +357,7 @@ impl Timetable {
             return;
         };
         actions.push(Action::Handled {
-            job_id: id.to_string(),
+            job_id: entry.spec.id.clone(),
             at: tick,
         });
         let busy = entry.in_flight > 0;
@@ -416,7 +417,7 @@ impl Timetable {
         }
         let capped = count == MAX_MISSED_TICKS;
         actions.push(Action::Handled {
-            job_id: id.to_string(),
+            job_id: spec.id.clone(),
             at: if capped { now } else { last },
         });
         let fire = |at| Action::Fire {
@@ -656,7 +657,7 @@ mod tests {
             fires(&early),
             vec![("00:01".to_string(), Trigger::Schedule)]
         );
-        assert!(matches!(&early[..], [Action::Handled { job_id, .. }, ..] if job_id == "ahead"));
+        assert!(matches!(&early[..], [Action::Handled { job_id, .. }, ..] if &**job_id == "ahead"));
         assert_eq!(t.next_fire("ahead"), Some(at("2021-01-01T00:02:00Z")));
         assert_eq!(t.next_wake(), Some(at("2021-01-01T00:01:00Z")));
         let on_time = t.due(at("2021-01-01T00:01:00Z"));

@@ -24,7 +24,7 @@ use crate::handles::{
     DEFAULT_CALL_TIMEOUT, Directory, NotifierHandle, PoolHandle, SchedulerHandle, StoreHandle,
 };
 use crate::health::{Health, Mode, PING_TIMEOUT, watch_redis};
-use crate::job::{Definitions, JobKind, JobSpec};
+use crate::job::{Definitions, JobId, JobKind, JobSpec};
 use crate::ledger::DeliveryLedger;
 use crate::memory::{MemoryStore, StoreLimits};
 use crate::notifier::{NotifierArgs, TelegramLimits, Transport, Webhooks};
@@ -193,10 +193,10 @@ pub async fn spawn_tree_on(
     for profile in digests.profiles.iter() {
         for (schedule, spec) in profile.schedules.iter().zip(profile.jobs()) {
             if jobs.iter().any(|j| j.id == spec.id) || registry.contains(&spec.id) {
-                return Err(TreeError::DuplicateJob(spec.id));
+                return Err(TreeError::DuplicateJob(spec.id.to_string()));
             }
             registry.register(
-                spec.id.clone(),
+                spec.id.to_string(),
                 DigestJob {
                     profile: profile.clone(),
                     schedule: schedule.name.clone(),
@@ -211,7 +211,7 @@ pub async fn spawn_tree_on(
             && !registry.contains(handler)
         {
             return Err(TreeError::UnknownHandler {
-                job: job.id.clone(),
+                job: job.id.to_string(),
                 handler: handler.clone(),
             });
         }
@@ -435,18 +435,18 @@ const SYNC_SLICE: usize = 1_000;
 async fn sync_jobs(
     store: &RedisStore,
     defined: &[Arc<JobSpec>],
-) -> Result<(Vec<Arc<JobSpec>>, HashMap<String, DateTime<Utc>>), BackendError> {
+) -> Result<(Vec<Arc<JobSpec>>, HashMap<JobId, DateTime<Utc>>), BackendError> {
     let mut leftover: HashSet<String> = store.job_ids().await?.into_iter().collect();
     let mut effective = Vec::with_capacity(defined.len());
     // Slice by slice (read, compare, write what changed), so each request
     // stays well within the response timeout and only one slice of stored
     // jobs is in memory at a time, however many jobs there are.
     for slice in defined.chunks(SYNC_SLICE) {
-        let ids: Vec<&str> = slice.iter().map(|j| j.id.as_str()).collect();
+        let ids: Vec<&str> = slice.iter().map(|j| &*j.id).collect();
         let stored = store.jobs_by_id(&ids).await?;
         let mut writes = Vec::new();
         for (spec, previous) in slice.iter().zip(stored) {
-            leftover.remove(&spec.id);
+            leftover.remove(&*spec.id);
             let unchanged = previous.clone();
             let Some(synced) = sync_job(Some(spec), previous) else {
                 continue;
@@ -490,7 +490,7 @@ async fn sync_jobs(
         }
         store.apply(&writes).await?;
     }
-    let ids: Vec<String> = effective.iter().map(|j| j.id.clone()).collect();
+    let ids: Vec<JobId> = effective.iter().map(|j| j.id.clone()).collect();
     let last_ticks = store.last_ticks(&ids).await?;
     Ok((effective, last_ticks))
 }

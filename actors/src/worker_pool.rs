@@ -578,7 +578,7 @@ async fn restore(myself: &ActorRef<PoolMsg>, state: &mut PoolState) {
         let Some(job) = snapshot
             .jobs
             .iter()
-            .find(|j| j.id == record.job_id)
+            .find(|j| *j.id == *record.job_id)
             .cloned()
         else {
             record.status = RunStatus::Failed;

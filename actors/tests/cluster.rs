@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use herald_actors::health::Mode;
-use herald_actors::job::JobSpec;
+use herald_actors::job::{JobId, JobSpec};
 use herald_actors::memory::{RecordQuery, StoreLimits};
 use herald_actors::notifier::DryRun;
 use herald_actors::record::RunStatus;
@@ -173,7 +173,7 @@ async fn a_redis_outage_goes_offline_and_back_and_every_record_reaches_redis() {
             .await
             .unwrap()
             .iter()
-            .any(|j| j.spec.id == "every-second"),
+            .any(|j| &*j.spec.id == "every-second"),
         "the job is still scheduled"
     );
     herald.shutdown().await;
@@ -510,7 +510,7 @@ async fn an_edit_through_one_daemon_reaches_the_other_within_a_second() {
                 .await
                 .ok()?
                 .into_iter()
-                .find(|j| j.spec.id == id)
+                .find(|j| &*j.spec.id == id)
                 .map(|j| j.spec)
         }
     };
@@ -552,7 +552,7 @@ async fn an_edit_through_one_daemon_reaches_the_other_within_a_second() {
         .await
         .unwrap()
         .into_iter()
-        .find(|j| j.spec.id == "shared")
+        .find(|j| &*j.spec.id == "shared")
         .and_then(|j| j.next_fire)
         .unwrap();
     assert_eq!(
@@ -775,7 +775,7 @@ async fn a_graceful_stop_flushes_every_pending_write_not_just_one_slice() {
     let herald = daemon(&server, Vec::new(), &calls).await;
     // More than one flush slice (10 batches of 1,000) pending at the stop.
     let at = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
-    let ids: Vec<String> = (0..25_000).map(|i| format!("job-{i}")).collect();
+    let ids: Vec<JobId> = (0..25_000).map(|i| format!("job-{i}").into()).collect();
     for id in &ids {
         herald.store.set_last_tick(id.clone(), at);
     }

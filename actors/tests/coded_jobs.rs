@@ -43,7 +43,7 @@ impl Job for Greeter {
             // the store is there too: the job's previous runs
             let before = ctx
                 .store
-                .latest(ctx.job.id.clone())
+                .latest(ctx.job.id.to_string())
                 .await
                 .map_err(|e| JobError::new(e.to_string()))?;
             let targets = Targets {
@@ -86,7 +86,7 @@ async fn a_registered_job_syncs_keeps_edits_and_runs_with_its_context() {
     let jobs = herald.scheduler.jobs().await.unwrap();
     let greeter = jobs
         .iter()
-        .find(|j| j.spec.id == "greeter")
+        .find(|j| &*j.spec.id == "greeter")
         .expect("registered job runs");
     assert_eq!(greeter.spec.schedule.expr().source(), "0 9 * * mon");
     for (id, packs) in [(1, vec!["team"]), (2, vec![]), (3, vec!["team"])] {
@@ -126,7 +126,7 @@ async fn a_registered_job_syncs_keeps_edits_and_runs_with_its_context() {
     herald.shutdown().await;
     let herald = daemon(&server, registry(), recorder.clone()).await;
     let jobs = herald.scheduler.jobs().await.unwrap();
-    let greeter = jobs.iter().find(|j| j.spec.id == "greeter").unwrap();
+    let greeter = jobs.iter().find(|j| &*j.spec.id == "greeter").unwrap();
     assert_eq!(greeter.spec.schedule.expr().source(), "30 8 * * mon");
     herald.shutdown().await;
 

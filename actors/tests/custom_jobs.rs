@@ -109,7 +109,7 @@ async fn a_custom_job_is_validated_persisted_edited_and_deleted() {
     let jobs = herald.scheduler.jobs().await.unwrap();
     let lunch_now = jobs
         .iter()
-        .find(|j| j.spec.id == "lunch")
+        .find(|j| &*j.spec.id == "lunch")
         .expect("the custom job survived the restart");
     assert_eq!(lunch_now.spec.schedule.expr().source(), "30 12 * * *");
     assert!(!lunch_now.spec.enabled);
@@ -133,7 +133,7 @@ async fn a_custom_job_is_validated_persisted_edited_and_deleted() {
         .await
         .unwrap()
         .into_iter()
-        .map(|j| j.spec.id.clone())
+        .map(|j| j.spec.id.to_string())
         .collect();
     assert_eq!(ids, vec!["defined".to_string()]);
     herald.shutdown().await;

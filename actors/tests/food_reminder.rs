@@ -586,7 +586,7 @@ fn the_job_is_registered_for_22_in_tehran_and_checks_its_settings() {
     let spec = registry
         .definitions()
         .iter()
-        .find(|j| j.id == JOB_ID)
+        .find(|j| &*j.id == JOB_ID)
         .expect("registered");
     // the default definition, as the README gives it
     assert_eq!(spec.schedule.expr().source(), "0 22 * * *");

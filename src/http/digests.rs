@@ -119,7 +119,7 @@ async fn schedules(State(state): State<ApiState>) -> Result<Json<serde_json::Val
     for p in state.herald.digests.profiles.iter() {
         for s in &p.schedules {
             let id = job_id(&p.id, &s.name);
-            let view = jobs.iter().find(|j| j.spec.id == id);
+            let view = jobs.iter().find(|j| *j.spec.id == *id);
             let (schedule, tz, enabled, next) = match view {
                 Some(v) => (
                     v.spec.schedule.expr().to_string(),

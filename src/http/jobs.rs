@@ -141,12 +141,12 @@ async fn job_out(state: &ApiState, view: &JobView, now: DateTime<Utc>) -> JobOut
     let last = state
         .herald
         .store
-        .latest(spec.id.clone())
+        .latest(spec.id.to_string())
         .await
         .ok()
         .flatten();
     JobOut {
-        id: spec.id.clone(),
+        id: spec.id.to_string(),
         kind: kind(spec),
         origin: if state.herald.custom_jobs.is_defined(&spec.id) {
             "defined"
@@ -188,7 +188,7 @@ async fn view(state: &ApiState, id: &str) -> Result<JobView, ApiError> {
     views(state)
         .await?
         .into_iter()
-        .find(|j| j.spec.id == id)
+        .find(|j| &*j.spec.id == id)
         .ok_or_else(|| ApiError::not_found(format_args!("job {id:?}")))
 }
 

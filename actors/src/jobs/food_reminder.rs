@@ -928,7 +928,7 @@ mod tests {
     #[test]
     fn the_definition_is_22_in_tehran_with_retries() {
         let spec = FoodReminder.definition().unwrap();
-        assert_eq!(spec.id, JOB_ID);
+        assert_eq!(&*spec.id, JOB_ID);
         assert_eq!(spec.schedule.expr().source(), "0 22 * * *");
         assert_eq!(spec.schedule.tz(), chrono_tz::Asia::Tehran);
         assert_eq!(spec.retry.max_attempts, 3);

@@ -18,6 +18,7 @@ use super::keys::Keys;
 use super::scripts::{CLAIM, PUT_RECORD, PUT_SKIPPED, RAISE_LAST_RUN};
 use super::shared::{Conn, SharedConnection};
 use super::stored::StoredJob;
+use crate::job::JobId;
 use crate::memory::{RecordQuery, StoreLimits};
 use crate::record::{ExecutionRecord, RunId, SkippedTicks};
 
@@ -66,7 +67,7 @@ pub enum PendingWrite {
     Record(Box<ExecutionRecord>),
     Skipped(SkippedTicks),
     LastTick {
-        job_id: String,
+        job_id: JobId,
         at: DateTime<Utc>,
     },
     /// A tick this daemon ran while offline: claimed on return so no other
@@ -241,8 +242,8 @@ impl RedisStore {
 
     pub async fn last_ticks(
         &self,
-        job_ids: &[String],
-    ) -> Result<HashMap<String, DateTime<Utc>>, BackendError> {
+        job_ids: &[JobId],
+    ) -> Result<HashMap<JobId, DateTime<Utc>>, BackendError> {
         if job_ids.is_empty() {
             return Ok(HashMap::new());
         }

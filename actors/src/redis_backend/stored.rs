@@ -101,7 +101,7 @@ pub struct StoredJobError {
 impl From<&JobSpec> for JobDefinition {
     fn from(spec: &JobSpec) -> Self {
         JobDefinition {
-            id: spec.id.clone(),
+            id: spec.id.to_string(),
             schedule: spec.schedule.expr().source().to_string(),
             timezone: spec.schedule.tz().name().to_string(),
             enabled: spec.enabled,
@@ -152,7 +152,7 @@ impl StoredJob {
         let tz = parse_zone(o.timezone.as_deref().unwrap_or(&d.timezone))
             .map_err(|e| fail(e.to_string()))?;
         Ok(JobSpec {
-            id: d.id.clone(),
+            id: d.id.as_str().into(),
             schedule: Schedule::new(expr, tz),
             enabled: o.enabled.unwrap_or(d.enabled),
             misfire: o.misfire.unwrap_or(d.misfire),
