@@ -1131,7 +1131,8 @@ impl Validator<'_> {
                         save: job.save,
                         webhooks: job.webhooks.clone(),
                         silent: job.silent,
-                    },
+                    }
+                    .shared(),
                 });
             }
         }

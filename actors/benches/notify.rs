@@ -42,7 +42,7 @@ async fn fan_out(fake: &FakeTelegram, limits: TelegramLimits, recipients: i64) -
             template: "<b>herald</b> broadcast {{ run_id }}".into(),
         },
     );
-    job.delivery.targets.include = (1..=recipients).collect();
+    job.delivery_mut().targets.include = (1..=recipients).collect();
     let config = TreeConfig {
         telegram_limits: limits,
         ..TreeConfig::default()

@@ -182,7 +182,8 @@ impl CustomJob {
             save: self.save,
             webhooks: self.webhooks.clone(),
             silent: self.silent,
-        };
+        }
+        .shared();
         Ok(spec)
     }
 }

@@ -152,7 +152,7 @@ impl DigestProfile {
                 );
                 spec.misfire = self.misfire;
                 spec.retry.max_attempts = self.max_attempts;
-                spec.delivery = self.delivery.clone();
+                spec.delivery = self.delivery.clone().shared();
                 spec
             })
             .collect()

@@ -143,6 +143,7 @@ impl Actor for Scheduler {
             publish_job(job, snapshot.jobs.len(), now);
             timetable.set_in_flight(&job.id, in_flight.get(&*job.id).copied().unwrap_or(0));
         }
+        timetable.shrink_to_fit();
         tracing::info!(jobs = timetable.len(), "scheduler started");
         let health = args.cluster.as_ref().map(|c| c.health.borrow().clone());
         let mut state = SchedulerState {

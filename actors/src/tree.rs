@@ -220,8 +220,7 @@ pub async fn spawn_tree_on(
     // One copy of each defined job, shared by the definitions, the store's
     // memory and the scheduler (unless an operator's edit makes it differ).
     let mut jobs: Vec<Arc<JobSpec>> = jobs.into_iter().map(Arc::new).collect();
-    let definitions: Definitions =
-        Arc::new(jobs.iter().map(|j| (j.id.clone(), j.clone())).collect());
+    let definitions = Definitions::new(jobs.clone());
     if let Some((settings, store)) = &redis {
         let reachable = matches!(
             tokio::time::timeout(PING_TIMEOUT, store.ping()).await,

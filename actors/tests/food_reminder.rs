@@ -92,7 +92,7 @@ impl Job for TestReminder {
     fn definition(&self) -> Result<JobSpec, String> {
         let mut spec = FoodReminder.definition()?;
         spec.retry = self.retry;
-        spec.delivery.targets = self.targets.clone();
+        spec.delivery_mut().targets = self.targets.clone();
         Ok(spec)
     }
 

@@ -123,8 +123,8 @@ async fn a_message_job_renders_its_template_and_hands_it_to_the_notifier() {
             template: "<b>{{ job_id }}</b> says {{ '<hi>' }}".into(),
         },
     );
-    job.delivery.targets.include = vec![42];
-    job.delivery.silent = true;
+    job.delivery_mut().targets.include = vec![42];
+    job.delivery_mut().silent = true;
     let herald = spawn_tree(
         TreeConfig::default(),
         vec![job],

@@ -27,7 +27,7 @@ fn job(id: &str, targets: Targets) -> JobSpec {
             template: format!("from {id}"),
         },
     );
-    job.delivery.targets = targets;
+    job.delivery_mut().targets = targets;
     job.overlap = OverlapPolicy::Allow;
     job
 }

@@ -31,7 +31,7 @@ fn message_job(id: &str, template: &str, chats: Vec<i64>) -> JobSpec {
             template: template.into(),
         },
     );
-    job.delivery.targets.include = chats;
+    job.delivery_mut().targets.include = chats;
     job.overlap = OverlapPolicy::Allow;
     job
 }
@@ -76,7 +76,7 @@ async fn a_message_arrives_as_html_silently_with_variables_escaped() {
             handler: "greet".into(),
         },
     );
-    job.delivery.silent = true;
+    job.delivery_mut().silent = true;
     let herald = tree(&fake, TreeConfig::default(), vec![job], registry).await;
     let rec = run(&herald, "greet").await;
     assert_eq!(rec.status, RunStatus::Success, "{rec:?}");
@@ -248,7 +248,7 @@ async fn a_fan_out_keeps_telegrams_limits_and_frees_its_worker() {
 async fn save_goes_to_the_owner_chat_and_is_counted_apart() {
     let fake = FakeTelegram::start().await;
     let mut job = message_job("saved", "<b>saved</b>", vec![11]);
-    job.delivery.save = true;
+    job.delivery_mut().save = true;
     let config = TreeConfig {
         save_chat: Some(-100_500),
         ..TreeConfig::default()

@@ -242,10 +242,10 @@ async fn a_message_job_posts_to_its_webhook_and_the_record_counts_it() {
             template: "<b>{{ job_id }}</b> fired".into(),
         },
     );
-    ok.delivery.webhooks = vec!["ops".into()];
+    ok.delivery_mut().webhooks = vec!["ops".into()];
     let mut refused = ok.clone();
     refused.id = "refused".into();
-    refused.delivery.webhooks = vec!["gone".into()];
+    refused.delivery_mut().webhooks = vec!["gone".into()];
     let config = TreeConfig {
         webhooks: vec![
             endpoint(receiver.url("/hook"), 3),

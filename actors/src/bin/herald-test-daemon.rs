@@ -67,7 +67,7 @@ async fn main() {
                     template: "fan-out {{ run_id }}".into(),
                 },
             );
-            fanout.delivery.targets.include = (1..=chats).collect();
+            fanout.delivery_mut().targets.include = (1..=chats).collect();
             jobs.push(fanout);
             Arc::new(TelegramTransport::new("123456:TEST", Some(&api_url)).expect("transport"))
         }

@@ -120,7 +120,7 @@ impl From<&JobSpec> for JobDefinition {
                     handler: handler.clone(),
                 },
             },
-            delivery: spec.delivery.clone(),
+            delivery: (*spec.delivery).clone(),
         }
     }
 }
@@ -172,7 +172,7 @@ impl StoredJob {
                     handler: handler.clone(),
                 },
             },
-            delivery: d.delivery.clone(),
+            delivery: d.delivery.clone().shared(),
         })
     }
 }
