@@ -372,11 +372,12 @@ async fn resync(
     };
     let stored = cluster.redis.jobs().await?;
     let removed = cluster.redis.removed_jobs().await?;
-    let ids: Vec<JobId> = stored
-        .iter()
-        .map(|j| JobId::from(j.definition.id.as_str()))
-        .collect();
+    // Only a resync after an outage resumes jobs from their last ticks.
     let last_ticks = if after_outage {
+        let ids: Vec<JobId> = stored
+            .iter()
+            .map(|j| JobId::from(j.definition.id.as_str()))
+            .collect();
         cluster.redis.last_ticks(&ids).await.unwrap_or_default()
     } else {
         HashMap::new()
