@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use deadpool_redis::redis::Pipeline;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::watch;
 
@@ -25,7 +26,7 @@ use crate::job::{Definitions, JobId, JobSpec};
 use crate::memory::{MemoryStore, RecordQuery};
 use crate::record::{ExecutionRecord, RunId, SkippedTicks};
 use crate::redis_backend::{
-    JobDefinition, JobOrigin, PendingWrite, RedisStore, StoredJob, overrides_for,
+    BackendError, JobDefinition, JobOrigin, PendingWrite, RedisStore, StoredJob, overrides_for,
 };
 
 /// How often expired records are swept from memory.
@@ -96,13 +97,14 @@ impl PendingWrites {
     fn take_batch(&mut self, max: usize) -> Vec<PendingWrite> {
         let n = max.min(self.writes.len());
         let batch: Vec<PendingWrite> = self.writes.drain(..n).collect();
-        self.in_flight = batch.len();
+        self.in_flight += batch.len();
         batch
     }
 
-    /// A batch Redis did not take goes back in front of what came since.
-    fn put_back(&mut self, batch: Vec<PendingWrite>) {
-        self.in_flight = 0;
+    /// A batch Redis did not take goes back in front of what came since
+    /// (`taken`: how many writes it was when taken out).
+    fn put_back(&mut self, batch: Vec<PendingWrite>, taken: usize) {
+        self.in_flight = self.in_flight.saturating_sub(taken);
         for write in batch.into_iter().rev() {
             self.writes.push_front(write);
         }
@@ -179,8 +181,9 @@ mod tests {
     fn writes_queued_during_a_flight_survive_its_landing_and_follow_a_failed_one() {
         let pending: SharedPending = Arc::new(Mutex::new(PendingWrites::new(3)));
         let take = |n| pending.lock().unwrap().take_batch(n);
-        let fly = |batch| Flight {
+        let fly = |batch: Vec<PendingWrite>| Flight {
             pending: pending.clone(),
+            taken: batch.len(),
             batch,
             landed: false,
         };
@@ -209,6 +212,49 @@ mod tests {
         let left: Vec<PendingWrite> = pending.lock().unwrap().writes.iter().cloned().collect();
         // cap 3: the oldest critical write goes
         assert_eq!(left, vec![ack("4-0"), ack("5-0"), ack("6-0")]);
+        assert_eq!(pending.lock().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn two_batches_out_at_once_go_back_in_their_order() {
+        let pending: SharedPending = Arc::new(Mutex::new(PendingWrites::new(100)));
+        let take = |n| pending.lock().unwrap().take_batch(n);
+        let fly = |batch: Vec<PendingWrite>| Flight {
+            pending: pending.clone(),
+            taken: batch.len(),
+            batch,
+            landed: false,
+        };
+        for id in ["1-0", "2-0", "3-0", "4-0"] {
+            pending.lock().unwrap().push(ack(id));
+        }
+        let current = fly(take(2));
+        let next = fly(take(2));
+        pending.lock().unwrap().push(ack("5-0"));
+        assert_eq!(
+            pending.lock().unwrap().len(),
+            5,
+            "both batches count as pending"
+        );
+        // A flush cut short (or failed) with both out: the later goes back
+        // first, the earlier in front of it.
+        drop(Flights {
+            next: Some((next, Ok(deadpool_redis::redis::pipe()))),
+            current: Some(current),
+        });
+        let left: Vec<PendingWrite> = pending.lock().unwrap().writes.iter().cloned().collect();
+        assert_eq!(
+            left,
+            vec![ack("1-0"), ack("2-0"), ack("3-0"), ack("4-0"), ack("5-0")]
+        );
+        assert_eq!(pending.lock().unwrap().len(), 5, "nothing counted twice");
+        // The earlier landing and the later failing: only the later returns.
+        let current = fly(take(2));
+        let next = fly(take(2));
+        current.landed();
+        drop(next);
+        let left: Vec<PendingWrite> = pending.lock().unwrap().writes.iter().cloned().collect();
+        assert_eq!(left, vec![ack("3-0"), ack("4-0"), ack("5-0")]);
         assert_eq!(pending.lock().unwrap().len(), 3);
     }
 
@@ -483,33 +529,49 @@ impl StoreState {
     }
 
     /// Sends pending writes to Redis, oldest first, batch by batch. Stops
-    /// at the first failure and tries again shortly.
+    /// at the first failure and tries again shortly. While Redis applies a
+    /// batch the next one is taken out and encoded, so neither side waits
+    /// for the other; it is sent only once the one before has landed.
     async fn flush(&mut self, myself: &ActorRef<StoreMsg>) {
         self.data.clear_flush_request();
         let Some(link) = self.online().cloned() else {
             return;
         };
-        for _ in 0..FLUSH_SLICE {
-            let batch = link
-                .pending
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .take_batch(FLUSH_BATCH);
-            if batch.is_empty() {
+        let mut flights = Flights {
+            next: prepare_flight(&link),
+            current: None,
+        };
+        for slice in 0..FLUSH_SLICE {
+            let Some((flight, pipeline)) = flights.next.take() else {
                 return;
-            }
-            let flight = Flight {
-                pending: link.pending.clone(),
-                batch: latest_records_only(batch),
-                landed: false,
             };
+            flights.current = Some(flight);
             let started = tokio::time::Instant::now();
-            let applied = link.store.apply(&flight.batch).await;
+            let applied = match pipeline {
+                Err(e) => Err(e),
+                Ok(pipeline) => {
+                    let send = link.store.send_writes(&pipeline);
+                    tokio::pin!(send);
+                    match futures_util::poll!(&mut send) {
+                        std::task::Poll::Ready(applied) => applied,
+                        std::task::Poll::Pending => {
+                            if slice + 1 < FLUSH_SLICE {
+                                flights.next = prepare_flight(&link);
+                            }
+                            send.await
+                        }
+                    }
+                }
+            };
             crate::telemetry::redis_round_trip("store", started.elapsed(), applied.is_ok());
             match applied {
-                Ok(_) => flight.landed(),
+                Ok(_) => {
+                    if let Some(flight) = flights.current.take() {
+                        flight.landed();
+                    }
+                }
                 Err(e) => {
-                    drop(flight);
+                    drop(flights);
                     tracing::debug!(error = %e, "flush to redis failed; will retry");
                     if self.retry_timer.is_none() {
                         let timer = myself.send_after(FLUSH_RETRY, || StoreMsg::Flush);
@@ -519,18 +581,51 @@ impl StoreState {
                 }
             }
         }
-        // More left: continue after the messages already waiting.
+        // More left: continue after the messages already waiting, without
+        // the gathering pause (under a steady load it would leave Redis idle
+        // between slices, capping the writes a second).
         if !link
             .pending
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .is_empty()
             && self.data.request_flush()
-            && myself.cast(StoreMsg::Flush).is_err()
+            && myself.cast(StoreMsg::Gathered).is_err()
         {
             self.data.clear_flush_request();
         }
     }
+}
+
+/// The batches one flush has taken out: the one Redis is applying and the
+/// one encoded meanwhile. Fields drop in order, so unless they landed the
+/// later batch goes back to the front first and the earlier one in front
+/// of it (on a failed pipeline, and if the flush is cut short): the order
+/// of writes is kept.
+struct Flights {
+    next: Option<(Flight, Result<Pipeline, BackendError>)>,
+    current: Option<Flight>,
+}
+
+/// Takes the oldest pending writes out as a [`Flight`] and encodes them;
+/// `None` when nothing is pending.
+fn prepare_flight(link: &RedisLink) -> Option<(Flight, Result<Pipeline, BackendError>)> {
+    let batch = link
+        .pending
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take_batch(FLUSH_BATCH);
+    if batch.is_empty() {
+        return None;
+    }
+    let flight = Flight {
+        pending: link.pending.clone(),
+        taken: batch.len(),
+        batch: latest_records_only(batch),
+        landed: false,
+    };
+    let pipeline = link.store.encode(&flight.batch);
+    Some((flight, pipeline))
 }
 
 /// A batch on its way to Redis. Unless it landed, it goes back to the
@@ -539,6 +634,9 @@ impl StoreState {
 /// mid-await), so a batch is never lost with the actor.
 struct Flight {
     pending: SharedPending,
+    /// How many writes were taken out (the batch may have fewer: see
+    /// [`latest_records_only`]).
+    taken: usize,
     batch: Vec<PendingWrite>,
     landed: bool,
 }
@@ -546,10 +644,8 @@ struct Flight {
 impl Flight {
     fn landed(mut self) {
         self.landed = true;
-        self.pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .in_flight = 0;
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        pending.in_flight = pending.in_flight.saturating_sub(self.taken);
     }
 }
 
@@ -560,7 +656,7 @@ impl Drop for Flight {
             self.pending
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .put_back(batch);
+                .put_back(batch, self.taken);
         }
     }
 }
@@ -738,7 +834,13 @@ impl Actor for ExecutionStore {
                 // become one write), and a burst of runs starting is not
                 // slowed by flushes between them. The flag stays set
                 // meanwhile, so writers do not ask again.
-                if state.gather_timer.is_none() {
+                if state.data.pending_writes() >= FLUSH_BATCH {
+                    // A full batch is waiting already: gathering would
+                    // only leave Redis idle while the backlog grows.
+                    state.gather_timer = None;
+                    state.retry_timer = None;
+                    state.flush(&myself).await;
+                } else if state.gather_timer.is_none() {
                     let timer = myself.send_after(FLUSH_GATHER, || StoreMsg::Gathered);
                     state.gather_timer = Some(AbortOnDrop::from(timer));
                 }

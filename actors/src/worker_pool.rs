@@ -181,13 +181,22 @@ struct Draining {
     deadline_passed: bool,
 }
 
+/// Where a held run stands among those fired ahead: its tick, then its
+/// deadline, then arrival. Runs due at the same instant start earliest
+/// deadline first (EDF), a run's deadline being its job's next tick, past
+/// which a late run collides with the next one: when a per-second job and
+/// ten thousand yearly ones fall due together, the per-second run goes
+/// first, since its next run is a second away and theirs a year.
+type HeldKey = (DateTime<Utc>, DateTime<Utc>, u64);
+
 pub struct PoolState {
     args: PoolArgs,
     slots: Vec<Slot>,
     queue: VecDeque<RunRequest>,
     /// Runs fired ahead of their tick (see `timetable::FIRE_AHEAD`), by
-    /// scheduled time: they start on the dot, not before.
-    held: BTreeMap<(DateTime<Utc>, u64), RunRequest>,
+    /// scheduled time and then deadline (see [`HeldKey`]): they start on
+    /// the dot, not before.
+    held: BTreeMap<HeldKey, RunRequest>,
     held_seq: u64,
     /// The last read from the queue brought runs to hold.
     reading_ahead: bool,
@@ -640,7 +649,12 @@ fn take_in(state: &mut PoolState, request: RunRequest) {
     let at = request.record.scheduled_at;
     if request.record.attempt <= 1 && at > Utc::now() {
         state.held_seq += 1;
-        state.held.insert((at, state.held_seq), request);
+        let deadline = request
+            .job
+            .schedule
+            .next_after(at)
+            .unwrap_or(DateTime::<Utc>::MAX_UTC);
+        state.held.insert((at, deadline, state.held_seq), request);
     } else {
         state.queue.push_back(request);
     }
@@ -661,7 +675,7 @@ fn release_due(state: &mut PoolState) {
     for request in due.into_iter().rev() {
         state.queue.push_front(request);
     }
-    let Some(&(next, _)) = state.held.keys().next() else {
+    let Some(&(next, _, _)) = state.held.keys().next() else {
         if state.release_at.take().is_some() {
             state.release_timer.disarm();
         }

@@ -784,3 +784,51 @@ async fn a_graceful_stop_flushes_every_pending_write_not_just_one_slice() {
     assert_eq!(ticks.len(), ids.len(), "last ticks in redis after the stop");
     assert!(ticks.values().all(|t| *t == at));
 }
+
+/// Runs due at the same instant start earliest deadline first: with one
+/// worker, a per-second job's run goes before twenty runs of jobs whose
+/// next tick is a year away, though it was fired after them (its id sorts
+/// last and it is defined last).
+#[tokio::test]
+async fn runs_due_together_start_earliest_deadline_first() {
+    use herald_actors::job::OverlapPolicy;
+    use herald_actors::record::RunId;
+
+    let server = RedisServer::start();
+    let calls = Calls::default();
+    let tick = DateTime::from_timestamp(Utc::now().timestamp() + 3, 0).unwrap();
+    let once = tick.format("%S %M %H %d %m *").to_string();
+    let mut jobs: Vec<JobSpec> = (0..20)
+        .map(|i| coded(&format!("yearly-{i:02}"), &once, "count"))
+        .collect();
+    jobs.push(coded("z-every-second", "* * * * * *", "count"));
+    for job in &mut jobs {
+        job.overlap = OverlapPolicy::Allow;
+    }
+    let config = TreeConfig {
+        redis: Some(RedisSettings::new(server.url(), "herald")),
+        workers: 1,
+        ..TreeConfig::default()
+    };
+    let herald = spawn_tree(config, jobs, counting(&calls), Arc::new(DryRun))
+        .await
+        .expect("daemon starts");
+    let every = support::finished(&herald, &RunId::for_tick("z-every-second", tick)).await;
+    let mut yearly = Vec::new();
+    for i in 0..20 {
+        let run = RunId::for_tick(&format!("yearly-{i:02}"), tick);
+        yearly.push(support::finished(&herald, &run).await);
+    }
+    herald.shutdown().await;
+    let every_started = every.started_at.expect("started");
+    let first_yearly = yearly
+        .iter()
+        .filter_map(|r| r.started_at)
+        .min()
+        .expect("yearly runs started");
+    assert!(
+        every_started < first_yearly,
+        "the per-second run started at {every_started}, after a yearly run at {first_yearly}"
+    );
+    assert!(every_started >= tick && first_yearly >= tick);
+}

@@ -204,4 +204,18 @@ async fn a_record_in_redis_only_moves_forward() {
     retry.attempt = 2;
     s.put_records(std::slice::from_ref(&retry)).await.unwrap();
     assert_eq!(s.record(&pending.run_id).await.unwrap().unwrap().attempt, 2);
+    // Redis reads a record's progress off its text: text inside a value
+    // that looks like an earlier status or attempt does not fool it.
+    let mut failed = retry.clone();
+    failed.status = RunStatus::Failed;
+    failed.error = Some(r#"upstream said {"status":"PENDING","attempt":1}"#.into());
+    s.put_records(std::slice::from_ref(&failed)).await.unwrap();
+    let mut late = retry.clone();
+    late.status = RunStatus::Running;
+    s.put_records(std::slice::from_ref(&late)).await.unwrap();
+    assert_eq!(
+        s.record(&pending.run_id).await.unwrap().unwrap(),
+        failed,
+        "a late RUNNING is dropped after a final record quoting a status"
+    );
 }

@@ -5,17 +5,17 @@
 //! reads are one or two round trips. Every method returns an error rather
 //! than waiting: the pool's timeouts bound each call.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use deadpool_redis::Pool;
-use deadpool_redis::redis::{self, AsyncCommands};
+use deadpool_redis::redis::{self, AsyncCommands, Pipeline};
 
 use super::keys::Keys;
-use super::scripts::{CLAIM, PUT_RECORD, PUT_SKIPPED, RAISE_LAST_RUN};
+use super::scripts::{CLAIM, PUT_RECORDS, PUT_SKIPPED, RAISE_LAST_RUN};
 use super::shared::{Conn, SharedConnection};
 use super::stored::StoredJob;
 use crate::job::JobId;
@@ -26,6 +26,10 @@ use crate::record::{ExecutionRecord, RunId, SkippedTicks};
 const QUERY_PAGE: isize = 256;
 /// Keys read per `MGET`: a reply for a thousand keys stays small and quick.
 const MGET_SLICE: usize = 1_000;
+/// Record writes per script call: a call holds Redis for its whole length
+/// (about a millisecond for 100), so a flush of thousands is cut into
+/// calls other clients can come between.
+const RECORDS_PER_CALL: usize = 100;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum BackendError {
@@ -304,31 +308,34 @@ impl RedisStore {
         if writes.is_empty() {
             return Ok(0);
         }
+        let p = self.encode(writes)?;
+        self.send_writes(&p).await
+    }
+
+    /// The pipeline that applies these writes in order (see [`Self::apply`]);
+    /// built apart from sending so a flush can build the next batch's while
+    /// Redis applies the last.
+    pub fn encode(&self, writes: &[PendingWrite]) -> Result<Pipeline, BackendError> {
         let ttl = self.limits.record_ttl.as_secs().max(1);
         let history_cap = self.limits.history_per_job.max(1) as isize;
         let recent_cap = self.limits.max_records.max(1) as isize;
         let skipped_cap = self.limits.max_skipped.max(1) as isize;
         let mut p = redis::pipe();
+        // Record writes go out many to a script call, and acknowledgements
+        // and in-flight removals as one command each, after every record:
+        // an ack then still follows its record (and a retry's entry), and
+        // nothing else in a batch depends on their order.
+        let mut records: Vec<&ExecutionRecord> = Vec::new();
+        let mut acks: Vec<&String> = Vec::new();
+        let mut settled: BTreeMap<&str, Vec<&String>> = BTreeMap::new();
         for w in writes {
             match w {
                 PendingWrite::Record(r) => {
-                    let id = r.run_id.0.as_str();
-                    let score = r.created_at.timestamp_millis();
-                    let (attempt, phase) = r.progress();
-                    p.invoke_script(
-                        PUT_RECORD
-                            .key(self.keys.execution(id))
-                            .key(self.keys.history(&r.job_id))
-                            .key(self.keys.recent())
-                            .arg(to_json(r)?)
-                            .arg(ttl)
-                            .arg(attempt)
-                            .arg(phase)
-                            .arg(id)
-                            .arg(score)
-                            .arg(history_cap),
-                    )
-                    .ignore();
+                    records.push(r);
+                    if records.len() == RECORDS_PER_CALL {
+                        self.put_records_call(&mut p, &records, ttl, history_cap)?;
+                        records.clear();
+                    }
                 }
                 PendingWrite::Skipped(s) => {
                     p.invoke_script(
@@ -363,14 +370,7 @@ impl RedisStore {
                     p.sadd(self.keys.jobs_removed(), id).ignore();
                     p.incr(self.keys.jobs_version(), 1).ignore();
                 }
-                PendingWrite::Ack { entry_id } => {
-                    p.cmd("XACK")
-                        .arg(self.keys.runs())
-                        .arg(super::queue::GROUP)
-                        .arg(entry_id)
-                        .ignore();
-                    p.cmd("XDEL").arg(self.keys.runs()).arg(entry_id).ignore();
-                }
+                PendingWrite::Ack { entry_id } => acks.push(entry_id),
                 PendingWrite::Retry { record, due } => {
                     p.zadd(
                         self.keys.retries(),
@@ -380,7 +380,7 @@ impl RedisStore {
                     .ignore();
                 }
                 PendingWrite::Settled { job_id, run_id } => {
-                    p.srem(self.keys.inflight(job_id), run_id).ignore();
+                    settled.entry(job_id.as_str()).or_default().push(run_id);
                 }
                 PendingWrite::Claim { job_id, at, daemon } => {
                     p.cmd("SET")
@@ -393,16 +393,60 @@ impl RedisStore {
                 }
             }
         }
+        if !records.is_empty() {
+            self.put_records_call(&mut p, &records, ttl, history_cap)?;
+        }
+        if !acks.is_empty() {
+            p.cmd("XACK")
+                .arg(self.keys.runs())
+                .arg(super::queue::GROUP)
+                .arg(&acks)
+                .ignore();
+            p.cmd("XDEL").arg(self.keys.runs()).arg(&acks).ignore();
+        }
+        for (job_id, runs) in settled {
+            p.srem(self.keys.inflight(job_id), runs).ignore();
+        }
         p.cmd("ZREMRANGEBYRANK")
             .arg(self.keys.recent())
             .arg(0)
             .arg(-(recent_cap + 1));
+        Ok(p)
+    }
+
+    /// Sends a pipeline built by [`Self::encode`]. Returns how many old
+    /// records the `max_records` cap pushed out.
+    pub async fn send_writes(&self, p: &Pipeline) -> Result<u64, BackendError> {
         let mut c = self.conn().await?;
-        let (dropped,): (u64,) = self.query_scripted(&mut c, &p).await?;
+        let (dropped,): (u64,) = self.query_scripted(&mut c, p).await?;
         if dropped > 0 {
             let _: i64 = c.incr(self.keys.dropped(), dropped).await?;
         }
         Ok(dropped)
+    }
+
+    /// Adds one `PUT_RECORDS` call for these records to the pipeline.
+    fn put_records_call(
+        &self,
+        p: &mut Pipeline,
+        records: &[&ExecutionRecord],
+        ttl: u64,
+        history_cap: isize,
+    ) -> Result<(), BackendError> {
+        let mut call = PUT_RECORDS.key(self.keys.recent());
+        call.arg(ttl).arg(history_cap);
+        for r in records {
+            let (attempt, phase) = r.progress();
+            call.key(self.keys.execution(&r.run_id.0))
+                .key(self.keys.history(&r.job_id))
+                .arg(to_json(r)?)
+                .arg(attempt)
+                .arg(phase)
+                .arg(r.run_id.0.as_str())
+                .arg(r.created_at.timestamp_millis());
+        }
+        p.invoke_script(&call).ignore();
+        Ok(())
     }
 
     /// Claims many ticks in one pipeline; `true` where this daemon holds
