@@ -33,6 +33,11 @@ use crate::redis_backend::{
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
 /// Writes per pipeline.
 const FLUSH_BATCH: usize = 1_000;
+/// Pending writes from which a requested flush starts at once instead of
+/// gathering: more than the starts of a tick of a thousand runs leave
+/// (their RUNNING records, which gathering lets their final records
+/// replace, and flushes in the middle of them would slow them down).
+const FLUSH_AT_ONCE_FROM: usize = 5 * FLUSH_BATCH;
 /// How long a requested flush waits for more writes to join it.
 const FLUSH_GATHER: Duration = Duration::from_millis(25);
 /// Pipelines per flush before other messages get their turn (a backlog
@@ -834,9 +839,9 @@ impl Actor for ExecutionStore {
                 // become one write), and a burst of runs starting is not
                 // slowed by flushes between them. The flag stays set
                 // meanwhile, so writers do not ask again.
-                if state.data.pending_writes() >= FLUSH_BATCH {
-                    // A full batch is waiting already: gathering would
-                    // only leave Redis idle while the backlog grows.
+                if state.data.pending_writes() >= FLUSH_AT_ONCE_FROM {
+                    // A backlog: gathering would only leave Redis idle
+                    // while it grows (and the queue reader pauses on it).
                     state.gather_timer = None;
                     state.retry_timer = None;
                     state.flush(&myself).await;

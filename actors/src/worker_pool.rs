@@ -722,7 +722,11 @@ fn attempt_done(
     {
         slot.busy = None;
     }
-    let mut record = request.record.clone();
+    let RunRequest {
+        mut record,
+        job,
+        entry_id,
+    } = request;
     let now = Utc::now();
     record.finished_at = Some(now);
     record.duration_ms = record
@@ -750,12 +754,16 @@ fn attempt_done(
             if let Some(d) = &mut state.draining {
                 d.report.cancelled += 1;
             }
-            if request.entry_id.is_some() {
+            if entry_id.is_some() {
                 state.known.remove(&record.run_id);
             } else {
                 settle_cancelled(
                     state,
-                    RunRequest { record, ..request },
+                    RunRequest {
+                        record,
+                        job,
+                        entry_id,
+                    },
                     "cancelled: finished after the shutdown deadline, before its messages went out",
                 );
             }
@@ -782,7 +790,11 @@ fn attempt_done(
             state.delivering.insert(
                 run_id,
                 Delivering {
-                    request: RunRequest { record, ..request },
+                    request: RunRequest {
+                        record,
+                        job,
+                        entry_id,
+                    },
                     messages,
                     counts,
                 },
@@ -792,8 +804,8 @@ fn attempt_done(
             record.status = RunStatus::Success;
             record.counts = counts;
             record.error = None;
-            success_due(&request.job, now);
-            settle(state, record, request.entry_id);
+            success_due(&job, now);
+            settle(state, record, entry_id);
         }
         AttemptOutcome::Cancelled => {
             record.status = RunStatus::Cancelled;
@@ -802,10 +814,9 @@ fn attempt_done(
             } else {
                 "cancelled".to_string()
             });
-            settle(state, record, request.entry_id);
+            settle(state, record, entry_id);
         }
         AttemptOutcome::Failed(error) => {
-            let job = request.job.clone();
             if record.attempt < job.retry.max_attempts && state.draining.is_none() {
                 let next = record.attempt + 1;
                 let delay = retry_delay(&job.retry, next, rand::random::<f64>());
@@ -822,7 +833,7 @@ fn attempt_done(
                     .and_then(|d| now.checked_add_signed(d))
                     .unwrap_or(now);
                 record.retry_at = Some(at);
-                match request.entry_id {
+                match entry_id {
                     Some(entry_id) => {
                         // The retry waits in Redis, not in a timer here.
                         state.known.remove(&record.run_id);
@@ -843,7 +854,7 @@ fn attempt_done(
                 tracing::warn!(run = %record.run_id, attempt = record.attempt, %error, "run failed");
                 record.status = RunStatus::Failed;
                 record.error = Some(error);
-                settle(state, record, request.entry_id);
+                settle(state, record, entry_id);
             }
         }
     }
