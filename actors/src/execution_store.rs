@@ -182,16 +182,21 @@ mod tests {
         }
     }
 
-    #[test]
-    fn writes_queued_during_a_flight_survive_its_landing_and_follow_a_failed_one() {
-        let pending: SharedPending = Arc::new(Mutex::new(PendingWrites::new(3)));
-        let take = |n| pending.lock().unwrap().take_batch(n);
-        let fly = |batch: Vec<PendingWrite>| Flight {
+    /// A batch taken out of `pending`, on its way.
+    fn flight_of(pending: &SharedPending, batch: Vec<PendingWrite>) -> Flight {
+        Flight {
             pending: pending.clone(),
             taken: batch.len(),
             batch,
             landed: false,
-        };
+        }
+    }
+
+    #[test]
+    fn writes_queued_during_a_flight_survive_its_landing_and_follow_a_failed_one() {
+        let pending: SharedPending = Arc::new(Mutex::new(PendingWrites::new(3)));
+        let take = |n| pending.lock().unwrap().take_batch(n);
+        let fly = |batch| flight_of(&pending, batch);
         pending.lock().unwrap().push(ack("1-0"));
         pending.lock().unwrap().push(ack("2-0"));
         let flight = fly(take(10));
@@ -224,12 +229,7 @@ mod tests {
     fn two_batches_out_at_once_go_back_in_their_order() {
         let pending: SharedPending = Arc::new(Mutex::new(PendingWrites::new(100)));
         let take = |n| pending.lock().unwrap().take_batch(n);
-        let fly = |batch: Vec<PendingWrite>| Flight {
-            pending: pending.clone(),
-            taken: batch.len(),
-            batch,
-            landed: false,
-        };
+        let fly = |batch| flight_of(&pending, batch);
         for id in ["1-0", "2-0", "3-0", "4-0"] {
             pending.lock().unwrap().push(ack(id));
         }
