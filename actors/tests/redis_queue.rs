@@ -218,4 +218,27 @@ async fn a_record_in_redis_only_moves_forward() {
         failed,
         "a late RUNNING is dropped after a final record quoting a status"
     );
+    // A value before the record's own keys (the job id comes first) that
+    // quotes a later attempt is not read as the record's attempt: the
+    // final record of attempt 1 still replaces the RUNNING one.
+    let at = DateTime::from_timestamp(1_700_000_100, 0).unwrap();
+    let job = r#"odd"attempt":9,"status":"SUCCESS""#;
+    let mut running = ExecutionRecord::pending(
+        RunId::for_tick(job, at),
+        job,
+        Trigger::Schedule,
+        at,
+        3,
+        Utc::now(),
+    );
+    running.status = RunStatus::Running;
+    s.put_records(std::slice::from_ref(&running)).await.unwrap();
+    let mut done = running.clone();
+    done.status = RunStatus::Success;
+    s.put_records(std::slice::from_ref(&done)).await.unwrap();
+    assert_eq!(
+        s.record(&running.run_id).await.unwrap().unwrap().status,
+        RunStatus::Success,
+        "a job id quoting an attempt misled the progress check"
+    );
 }
