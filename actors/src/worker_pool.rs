@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use tokio::sync::watch;
 
@@ -665,14 +665,12 @@ fn take_in(state: &mut PoolState, request: RunRequest) {
 /// timer for the next.
 fn release_due(state: &mut PoolState) {
     let now = Utc::now();
-    let mut due = Vec::new();
-    while let Some(entry) = state.held.first_entry() {
-        if entry.key().0 > now {
-            break;
-        }
-        due.push(entry.remove());
-    }
-    for request in due.into_iter().rev() {
+    // Everything held for a tick up to now, split off in one step; the
+    // first held key past now starts the part that stays.
+    let not_due = (now + TimeDelta::nanoseconds(1), DateTime::<Utc>::MIN_UTC, 0);
+    let later = state.held.split_off(&not_due);
+    let due = std::mem::replace(&mut state.held, later);
+    for request in due.into_values().rev() {
         state.queue.push_front(request);
     }
     let Some(&(next, _, _)) = state.held.keys().next() else {
@@ -684,7 +682,9 @@ fn release_due(state: &mut PoolState) {
     if state.release_at == Some(next) {
         return;
     }
-    let delay = (next - now).to_std().unwrap_or_default();
+    // Measured from a fresh reading, not `now`: moving a thousand runs
+    // takes long enough to put the release that much behind its tick.
+    let delay = (next - Utc::now()).to_std().unwrap_or_default();
     state.release_timer.arm(Instant::now() + delay);
     state.release_at = Some(next);
 }
