@@ -1,17 +1,21 @@
 //! A Worker actor: executes one run at a time for the WorkerPool.
 //!
-//! The job's handler runs in a task of its own, which also applies the
-//! timeout and catches a panic; a panic, an error, a timeout or a
-//! cancellation becomes an [`AttemptOutcome`] that the task sends straight
-//! to the pool (one message per run fewer than going through this actor),
-//! so the worker itself never fails because of a job. The task is aborted
-//! if the worker goes away. (A handler that blocks its thread instead of
-//! awaiting also holds up its own timeout: handlers must be async.)
+//! The job's handler runs inside the worker's own message handling, which
+//! also applies the timeout and catches a panic; a panic, an error, a
+//! timeout or a cancellation becomes an [`AttemptOutcome`] sent straight
+//! to the pool, so the worker itself never fails because of a job. No task
+//! is spawned per run: a spawn and its wake-up cost more than the run of a
+//! short job, and a tick that starts a thousand runs pays them a thousand
+//! times. Cancellation therefore does not wait in the worker's mailbox
+//! (which is not read while a run is going): it comes through a oneshot
+//! whose sender the pool keeps beside the run. If the worker goes away
+//! mid-run, the handler is dropped with it. (A handler that blocks its
+//! thread instead of awaiting also holds up its own timeout: handlers must
+//! be async.)
 
 use std::any::Any;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use chrono::Utc;
 use futures_util::FutureExt;
@@ -19,11 +23,10 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::oneshot;
 use tracing::Instrument;
 
-use crate::AbortOnDrop;
 use crate::delivery::{Message, Outbox};
 use crate::handler::{Registry, RunContext, RunNotes};
 use crate::handles::StoreHandle;
-use crate::record::{Counts, RunId, RunStatus, Trigger};
+use crate::record::{Counts, RunStatus, Trigger};
 use crate::telemetry;
 use crate::users::UserDirectory;
 use crate::worker_pool::{PoolMsg, RunRequest};
@@ -38,8 +41,11 @@ pub enum AttemptOutcome {
 }
 
 pub enum WorkerMsg {
-    Execute(Box<RunRequest>),
-    Cancel(RunId),
+    /// Run this; a message (or the sender dropped) on `cancel` ends it.
+    Execute {
+        request: Box<RunRequest>,
+        cancel: oneshot::Receiver<()>,
+    },
 }
 
 #[derive(Clone)]
@@ -55,25 +61,8 @@ pub struct WorkerArgs {
 
 pub struct Worker;
 
-struct Current {
-    run_id: RunId,
-    /// Set by the watcher just before it reports the outcome to the pool:
-    /// from then on this worker is free for the next run.
-    done: Arc<AtomicBool>,
-    /// Ends the handler (dropped at its next await) and reports Cancelled.
-    cancel: Option<oneshot::Sender<()>>,
-    _task: AbortOnDrop,
-}
-
-impl Current {
-    fn busy(&self) -> bool {
-        !self.done.load(Ordering::Acquire)
-    }
-}
-
 pub struct WorkerState {
     args: WorkerArgs,
-    current: Option<Current>,
 }
 
 impl Actor for Worker {
@@ -86,10 +75,7 @@ impl Actor for Worker {
         _myself: ActorRef<WorkerMsg>,
         args: WorkerArgs,
     ) -> Result<WorkerState, ActorProcessingErr> {
-        Ok(WorkerState {
-            args,
-            current: None,
-        })
+        Ok(WorkerState { args })
     }
 
     async fn handle(
@@ -99,32 +85,13 @@ impl Actor for Worker {
         state: &mut WorkerState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            WorkerMsg::Execute(request) => start(state, *request),
-            WorkerMsg::Cancel(run_id) => {
-                if let Some(current) = &mut state.current
-                    && current.run_id == run_id
-                    && let Some(cancel) = current.cancel.take()
-                {
-                    let _ = cancel.send(());
-                }
-            }
+            WorkerMsg::Execute { request, cancel } => execute(state, *request, cancel).await,
         }
         Ok(())
     }
 }
 
-fn start(state: &mut WorkerState, mut request: RunRequest) {
-    if let Some(current) = state.current.as_ref().filter(|c| c.busy()) {
-        // The pool only hands work to idle workers; refuse rather than drop.
-        tracing::error!(
-            worker = state.args.index,
-            busy_with = %current.run_id,
-            refused = %request.record.run_id,
-            "worker asked to run two runs at once; handing the new one back"
-        );
-        let _ = state.args.pool.cast(PoolMsg::Requeue(request));
-        return;
-    }
+async fn execute(state: &WorkerState, mut request: RunRequest, cancelled: oneshot::Receiver<()>) {
     request.record.status = RunStatus::Running;
     let now = Utc::now();
     request.record.started_at = Some(now);
@@ -163,56 +130,39 @@ fn start(state: &mut WorkerState, mut request: RunRequest) {
     let timeout = request.job.timeout;
     // Everything the job logs carries its job and run ids.
     let span = tracing::info_span!("run", job = %request.job.id, run = %run_id, attempt = request.record.attempt);
-    let (cancel, cancelled) = oneshot::channel::<()>();
-    let done = Arc::new(AtomicBool::new(false));
-    let finished = done.clone();
-    let pool = state.args.pool.clone();
-    let worker = state.args.index;
-    let current_run = run_id.clone();
-    // One task per run: the handler, its timeout, cancellation and panics
-    // are all watched here (a second task and its wake-up per run cost
-    // more than the run of a short job).
-    let task = tokio::spawn(async move {
-        let run = async move {
-            match handler {
-                Ok(handler) => {
-                    AssertUnwindSafe(handler.run(ctx).instrument(span))
-                        .catch_unwind()
-                        .await
-                }
-                Err(e) => Ok(Err(e)),
+    let run = async move {
+        match handler {
+            Ok(handler) => {
+                AssertUnwindSafe(handler.run(ctx).instrument(span))
+                    .catch_unwind()
+                    .await
             }
-        };
-        let outcome = tokio::select! {
-            biased;
-            Ok(()) = cancelled => AttemptOutcome::Cancelled,
-            ran = tokio::time::timeout(timeout, run) => match ran {
-                Err(_) => AttemptOutcome::Failed(format!("timed out after {timeout:?}")),
-                Ok(Ok(Ok(counts))) => AttemptOutcome::Success(counts, outbox.take()),
-                Ok(Ok(Err(e))) => AttemptOutcome::Failed(e.to_string()),
-                Ok(Err(panic)) => {
-                    AttemptOutcome::Failed(format!("panicked: {}", panic_message(panic)))
-                }
-            },
-        };
-        // What the handler noted counts whatever the outcome (a failed
-        // digest run still shows its window).
-        let notes = notes.take();
-        if notes.digest.is_some() {
-            request.record.digest = notes.digest;
+            Err(e) => Ok(Err(e)),
         }
-        finished.store(true, Ordering::Release);
-        let _ = pool.cast(PoolMsg::AttemptDone {
-            worker,
-            request,
-            outcome,
-        });
-    });
-    state.current = Some(Current {
-        run_id: current_run,
-        done,
-        cancel: Some(cancel),
-        _task: AbortOnDrop::from(task),
+    };
+    let outcome = tokio::select! {
+        biased;
+        // A sender dropped without a word is not a cancellation.
+        Ok(()) = cancelled => AttemptOutcome::Cancelled,
+        ran = tokio::time::timeout(timeout, run) => match ran {
+            Err(_) => AttemptOutcome::Failed(format!("timed out after {timeout:?}")),
+            Ok(Ok(Ok(counts))) => AttemptOutcome::Success(counts, outbox.take()),
+            Ok(Ok(Err(e))) => AttemptOutcome::Failed(e.to_string()),
+            Ok(Err(panic)) => {
+                AttemptOutcome::Failed(format!("panicked: {}", panic_message(panic)))
+            }
+        },
+    };
+    // What the handler noted counts whatever the outcome (a failed
+    // digest run still shows its window).
+    let notes = notes.take();
+    if notes.digest.is_some() {
+        request.record.digest = notes.digest;
+    }
+    let _ = state.args.pool.cast(PoolMsg::AttemptDone {
+        worker: state.args.index,
+        request,
+        outcome,
     });
 }
 

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeDelta, Utc};
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
 use crate::AbortOnDrop;
 use crate::backoff::retry_delay;
@@ -73,9 +73,6 @@ pub enum PoolMsg {
     },
     /// Refresh the idle time of the queue entries this pool holds.
     Touch,
-    /// A run the pool already holds, handed back by a worker that could
-    /// not take it: goes to the front of the queue.
-    Requeue(RunRequest),
     Cancel(RunId, RpcReplyPort<bool>),
     AttemptDone {
         worker: usize,
@@ -171,6 +168,21 @@ struct Slot {
     worker: ActorRef<WorkerMsg>,
     id: ActorId,
     busy: Option<RunRequest>,
+    /// Ends the busy run (the worker does not read its mailbox mid-run).
+    cancel: Option<oneshot::Sender<()>>,
+}
+
+impl Slot {
+    fn free(&mut self) {
+        self.busy = None;
+        self.cancel = None;
+    }
+
+    fn cancel(&mut self) {
+        if let Some(cancel) = self.cancel.take() {
+            let _ = cancel.send(());
+        }
+    }
 }
 
 struct Draining {
@@ -382,18 +394,6 @@ impl Actor for WorkerPool {
                     tracing::debug!(error = %e, "could not refresh held queue entries");
                 }
             }
-            PoolMsg::Requeue(request) => {
-                for slot in &mut state.slots {
-                    if slot
-                        .busy
-                        .as_ref()
-                        .is_some_and(|b| b.record.run_id == request.record.run_id)
-                    {
-                        slot.busy = None;
-                    }
-                }
-                state.queue.push_front(request);
-            }
             PoolMsg::AttemptDone {
                 worker,
                 request,
@@ -461,12 +461,8 @@ impl Actor for WorkerPool {
                         }
                     }
                 }
-                for slot in &state.slots {
-                    if let Some(request) = &slot.busy {
-                        let _ = slot
-                            .worker
-                            .cast(WorkerMsg::Cancel(request.record.run_id.clone()));
-                    }
+                for slot in &mut state.slots {
+                    slot.cancel();
                 }
             }
             PoolMsg::Stats(reply) => {
@@ -566,6 +562,7 @@ async fn spawn_worker(
         id: worker.get_id(),
         worker,
         busy: None,
+        cancel: None,
     })
 }
 
@@ -694,11 +691,15 @@ fn dispatch(state: &mut PoolState) {
         let Some(request) = state.queue.pop_front() else {
             return;
         };
-        match slot
-            .worker
-            .cast(WorkerMsg::Execute(Box::new(request.clone())))
-        {
-            Ok(()) => slot.busy = Some(request),
+        let (cancel, cancelled) = oneshot::channel();
+        match slot.worker.cast(WorkerMsg::Execute {
+            request: Box::new(request.clone()),
+            cancel: cancelled,
+        }) {
+            Ok(()) => {
+                slot.busy = Some(request);
+                slot.cancel = Some(cancel);
+            }
             Err(_) => {
                 // The worker is dying; its replacement will take the run.
                 state.queue.push_front(request);
@@ -720,7 +721,7 @@ fn attempt_done(
             .as_ref()
             .is_some_and(|b| b.record.run_id == request.record.run_id)
     {
-        slot.busy = None;
+        slot.free();
     }
     let RunRequest {
         mut record,
@@ -934,10 +935,10 @@ fn cancel(state: &mut PoolState, run_id: &RunId) -> bool {
     }
     if let Some(slot) = state
         .slots
-        .iter()
+        .iter_mut()
         .find(|s| s.busy.as_ref().is_some_and(|b| &b.record.run_id == run_id))
     {
-        let _ = slot.worker.cast(WorkerMsg::Cancel(run_id.clone()));
+        slot.cancel();
         return true;
     }
     false
