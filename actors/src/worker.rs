@@ -29,7 +29,7 @@ use crate::handles::StoreHandle;
 use crate::record::{Counts, RunStatus, Trigger};
 use crate::telemetry;
 use crate::users::UserDirectory;
-use crate::worker_pool::{PoolMsg, RunRequest};
+use crate::worker_pool::{PoolMsg, RunRequest, success_due, write_final};
 
 /// How one attempt ended.
 #[derive(Debug, Clone, PartialEq)]
@@ -159,10 +159,46 @@ async fn execute(state: &WorkerState, mut request: RunRequest, cancelled: onesho
     if notes.digest.is_some() {
         request.record.digest = notes.digest;
     }
+    if let AttemptOutcome::Success(counts, messages) = &outcome
+        && messages.is_empty()
+    {
+        settle_success(state, request, *counts);
+        return;
+    }
     let _ = state.args.pool.cast(PoolMsg::AttemptDone {
         worker: state.args.index,
         request,
         outcome,
+    });
+}
+
+/// A success with nothing to send is final here: the worker writes its
+/// record and acknowledges its entry, and the pool only hears that the
+/// worker is free (see [`PoolMsg::Settled`]).
+fn settle_success(state: &WorkerState, request: RunRequest, counts: Counts) {
+    let RunRequest {
+        mut record,
+        job,
+        entry_id,
+    } = request;
+    let now = Utc::now();
+    let duration_ms = record
+        .started_at
+        .map_or(0, |s| (now - s).num_milliseconds().max(0) as u64);
+    record.finished_at = Some(now);
+    record.duration_ms = Some(duration_ms);
+    record.status = RunStatus::Success;
+    record.counts = counts;
+    record.error = None;
+    success_due(&job, now);
+    let run_id = record.run_id.clone();
+    let job_id = record.job_id.clone();
+    write_final(&state.args.store, record, entry_id);
+    let _ = state.args.pool.cast(PoolMsg::Settled {
+        worker: state.args.index,
+        run_id,
+        job_id,
+        duration_ms,
     });
 }
 

@@ -79,6 +79,16 @@ pub enum PoolMsg {
         request: RunRequest,
         outcome: AttemptOutcome,
     },
+    /// A run that succeeded with nothing to send: its worker already wrote
+    /// the final record and acknowledged the entry (work spread over the
+    /// workers instead of all on the pool, which every run passes
+    /// through); the pool frees the worker and tells the scheduler.
+    Settled {
+        worker: usize,
+        run_id: RunId,
+        job_id: String,
+        duration_ms: u64,
+    },
     RetryDue(RunId),
     /// Held runs (fired ahead of their tick) are due: start them.
     Release,
@@ -234,6 +244,11 @@ pub struct PoolState {
 }
 
 impl PoolState {
+    fn note_run_time(&mut self, ms: u64) {
+        self.recent_run_ms =
+            RUN_TIME_WEIGHT * ms as f64 + (1.0 - RUN_TIME_WEIGHT) * self.recent_run_ms;
+    }
+
     fn update_capacity(&self) {
         let idle = self.slots.iter().filter(|s| s.busy.is_none()).count();
         let free = if self.draining.is_some() {
@@ -399,6 +414,27 @@ impl Actor for WorkerPool {
                 request,
                 outcome,
             } => attempt_done(&myself, state, worker, request, outcome),
+            PoolMsg::Settled {
+                worker,
+                run_id,
+                job_id,
+                duration_ms,
+            } => {
+                if let Some(slot) = state.slots.get_mut(worker)
+                    && slot
+                        .busy
+                        .as_ref()
+                        .is_some_and(|b| b.record.run_id == run_id)
+                {
+                    slot.free();
+                }
+                state.note_run_time(duration_ms);
+                if let Some(d) = &mut state.draining {
+                    d.report.finished += 1;
+                }
+                state.known.remove(&run_id);
+                let _ = state.args.scheduler.run_settled(job_id);
+            }
             PoolMsg::RetryDue(run_id) => {
                 if let Some((request, _timer)) = state.retries.remove(&run_id) {
                     state.queue.push_back(request);
@@ -664,11 +700,13 @@ fn release_due(state: &mut PoolState) {
     let now = Utc::now();
     // Everything held for a tick up to now, split off in one step; the
     // first held key past now starts the part that stays.
-    let not_due = (now + TimeDelta::nanoseconds(1), DateTime::<Utc>::MIN_UTC, 0);
-    let later = state.held.split_off(&not_due);
-    let due = std::mem::replace(&mut state.held, later);
-    for request in due.into_values().rev() {
-        state.queue.push_front(request);
+    if state.held.keys().next().is_some_and(|k| k.0 <= now) {
+        let not_due = (now + TimeDelta::nanoseconds(1), DateTime::<Utc>::MIN_UTC, 0);
+        let later = state.held.split_off(&not_due);
+        let due = std::mem::replace(&mut state.held, later);
+        for request in due.into_values().rev() {
+            state.queue.push_front(request);
+        }
     }
     let Some(&(next, _, _)) = state.held.keys().next() else {
         if state.release_at.take().is_some() {
@@ -734,8 +772,7 @@ fn attempt_done(
         .started_at
         .map(|s| (now - s).num_milliseconds().max(0) as u64);
     if let Some(ms) = record.duration_ms {
-        state.recent_run_ms =
-            RUN_TIME_WEIGHT * ms as f64 + (1.0 - RUN_TIME_WEIGHT) * state.recent_run_ms;
+        state.note_run_time(ms);
     }
     if let Some(d) = &mut state.draining {
         match &outcome {
@@ -954,7 +991,7 @@ fn settle_cancelled(state: &mut PoolState, request: RunRequest, why: &str) {
 }
 
 /// A success: the job's next one is due at its next fire.
-fn success_due(job: &JobSpec, now: DateTime<Utc>) {
+pub(crate) fn success_due(job: &JobSpec, now: DateTime<Utc>) {
     let next = job.enabled.then(|| job.schedule.next_after(now)).flatten();
     telemetry::success_due(&job.id, next);
 }
@@ -963,6 +1000,17 @@ fn success_due(job: &JobSpec, now: DateTime<Utc>) {
 /// and tells the scheduler the run is over.
 fn settle(state: &mut PoolState, record: ExecutionRecord, entry_id: Option<String>) {
     state.known.remove(&record.run_id);
+    let job_id = record.job_id.clone();
+    write_final(&state.args.store, record, entry_id);
+    // If the scheduler is restarting it recounts from the store.
+    let _ = state.args.scheduler.run_settled(job_id);
+}
+
+/// A final record's writes: the record, then the acknowledgement of its
+/// queue entry. The pool's part of settling (the run is no longer known;
+/// the scheduler hears of it) follows in [`settle`] or on
+/// [`PoolMsg::Settled`].
+pub(crate) fn write_final(store: &StoreHandle, record: ExecutionRecord, entry_id: Option<String>) {
     let run_id = record.run_id.0.clone();
     tracing::info!(
         job = %record.job_id,
@@ -983,13 +1031,11 @@ fn settle(state: &mut PoolState, record: ExecutionRecord, entry_id: Option<Strin
             .finished_at
             .map_or(0.0, |t| t.timestamp_millis() as f64 / 1000.0),
     );
-    state.args.store.put_record(record);
+    store.put_record(record);
     if let Some(entry_id) = entry_id {
-        state.args.store.ack(entry_id);
-        state.args.store.settled(job_id.clone(), run_id);
+        store.ack(entry_id);
+        store.settled(job_id, run_id);
     }
-    // If the scheduler is restarting it recounts from the store.
-    let _ = state.args.scheduler.run_settled(job_id);
 }
 
 /// Queue entries read but not started (the pool is shutting down) go back
@@ -1180,6 +1226,9 @@ async fn read_queue(
 }
 
 fn finish_drain_if_idle(state: &mut PoolState) {
+    if state.draining.is_none() {
+        return;
+    }
     let idle = state.slots.iter().all(|s| s.busy.is_none()) && state.delivering.is_empty();
     if idle
         && let Some(d) = &mut state.draining
