@@ -14,8 +14,11 @@
 //! be async.)
 
 use std::any::Any;
+use std::future::{Future, poll_fn};
 use std::panic::AssertUnwindSafe;
+use std::pin::pin;
 use std::sync::Arc;
+use std::task::Poll;
 
 use chrono::Utc;
 use futures_util::FutureExt;
@@ -110,7 +113,6 @@ async fn execute(state: &WorkerState, mut request: RunRequest, cancelled: onesho
     }
     request.record.retry_at = None;
     request.record.daemon = Some(state.args.daemon_id.clone());
-    state.args.store.put_record(request.record.clone());
     let run_id = request.record.run_id.clone();
     let handler = state.args.registry.resolve(&request.job.kind);
     let outbox = Outbox::default();
@@ -140,18 +142,32 @@ async fn execute(state: &WorkerState, mut request: RunRequest, cancelled: onesho
             Err(e) => Ok(Err(e)),
         }
     };
-    let outcome = tokio::select! {
-        biased;
-        // A sender dropped without a word is not a cancellation.
-        Ok(()) = cancelled => AttemptOutcome::Cancelled,
-        ran = tokio::time::timeout(timeout, run) => match ran {
-            Err(_) => AttemptOutcome::Failed(format!("timed out after {timeout:?}")),
-            Ok(Ok(Ok(counts))) => AttemptOutcome::Success(counts, outbox.take()),
-            Ok(Ok(Err(e))) => AttemptOutcome::Failed(e.to_string()),
-            Ok(Err(panic)) => {
-                AttemptOutcome::Failed(format!("panicked: {}", panic_message(panic)))
-            }
-        },
+    let attempt = async {
+        tokio::select! {
+            biased;
+            // A sender dropped without a word is not a cancellation.
+            Ok(()) = cancelled => AttemptOutcome::Cancelled,
+            ran = tokio::time::timeout(timeout, run) => match ran {
+                Err(_) => AttemptOutcome::Failed(format!("timed out after {timeout:?}")),
+                Ok(Ok(Ok(counts))) => AttemptOutcome::Success(counts, outbox.take()),
+                Ok(Ok(Err(e))) => AttemptOutcome::Failed(e.to_string()),
+                Ok(Err(panic)) => {
+                    AttemptOutcome::Failed(format!("panicked: {}", panic_message(panic)))
+                }
+            },
+        }
+    };
+    let mut attempt = pin!(attempt);
+    // The RUNNING record is written only for a run still going after its
+    // first poll: one over at once (most short jobs) has its next record
+    // written right after this by the worker or the pool, and its RUNNING
+    // one would only be replaced in the same flush.
+    let outcome = match poll_fn(|cx| Poll::Ready(attempt.as_mut().poll(cx))).await {
+        Poll::Ready(outcome) => outcome,
+        Poll::Pending => {
+            state.args.store.put_record(request.record.clone());
+            attempt.await
+        }
     };
     // What the handler noted counts whatever the outcome (a failed
     // digest run still shows its window).
