@@ -336,6 +336,13 @@ pub enum StoreWrite {
     },
     /// A queue entry is done with: acknowledged after the writes before.
     Ack(String),
+    /// A run's final record and, for a queued run, its entry's
+    /// acknowledgement and its removal from the job's in-flight set: the
+    /// three writes a run ends with, queued under one lock.
+    Final {
+        record: Box<ExecutionRecord>,
+        entry_id: Option<String>,
+    },
     /// A retry (PENDING, next attempt) to wait in Redis until `due`.
     Retry(Box<ExecutionRecord>, DateTime<Utc>),
     /// A queued run is final: out of its job's in-flight set.
@@ -375,6 +382,17 @@ impl StoreData {
             StoreWrite::Record(r) => {
                 if self.mem().put_record((*r).clone()) {
                     queued.push(PendingWrite::Record(r));
+                }
+            }
+            StoreWrite::Final { record, entry_id } => {
+                let settled = entry_id
+                    .map(|entry_id| (entry_id, record.job_id.clone(), record.run_id.0.clone()));
+                if self.mem().put_record((*record).clone()) {
+                    queued.push(PendingWrite::Record(record));
+                }
+                if let Some((entry_id, job_id, run_id)) = settled {
+                    queued.push(PendingWrite::Ack { entry_id });
+                    queued.push(PendingWrite::Settled { job_id, run_id });
                 }
             }
             StoreWrite::Skipped(s) => {

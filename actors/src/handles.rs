@@ -153,6 +153,15 @@ impl StoreHandle {
         self.write(StoreWrite::Ack(entry_id));
     }
 
+    /// A run's final record, then (a queued run) its entry's
+    /// acknowledgement and its removal from the job's in-flight set.
+    pub fn put_final(&self, record: ExecutionRecord, entry_id: Option<String>) {
+        self.write(StoreWrite::Final {
+            record: Box::new(record),
+            entry_id,
+        });
+    }
+
     /// A queued run is final: takes it out of its job's in-flight set.
     pub fn settled(&self, job_id: String, run_id: String) {
         self.write(StoreWrite::Settled { job_id, run_id });

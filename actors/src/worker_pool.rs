@@ -1011,7 +1011,6 @@ fn settle(state: &mut PoolState, record: ExecutionRecord, entry_id: Option<Strin
 /// the scheduler hears of it) follows in [`settle`] or on
 /// [`PoolMsg::Settled`].
 pub(crate) fn write_final(store: &StoreHandle, record: ExecutionRecord, entry_id: Option<String>) {
-    let run_id = record.run_id.0.clone();
     tracing::info!(
         job = %record.job_id,
         run = %record.run_id,
@@ -1022,20 +1021,15 @@ pub(crate) fn write_final(store: &StoreHandle, record: ExecutionRecord, entry_id
         error = record.error.as_deref().unwrap_or(""),
         "run finished"
     );
-    let job_id = record.job_id.clone();
     telemetry::run_ended(
-        &job_id,
+        &record.job_id,
         record.status,
         record.duration_ms.map(Duration::from_millis),
         record
             .finished_at
             .map_or(0.0, |t| t.timestamp_millis() as f64 / 1000.0),
     );
-    store.put_record(record);
-    if let Some(entry_id) = entry_id {
-        store.ack(entry_id);
-        store.settled(job_id, run_id);
-    }
+    store.put_final(record, entry_id);
 }
 
 /// Queue entries read but not started (the pool is shutting down) go back

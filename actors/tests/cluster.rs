@@ -389,6 +389,26 @@ async fn retries_wait_in_redis_and_the_queue_empties_when_runs_settle() {
         async move { (direct.queue_depth().await.ok()? == (0, 0, 0)).then_some(()) }
     })
     .await;
+    // A settled run also leaves its job's in-flight set (the set itself,
+    // not the count, which passes over members whose record is final).
+    let url = server.url();
+    wait_for("the in-flight set to empty", Duration::from_secs(5), || {
+        let url = url.clone();
+        async move {
+            let mut conn = deadpool_redis::redis::Client::open(url)
+                .ok()?
+                .get_multiplexed_async_connection()
+                .await
+                .ok()?;
+            let members: u64 = deadpool_redis::redis::cmd("SCARD")
+                .arg("herald:inflight:flaky")
+                .query_async(&mut conn)
+                .await
+                .ok()?;
+            (members == 0).then_some(())
+        }
+    })
+    .await;
     herald.shutdown().await;
 }
 
