@@ -29,6 +29,7 @@
 //!   the run's scheduled instant (`RunContext::scheduled_at`).
 //! * footprint: daily 5-field jobs registered in Redis, then the daemon
 //!   in a child process (this binary, `footprint-worker`) idles; its VmRSS.
+#![recursion_limit = "256"] // the precision scenario's `json!` report
 
 // The daemon's allocator (src/main.rs), so the figures are the daemon's.
 #[global_allocator]
@@ -1018,6 +1019,7 @@ async fn precision(o: &Opts, ctx: &mut Ctx) -> Result<Value, Fail> {
     let mut seen_tick: HashSet<(String, i64)> = HashSet::new();
     let (mut duplicates, mut off_grid, mut outside, mut id_mismatch, mut early) = (0, 0, 0, 0, 0);
     let mut tick_late = Vec::new();
+    let mut per_tick: BTreeMap<i64, Vec<f64>> = BTreeMap::new();
     let mut burst_seen: HashSet<String> = HashSet::new();
     let mut burst_late = Vec::new();
     let mut burst_duplicates = 0;
@@ -1056,9 +1058,22 @@ async fn precision(o: &Opts, ctx: &mut Ctx) -> Result<Value, Fail> {
             continue;
         }
         tick_late.push(start - *sched as f64);
+        per_tick.entry(kk).or_default().push(start - *sched as f64);
     }
     let expected = k as i64 * s;
     let lt = summary(&mut tick_late);
+    // Per tick (second) of the window: when its first run started and
+    // when its last did, to tell a tick's spread from a few bad seconds.
+    let (mut tick_first, mut tick_last): (Vec<f64>, Vec<f64>) = per_tick
+        .values_mut()
+        .map(|l| {
+            let t = summary(l);
+            (t.min.unwrap_or(0.0), t.max.unwrap_or(0.0))
+        })
+        .unzip();
+    let ticks_over_10ms = tick_last.iter().filter(|l| **l > 10.0).count();
+    let tf = summary(&mut tick_first);
+    let tl = summary(&mut tick_last);
     let bl = summary(&mut burst_late);
     let within_250 = burst_late.iter().filter(|l| **l <= 250.0).count();
     let mut skipped_by_reason: BTreeMap<&str, u64> = BTreeMap::new();
@@ -1088,6 +1103,10 @@ async fn precision(o: &Opts, ctx: &mut Ctx) -> Result<Value, Fail> {
             "lateness_p50_ms": opt_ms(lt.p50),
             "lateness_p99_ms": opt_ms(lt.p99),
             "lateness_max_ms": opt_ms(lt.max),
+            "tick_first_start_p50_ms": opt_ms(tf.p50),
+            "tick_last_start_p50_ms": opt_ms(tl.p50),
+            "tick_last_start_max_ms": opt_ms(tl.max),
+            "ticks_last_start_over_10ms": ticks_over_10ms,
             "lateness_min_ms": opt_ms(lt.min),
             "burst": b,
             "burst_due": iso(burst_due_ms),
