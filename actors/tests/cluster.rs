@@ -852,3 +852,56 @@ async fn runs_due_together_start_earliest_deadline_first() {
     );
     assert!(every_started >= tick && first_yearly >= tick);
 }
+
+/// More runs due at one instant than the pool's queue holds (1,500 yearly
+/// and 500 per-second runs, the queue bound 1,500): every run fired ahead
+/// is still read and held for its tick, so all 500 per-second runs start
+/// before any yearly one. (Entries left in Redis past the bound would be
+/// read only once due, and queue behind the yearly runs.)
+#[tokio::test]
+async fn runs_due_together_beyond_the_queue_bound_still_start_earliest_deadline_first() {
+    use herald_actors::job::OverlapPolicy;
+    use herald_actors::record::RunId;
+
+    let server = RedisServer::start();
+    let calls = Calls::default();
+    let tick = DateTime::from_timestamp(Utc::now().timestamp() + 4, 0).unwrap();
+    let once = tick.format("%S %M %H %d %m *").to_string();
+    let mut jobs: Vec<JobSpec> = (0..1_500)
+        .map(|i| coded(&format!("yearly-{i:04}"), &once, "count"))
+        .collect();
+    jobs.extend((0..500).map(|i| coded(&format!("second-{i:03}"), "* * * * * *", "count")));
+    for job in &mut jobs {
+        job.overlap = OverlapPolicy::Allow;
+    }
+    let config = TreeConfig {
+        redis: Some(RedisSettings::new(server.url(), "herald")),
+        workers: 1,
+        max_queued: 1_500,
+        ..TreeConfig::default()
+    };
+    let herald = spawn_tree(config, jobs, counting(&calls), Arc::new(DryRun))
+        .await
+        .expect("daemon starts");
+    let mut last_per_second = tick;
+    for i in 0..500 {
+        let run = RunId::for_tick(&format!("second-{i:03}"), tick);
+        let record = support::finished(&herald, &run).await;
+        last_per_second = last_per_second.max(record.started_at.expect("started"));
+    }
+    let mut yearly_starts = Vec::new();
+    for i in 0..1_500 {
+        let run = RunId::for_tick(&format!("yearly-{i:04}"), tick);
+        yearly_starts.push(support::finished(&herald, &run).await.started_at);
+    }
+    herald.shutdown().await;
+    let first_yearly = yearly_starts
+        .into_iter()
+        .flatten()
+        .min()
+        .expect("yearly runs started");
+    assert!(
+        last_per_second < first_yearly,
+        "a per-second run started at {last_per_second}, after a yearly run at {first_yearly}"
+    );
+}
