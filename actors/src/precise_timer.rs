@@ -84,8 +84,8 @@ fn run(shared: &Shared, on_fire: impl Fn() -> bool) {
                     continue;
                 }
                 // The last stretch is spun, lock released, so a re-arm
-                // still gets in: a sleeping thread (and on a VM its idle
-                // CPU) wakes 0.5-1 ms after the deadline it asked for.
+                // still gets in (it takes effect once this deadline is
+                // reached): a sleeping thread wakes late (see `SPIN`).
                 drop(state);
                 while Instant::now() < at {
                     std::hint::spin_loop();
