@@ -150,6 +150,16 @@ pub struct ExecutionRecord {
 }
 
 impl ExecutionRecord {
+    /// Marks the attempt finished at `now`: `finished_at`, and the
+    /// duration from its start (none if it never started), returned.
+    pub fn finish_at(&mut self, now: DateTime<Utc>) -> Option<u64> {
+        self.finished_at = Some(now);
+        self.duration_ms = self
+            .started_at
+            .map(|s| (now - s).num_milliseconds().max(0) as u64);
+        self.duration_ms
+    }
+
     /// Where this write stands in a run's life: (attempt, phase) with
     /// PENDING < RUNNING < final. Stores only move a record forward, so a
     /// late or repeated write never undoes a later one.

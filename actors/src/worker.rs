@@ -198,11 +198,7 @@ fn settle_success(state: &WorkerState, request: RunRequest, counts: Counts) {
         entry_id,
     } = request;
     let now = Utc::now();
-    let duration_ms = record
-        .started_at
-        .map_or(0, |s| (now - s).num_milliseconds().max(0) as u64);
-    record.finished_at = Some(now);
-    record.duration_ms = Some(duration_ms);
+    let duration_ms = record.finish_at(now).unwrap_or(0);
     record.status = RunStatus::Success;
     record.counts = counts;
     record.error = None;

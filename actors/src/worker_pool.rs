@@ -183,6 +183,18 @@ struct Slot {
 }
 
 impl Slot {
+    /// Frees the slot if it is still running this run (a late report of
+    /// an earlier run must not free the worker's current one).
+    fn free_if_running(&mut self, run_id: &RunId) {
+        if self
+            .busy
+            .as_ref()
+            .is_some_and(|b| &b.record.run_id == run_id)
+        {
+            self.free();
+        }
+    }
+
     fn free(&mut self) {
         self.busy = None;
         self.cancel = None;
@@ -427,13 +439,8 @@ impl Actor for WorkerPool {
                 job_id,
                 duration_ms,
             } => {
-                if let Some(slot) = state.slots.get_mut(worker)
-                    && slot
-                        .busy
-                        .as_ref()
-                        .is_some_and(|b| b.record.run_id == run_id)
-                {
-                    slot.free();
+                if let Some(slot) = state.slots.get_mut(worker) {
+                    slot.free_if_running(&run_id);
                 }
                 state.note_run_time(duration_ms);
                 if let Some(d) = &mut state.draining {
@@ -760,13 +767,8 @@ fn attempt_done(
     request: RunRequest,
     outcome: AttemptOutcome,
 ) {
-    if let Some(slot) = state.slots.get_mut(worker)
-        && slot
-            .busy
-            .as_ref()
-            .is_some_and(|b| b.record.run_id == request.record.run_id)
-    {
-        slot.free();
+    if let Some(slot) = state.slots.get_mut(worker) {
+        slot.free_if_running(&request.record.run_id);
     }
     let RunRequest {
         mut record,
@@ -774,11 +776,7 @@ fn attempt_done(
         entry_id,
     } = request;
     let now = Utc::now();
-    record.finished_at = Some(now);
-    record.duration_ms = record
-        .started_at
-        .map(|s| (now - s).num_milliseconds().max(0) as u64);
-    if let Some(ms) = record.duration_ms {
+    if let Some(ms) = record.finish_at(now) {
         state.note_run_time(ms);
     }
     if let Some(d) = &mut state.draining {
@@ -929,10 +927,7 @@ fn fan_out_done(state: &mut PoolState, run_id: RunId, report: DeliveryReport) {
     };
     let mut record = d.request.record;
     let now = Utc::now();
-    record.finished_at = Some(now);
-    record.duration_ms = record
-        .started_at
-        .map(|s| (now - s).num_milliseconds().max(0) as u64);
+    record.finish_at(now);
     record.counts = d.counts + report.totals();
     record.status = if report.failed_entirely() {
         RunStatus::Failed
