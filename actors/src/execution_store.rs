@@ -345,11 +345,6 @@ pub enum StoreWrite {
     },
     /// A retry (PENDING, next attempt) to wait in Redis until `due`.
     Retry(Box<ExecutionRecord>, DateTime<Utc>),
-    /// A queued run is final: out of its job's in-flight set.
-    Settled {
-        job_id: String,
-        run_id: String,
-    },
     Job(Arc<JobSpec>),
     RemoveJob(String),
     /// A job as Redis holds it (read back): kept in memory only, so a
@@ -411,9 +406,6 @@ impl StoreData {
                 self.mem().put_record((*record).clone());
                 queued.push(PendingWrite::Record(record.clone()));
                 queued.push(PendingWrite::Retry { record, due });
-            }
-            StoreWrite::Settled { job_id, run_id } => {
-                queued.push(PendingWrite::Settled { job_id, run_id });
             }
             StoreWrite::Job(spec) => {
                 self.mem().put_job(spec.clone());

@@ -162,11 +162,6 @@ impl StoreHandle {
         });
     }
 
-    /// A queued run is final: takes it out of its job's in-flight set.
-    pub fn settled(&self, job_id: String, run_id: String) {
-        self.write(StoreWrite::Settled { job_id, run_id });
-    }
-
     /// Records a retry (PENDING, next attempt) and parks it in Redis until `due`.
     pub fn retry(&self, record: ExecutionRecord, due: DateTime<Utc>) {
         self.write(StoreWrite::Retry(Box::new(record), due));

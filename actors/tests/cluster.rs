@@ -811,46 +811,7 @@ async fn a_graceful_stop_flushes_every_pending_write_not_just_one_slice() {
 /// last and it is defined last).
 #[tokio::test]
 async fn runs_due_together_start_earliest_deadline_first() {
-    use herald_actors::job::OverlapPolicy;
-    use herald_actors::record::RunId;
-
-    let server = RedisServer::start();
-    let calls = Calls::default();
-    let tick = DateTime::from_timestamp(Utc::now().timestamp() + 3, 0).unwrap();
-    let once = tick.format("%S %M %H %d %m *").to_string();
-    let mut jobs: Vec<JobSpec> = (0..20)
-        .map(|i| coded(&format!("yearly-{i:02}"), &once, "count"))
-        .collect();
-    jobs.push(coded("z-every-second", "* * * * * *", "count"));
-    for job in &mut jobs {
-        job.overlap = OverlapPolicy::Allow;
-    }
-    let config = TreeConfig {
-        redis: Some(RedisSettings::new(server.url(), "herald")),
-        workers: 1,
-        ..TreeConfig::default()
-    };
-    let herald = spawn_tree(config, jobs, counting(&calls), Arc::new(DryRun))
-        .await
-        .expect("daemon starts");
-    let every = support::finished(&herald, &RunId::for_tick("z-every-second", tick)).await;
-    let mut yearly = Vec::new();
-    for i in 0..20 {
-        let run = RunId::for_tick(&format!("yearly-{i:02}"), tick);
-        yearly.push(support::finished(&herald, &run).await);
-    }
-    herald.shutdown().await;
-    let every_started = every.started_at.expect("started");
-    let first_yearly = yearly
-        .iter()
-        .filter_map(|r| r.started_at)
-        .min()
-        .expect("yearly runs started");
-    assert!(
-        every_started < first_yearly,
-        "the per-second run started at {every_started}, after a yearly run at {first_yearly}"
-    );
-    assert!(every_started >= tick && first_yearly >= tick);
+    per_second_runs_start_before_yearly(20, 1, TreeConfig::default().max_queued).await;
 }
 
 /// More runs due at one instant than the pool's queue holds (1,500 yearly
@@ -860,6 +821,13 @@ async fn runs_due_together_start_earliest_deadline_first() {
 /// read only once due, and queue behind the yearly runs.)
 #[tokio::test]
 async fn runs_due_together_beyond_the_queue_bound_still_start_earliest_deadline_first() {
+    per_second_runs_start_before_yearly(1_500, 500, 1_500).await;
+}
+
+/// One worker; `yearly` jobs whose only tick is a few seconds ahead and
+/// `per_second` jobs (ids sorting, and defined, after the yearly ones):
+/// every per-second run of that tick must start before any yearly one.
+async fn per_second_runs_start_before_yearly(yearly: usize, per_second: usize, max_queued: usize) {
     use herald_actors::job::OverlapPolicy;
     use herald_actors::record::RunId;
 
@@ -867,41 +835,53 @@ async fn runs_due_together_beyond_the_queue_bound_still_start_earliest_deadline_
     let calls = Calls::default();
     let tick = DateTime::from_timestamp(Utc::now().timestamp() + 4, 0).unwrap();
     let once = tick.format("%S %M %H %d %m *").to_string();
-    let mut jobs: Vec<JobSpec> = (0..1_500)
-        .map(|i| coded(&format!("yearly-{i:04}"), &once, "count"))
+    let yearly_ids: Vec<String> = (0..yearly).map(|i| format!("yearly-{i:04}")).collect();
+    let per_second_ids: Vec<String> = (0..per_second)
+        .map(|i| format!("z-second-{i:03}"))
         .collect();
-    jobs.extend((0..500).map(|i| coded(&format!("second-{i:03}"), "* * * * * *", "count")));
+    let mut jobs: Vec<JobSpec> = yearly_ids
+        .iter()
+        .map(|id| coded(id, &once, "count"))
+        .collect();
+    jobs.extend(
+        per_second_ids
+            .iter()
+            .map(|id| coded(id, "* * * * * *", "count")),
+    );
     for job in &mut jobs {
         job.overlap = OverlapPolicy::Allow;
     }
     let config = TreeConfig {
         redis: Some(RedisSettings::new(server.url(), "herald")),
         workers: 1,
-        max_queued: 1_500,
+        max_queued,
         ..TreeConfig::default()
     };
     let herald = spawn_tree(config, jobs, counting(&calls), Arc::new(DryRun))
         .await
         .expect("daemon starts");
-    let mut last_per_second = tick;
-    for i in 0..500 {
-        let run = RunId::for_tick(&format!("second-{i:03}"), tick);
-        let record = support::finished(&herald, &run).await;
-        last_per_second = last_per_second.max(record.started_at.expect("started"));
-    }
-    let mut yearly_starts = Vec::new();
-    for i in 0..1_500 {
-        let run = RunId::for_tick(&format!("yearly-{i:04}"), tick);
-        yearly_starts.push(support::finished(&herald, &run).await.started_at);
-    }
+    let starts = |ids: Vec<String>| {
+        let herald = &herald;
+        async move {
+            let mut starts = Vec::new();
+            for id in ids {
+                let record = support::finished(herald, &RunId::for_tick(&id, tick)).await;
+                starts.push(record.started_at.expect("started"));
+            }
+            starts
+        }
+    };
+    let per_second_starts = starts(per_second_ids).await;
+    let yearly_starts = starts(yearly_ids).await;
     herald.shutdown().await;
-    let first_yearly = yearly_starts
+    let last_per_second = per_second_starts
         .into_iter()
-        .flatten()
-        .min()
-        .expect("yearly runs started");
+        .max()
+        .expect("per-second runs");
+    let first_yearly = yearly_starts.into_iter().min().expect("yearly runs");
     assert!(
         last_per_second < first_yearly,
         "a per-second run started at {last_per_second}, after a yearly run at {first_yearly}"
     );
+    assert!(last_per_second >= tick && first_yearly >= tick);
 }
