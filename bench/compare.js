@@ -4,8 +4,9 @@
 //   bench/run [--runs 5] [--quick] [--only drain,latency,...] [--out DIR]
 //
 // One redis-server of its own (loopback, free port, no persistence) serves
-// both systems. For each scenario and each system: one warm-up run
-// (discarded), then --runs measured runs, FLUSHALL before every run; the
+// both systems. For each scenario: each system's warm-up run (discarded),
+// then --runs measured runs, the systems taking turns (run 1 of each, run
+// 2 of each, ...), FLUSHALL before every run; the
 // median of every numeric field; herald/BullMQ ratios against the issue's
 // targets. The latency scenario's rate is half of BullMQ's median
 // max-rate, for both systems. Raw per-run JSON, the exact commands and the
@@ -303,27 +304,45 @@ function worst(runs, f) {
 
 const round = (x, d = 3) => (x === null || x === undefined || !Number.isFinite(x) ? null : Number(x.toFixed(d)));
 
-async function measure(label, system, args, opts, ctx) {
+function newResult(system, args, ctx) {
   const { cmd, args: full } = systemCommand(system, ctx.bins, [...args, '--redis', ctx.redis.url]);
+  return { system, cmd, full, result: { system, command: [cmd, ...full].map(shq).join(' '), warmup: null, runs: [] } };
+}
+
+// One run of a system (warm-up or measured), FLUSHALL first.
+async function runInto(label, r, warm, i, opts, ctx) {
   const killAfter = (opts.killAfter || 1000) + 120;
-  const result = { system, command: [cmd, ...full].map(shq).join(' '), warmup: null, runs: [] };
-  const total = opts.runs + (opts.warmup ? 1 : 0);
-  for (let i = 0; i < total; i++) {
-    const warm = opts.warmup && i === 0;
-    await ctx.redis.client.call('FLUSHALL');
-    const load = os.loadavg()[0];
-    log(`${label} ${system} ${warm ? 'warm-up' : `run ${i + (opts.warmup ? 0 : 1)}/${opts.runs}`} (load ${load.toFixed(2)})`);
-    const r = await runOnce(cmd, full, killAfter);
-    r.loadavg_1m_before = load;
-    if (r.code !== 0) {
-      log(`${label} ${system}: exit ${r.code}`);
-      ctx.failures++;
-    }
-    if (warm) result.warmup = r;
-    else result.runs.push(r);
+  await ctx.redis.client.call('FLUSHALL');
+  const load = os.loadavg()[0];
+  log(`${label} ${r.system} ${warm ? 'warm-up' : `run ${i}/${opts.runs}`} (load ${load.toFixed(2)})`);
+  const out = await runOnce(r.cmd, r.full, killAfter);
+  out.loadavg_1m_before = load;
+  if (out.code !== 0) {
+    log(`${label} ${r.system}: exit ${out.code}`);
+    ctx.failures++;
   }
-  result.median = medians(result.runs);
-  return result;
+  if (warm) r.result.warmup = out;
+  else r.result.runs.push(out);
+}
+
+async function measure(label, system, args, opts, ctx) {
+  return (await measurePair(label, [[system, args]], opts, ctx))[system];
+}
+
+// The systems' runs alternate (each one's warm-up, then run 1 of each,
+// run 2 of each, ...): the machine's speed drifts over minutes, and
+// running one system's five runs before the other's puts that drift into
+// the ratio.
+async function measurePair(label, systems, opts, ctx) {
+  const rs = systems.map(([system, args]) => newResult(system, args, ctx));
+  if (opts.warmup) for (const r of rs) await runInto(label, r, true, 0, opts, ctx);
+  for (let i = 1; i <= opts.runs; i++) for (const r of rs) await runInto(label, r, false, i, opts, ctx);
+  const out = {};
+  for (const r of rs) {
+    r.result.median = medians(r.result.runs);
+    out[r.system] = r.result;
+  }
+  return out;
 }
 
 // ---------------------------------------------------------------- scenarios
@@ -462,17 +481,14 @@ async function main() {
       for (const c of [1, 100]) {
         const name = `drain-c${c}`;
         const args = ['drain', '--jobs', String(sz.drain), '--concurrency', String(c)];
-        results[name] = {
-          bullmq: await measure(name, 'bullmq', args, { ...m, killAfter: 900 }, ctx),
-          herald: await measure(name, 'herald', args, { ...m, killAfter: 900 }, ctx),
-        };
+        results[name] = await measurePair(name, [['bullmq', args], ['herald', args]], { ...m, killAfter: 900 }, ctx);
       }
     }
     let rate = opts.rate;
     if (want('max-rate') || (want('latency') && !rate)) {
       const args = ['max-rate', ...sz.maxRate];
-      results['max-rate'] = { bullmq: await measure('max-rate', 'bullmq', args, { ...m, killAfter: 200 }, ctx) };
-      if (want('max-rate')) results['max-rate'].herald = await measure('max-rate', 'herald', args, { ...m, killAfter: 200 }, ctx);
+      const systems = want('max-rate') ? [['bullmq', args], ['herald', args]] : [['bullmq', args]];
+      results['max-rate'] = await measurePair('max-rate', systems, { ...m, killAfter: 200 }, ctx);
       if (!rate) {
         const max = results['max-rate'].bullmq.median.jobs_per_second;
         if (typeof max !== 'number' || !(max > 0)) throw new Error('no BullMQ max-rate median: cannot set the latency rate');
@@ -481,11 +497,7 @@ async function main() {
     }
     if (want('latency')) {
       const args = ['latency', '--rate', String(rate), '--seconds', String(sz.latencySeconds), '--concurrency', '100'];
-      results.latency = {
-        rate,
-        bullmq: await measure('latency', 'bullmq', args, { ...m, killAfter: 300 }, ctx),
-        herald: await measure('latency', 'herald', args, { ...m, killAfter: 300 }, ctx),
-      };
+      results.latency = { rate, ...(await measurePair('latency', [['bullmq', args], ['herald', args]], { ...m, killAfter: 300 }, ctx)) };
       // herald's default path for an ad-hoc run is run_now (this daemon's
       // pool); the same runs put on the Redis run queue instead, for
       // reference against the same BullMQ runs.
@@ -497,19 +509,13 @@ async function main() {
     }
     if (want('precision')) {
       const args = ['precision', ...sz.precision];
-      results.precision = {
-        bullmq: await measure('precision', 'bullmq', args, { ...m, killAfter: 400 }, ctx),
-        // BullMQ's job schedulers add a job each tick whether or not the
-        // last one is done: herald's equivalent is overlap = allow.
-        herald: await measure('precision', 'herald', [...args, '--overlap', 'allow'], { ...m, killAfter: 400 }, ctx),
-      };
+      // BullMQ's job schedulers add a job each tick whether or not the
+      // last one is done: herald's equivalent is overlap = allow.
+      results.precision = await measurePair('precision', [['bullmq', args], ['herald', [...args, '--overlap', 'allow']]], { ...m, killAfter: 400 }, ctx);
     }
     if (want('footprint')) {
       const args = ['footprint', ...sz.footprint];
-      results.footprint = {
-        bullmq: await measure('footprint', 'bullmq', args, { ...m, killAfter: 900 }, ctx),
-        herald: await measure('footprint', 'herald', args, { ...m, killAfter: 900 }, ctx),
-      };
+      results.footprint = await measurePair('footprint', [['bullmq', args], ['herald', args]], { ...m, killAfter: 900 }, ctx);
     }
   } finally {
     await cleanup();
