@@ -241,4 +241,38 @@ async fn a_record_in_redis_only_moves_forward() {
         RunStatus::Success,
         "a job id quoting an attempt misled the progress check"
     );
+    // The status and attempt are read off the text without decoding it:
+    // a stored value that is not JSON but names a later attempt still
+    // refuses an earlier one (JSON decoding, the fallback, would fail and
+    // let it through).
+    let at = DateTime::from_timestamp(1_700_000_200, 0).unwrap();
+    let mut early = ExecutionRecord::pending(
+        RunId::for_tick("job", at),
+        "job",
+        Trigger::Schedule,
+        at,
+        3,
+        Utc::now(),
+    );
+    early.status = RunStatus::Running;
+    let key = format!("herald:exec:{}", early.run_id.0);
+    let later = r#"{"run_id":"x","status":"SUCCESS","attempt":3,"#;
+    let mut c = deadpool_redis::redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = deadpool_redis::redis::cmd("SET")
+        .arg(&key)
+        .arg(later)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    s.put_records(std::slice::from_ref(&early)).await.unwrap();
+    let kept: String = deadpool_redis::redis::cmd("GET")
+        .arg(&key)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(kept, later, "an earlier attempt replaced a later one");
 }
