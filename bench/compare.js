@@ -326,14 +326,14 @@ async function runInto(label, r, warm, i, opts, ctx) {
 }
 
 async function measure(label, system, args, opts, ctx) {
-  return (await measurePair(label, [[system, args]], opts, ctx))[system];
+  return (await measureInTurns(label, [[system, args]], opts, ctx))[system];
 }
 
 // The systems' runs alternate (each one's warm-up, then run 1 of each,
 // run 2 of each, ...): the machine's speed drifts over minutes, and
 // running one system's five runs before the other's puts that drift into
 // the ratio.
-async function measurePair(label, systems, opts, ctx) {
+async function measureInTurns(label, systems, opts, ctx) {
   const rs = systems.map(([system, args]) => newResult(system, args, ctx));
   if (opts.warmup) for (const r of rs) await runInto(label, r, true, 0, opts, ctx);
   for (let i = 1; i <= opts.runs; i++) for (const r of rs) await runInto(label, r, false, i, opts, ctx);
@@ -481,14 +481,14 @@ async function main() {
       for (const c of [1, 100]) {
         const name = `drain-c${c}`;
         const args = ['drain', '--jobs', String(sz.drain), '--concurrency', String(c)];
-        results[name] = await measurePair(name, [['bullmq', args], ['herald', args]], { ...m, killAfter: 900 }, ctx);
+        results[name] = await measureInTurns(name, [['bullmq', args], ['herald', args]], { ...m, killAfter: 900 }, ctx);
       }
     }
     let rate = opts.rate;
     if (want('max-rate') || (want('latency') && !rate)) {
       const args = ['max-rate', ...sz.maxRate];
       const systems = want('max-rate') ? [['bullmq', args], ['herald', args]] : [['bullmq', args]];
-      results['max-rate'] = await measurePair('max-rate', systems, { ...m, killAfter: 200 }, ctx);
+      results['max-rate'] = await measureInTurns('max-rate', systems, { ...m, killAfter: 200 }, ctx);
       if (!rate) {
         const max = results['max-rate'].bullmq.median.jobs_per_second;
         if (typeof max !== 'number' || !(max > 0)) throw new Error('no BullMQ max-rate median: cannot set the latency rate');
@@ -497,7 +497,7 @@ async function main() {
     }
     if (want('latency')) {
       const args = ['latency', '--rate', String(rate), '--seconds', String(sz.latencySeconds), '--concurrency', '100'];
-      results.latency = { rate, ...(await measurePair('latency', [['bullmq', args], ['herald', args]], { ...m, killAfter: 300 }, ctx)) };
+      results.latency = { rate, ...(await measureInTurns('latency', [['bullmq', args], ['herald', args]], { ...m, killAfter: 300 }, ctx)) };
       // herald's default path for an ad-hoc run is run_now (this daemon's
       // pool); the same runs put on the Redis run queue instead, for
       // reference against the same BullMQ runs.
@@ -511,11 +511,11 @@ async function main() {
       const args = ['precision', ...sz.precision];
       // BullMQ's job schedulers add a job each tick whether or not the
       // last one is done: herald's equivalent is overlap = allow.
-      results.precision = await measurePair('precision', [['bullmq', args], ['herald', [...args, '--overlap', 'allow']]], { ...m, killAfter: 400 }, ctx);
+      results.precision = await measureInTurns('precision', [['bullmq', args], ['herald', [...args, '--overlap', 'allow']]], { ...m, killAfter: 400 }, ctx);
     }
     if (want('footprint')) {
       const args = ['footprint', ...sz.footprint];
-      results.footprint = await measurePair('footprint', [['bullmq', args], ['herald', args]], { ...m, killAfter: 900 }, ctx);
+      results.footprint = await measureInTurns('footprint', [['bullmq', args], ['herald', args]], { ...m, killAfter: 900 }, ctx);
     }
   } finally {
     await cleanup();
