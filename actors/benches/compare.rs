@@ -1072,6 +1072,12 @@ async fn precision(o: &Opts, ctx: &mut Ctx) -> Result<Value, Fail> {
         })
         .unzip();
     let ticks_over_10ms = tick_last.iter().filter(|l| **l > 10.0).count();
+    // Each second's last start in order, rounded to 0.1 ms: shows which
+    // seconds (the burst's, its neighbours) make the tail.
+    let tick_last_each: Vec<f64> = tick_last
+        .iter()
+        .map(|l| (l * 10.0).round() / 10.0)
+        .collect();
     let tf = summary(&mut tick_first);
     let tl = summary(&mut tick_last);
     let bl = summary(&mut burst_late);
@@ -1107,6 +1113,7 @@ async fn precision(o: &Opts, ctx: &mut Ctx) -> Result<Value, Fail> {
             "tick_last_start_p50_ms": opt_ms(tl.p50),
             "tick_last_start_max_ms": opt_ms(tl.max),
             "ticks_last_start_over_10ms": ticks_over_10ms,
+            "tick_last_start_ms_each": tick_last_each,
             "lateness_min_ms": opt_ms(lt.min),
             "burst": b,
             "burst_due": iso(burst_due_ms),

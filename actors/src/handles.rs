@@ -439,10 +439,15 @@ impl SchedulerHandle {
 
     /// A run of the job reached a final status.
     pub fn run_settled(&self, job_id: String) -> Result<(), HandleError> {
+        self.runs_settled(vec![job_id])
+    }
+
+    /// Runs of these jobs (one entry per run) reached a final status.
+    pub fn runs_settled(&self, job_ids: Vec<String>) -> Result<(), HandleError> {
         cast(
             self.actor(),
             "scheduler",
-            SchedulerMsg::RunSettled { job_id },
+            SchedulerMsg::RunSettled { job_ids },
         )
     }
 

@@ -32,7 +32,7 @@ use crate::handles::StoreHandle;
 use crate::record::{Counts, RunStatus, Trigger};
 use crate::telemetry;
 use crate::users::UserDirectory;
-use crate::worker_pool::{PoolMsg, RunRequest, success_due, write_final};
+use crate::worker_pool::{PoolMsg, RunRequest, SettledRun, SettledRuns, success_due, write_final};
 
 /// How one attempt ended.
 #[derive(Debug, Clone, PartialEq)]
@@ -56,6 +56,8 @@ pub struct WorkerArgs {
     pub index: usize,
     pub daemon_id: String,
     pub pool: ActorRef<PoolMsg>,
+    /// Where this worker's settled runs wait for the pool.
+    pub settled: Arc<SettledRuns>,
     pub registry: Arc<Registry>,
     pub store: StoreHandle,
     pub save_chat: Option<i64>,
@@ -189,7 +191,7 @@ async fn execute(state: &WorkerState, mut request: RunRequest, cancelled: onesho
 }
 
 /// A success with nothing to send is final here: the worker writes its
-/// record and acknowledges its entry, and the pool only hears that the
+/// record and acknowledges its entry, and the pool only learns that the
 /// worker is free (see [`PoolMsg::Settled`]).
 fn settle_success(state: &WorkerState, request: RunRequest, counts: Counts) {
     let RunRequest {
@@ -206,12 +208,16 @@ fn settle_success(state: &WorkerState, request: RunRequest, counts: Counts) {
     let run_id = record.run_id.clone();
     let job_id = record.job_id.clone();
     write_final(&state.args.store, record, entry_id);
-    let _ = state.args.pool.cast(PoolMsg::Settled {
+    let first = state.args.settled.push(SettledRun {
         worker: state.args.index,
         run_id,
         job_id,
         duration_ms,
     });
+    if first {
+        // Fails only if the pool is gone, and its workers with it.
+        let _ = state.args.pool.cast(PoolMsg::Settled);
+    }
 }
 
 fn panic_message(payload: Box<dyn Any + Send>) -> String {
