@@ -372,45 +372,48 @@ impl StoreData {
     /// Applies a write to memory and queues it for Redis. Returns whether
     /// anything was queued (a flush should follow).
     pub fn write(&self, write: StoreWrite) -> bool {
-        let mut queued = Vec::new();
         match write {
             StoreWrite::Record(r) => {
-                if self.mem().put_record((*r).clone()) {
-                    queued.push(PendingWrite::Record(r));
-                }
+                let took = self.mem().put_record((*r).clone());
+                self.queue(took.then_some(PendingWrite::Record(r)))
             }
             StoreWrite::Final { record, entry_id } => {
-                let settled = entry_id
-                    .map(|entry_id| (entry_id, record.job_id.clone(), record.run_id.0.clone()));
-                if self.mem().put_record((*record).clone()) {
-                    queued.push(PendingWrite::Record(record));
-                }
-                if let Some((entry_id, job_id, run_id)) = settled {
-                    queued.push(PendingWrite::Ack { entry_id });
-                    queued.push(PendingWrite::Settled { job_id, run_id });
-                }
+                let settled = entry_id.map(|entry_id| {
+                    [
+                        PendingWrite::Ack { entry_id },
+                        PendingWrite::Settled {
+                            job_id: record.job_id.clone(),
+                            run_id: record.run_id.0.clone(),
+                        },
+                    ]
+                });
+                let took = self.mem().put_record((*record).clone());
+                let record = took.then_some(PendingWrite::Record(record));
+                self.queue(record.into_iter().chain(settled.into_iter().flatten()))
             }
             StoreWrite::Skipped(s) => {
                 self.mem().put_skipped(s.clone());
-                queued.push(PendingWrite::Skipped(s));
+                self.queue([PendingWrite::Skipped(s)])
             }
             StoreWrite::LastTick { job_id, at } => {
                 self.mem().set_last_tick(&job_id, at);
-                queued.push(PendingWrite::LastTick { job_id, at });
+                self.queue([PendingWrite::LastTick { job_id, at }])
             }
             StoreWrite::Claim { job_id, at, daemon } => {
-                queued.push(PendingWrite::Claim { job_id, at, daemon });
+                self.queue([PendingWrite::Claim { job_id, at, daemon }])
             }
-            StoreWrite::Ack(entry_id) => queued.push(PendingWrite::Ack { entry_id }),
+            StoreWrite::Ack(entry_id) => self.queue([PendingWrite::Ack { entry_id }]),
             StoreWrite::Retry(record, due) => {
                 self.mem().put_record((*record).clone());
-                queued.push(PendingWrite::Record(record.clone()));
-                queued.push(PendingWrite::Retry { record, due });
+                self.queue([
+                    PendingWrite::Record(record.clone()),
+                    PendingWrite::Retry { record, due },
+                ])
             }
             StoreWrite::Job(spec) => {
                 self.mem().put_job(spec.clone());
-                if let Some(link) = &self.redis {
-                    let stored = match link.definitions.get(&spec.id) {
+                let stored = self.redis.as_ref().map(|link| {
+                    match link.definitions.get(&spec.id) {
                         Some(defined) => {
                             let definition = JobDefinition::from(defined.as_ref());
                             StoredJob {
@@ -425,32 +428,42 @@ impl StoreData {
                             origin: JobOrigin::Custom,
                             ..StoredJob::new(JobDefinition::from(spec.as_ref()))
                         },
-                    };
-                    queued.push(PendingWrite::Job(Box::new(stored)));
-                }
+                    }
+                });
+                self.queue(stored.map(|s| PendingWrite::Job(Box::new(s))))
             }
             StoreWrite::RemoveJob(id) => {
                 self.mem().remove_job(&id);
-                queued.push(PendingWrite::RemoveJob(id));
+                self.queue([PendingWrite::RemoveJob(id)])
             }
             StoreWrite::CachedRecord(r) => {
                 self.mem().put_record(*r);
+                false
             }
             StoreWrite::CachedJob(spec) => {
                 self.mem().put_job(spec);
+                false
             }
             StoreWrite::ForgetJob(id) => {
                 self.mem().remove_job(&id);
+                false
             }
         }
+    }
+
+    /// Queues writes for Redis (none without Redis) under one lock, with
+    /// no list built first: a run's final writes are on every run's path.
+    /// Returns whether anything was queued.
+    fn queue(&self, writes: impl IntoIterator<Item = PendingWrite>) -> bool {
         let Some(link) = &self.redis else {
             return false;
         };
-        if queued.is_empty() {
+        let mut writes = writes.into_iter().peekable();
+        if writes.peek().is_none() {
             return false;
         }
         let mut pending = link.pending.lock().unwrap_or_else(|p| p.into_inner());
-        for w in queued {
+        for w in writes {
             pending.push(w);
         }
         true

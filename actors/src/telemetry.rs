@@ -17,9 +17,14 @@
 //! every dashboard panel has a series from the first scrape and `rate()`
 //! sees the first increment.
 
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, OnceLock, RwLock};
 use std::time::Duration;
 
-use metrics::{Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge};
+use metrics::{
+    Counter, Gauge, Histogram, Unit, counter, describe_counter, describe_gauge, describe_histogram,
+    gauge, histogram,
+};
 
 use crate::record::{RunStatus, SkipReason};
 use crate::supervisor::Child;
@@ -224,16 +229,89 @@ pub fn describe() {
 /// cardinality cost), per-job series appear with their first event.
 pub const JOB_SERIES_UP_TO: usize = 1_000;
 
+/// The series a job's every run updates, registered once per job: a run
+/// then neither builds their label sets again nor has the recorder look
+/// each up (five per run, with a job id to hash each time). The recorder
+/// must be installed before the first job is known, as the daemon does.
+/// A series is registered when first updated, as before the cache: a job
+/// that never succeeded has no last-success series (not one at 0), and a
+/// job only run by hand has no lateness.
+struct JobSeries {
+    job: String,
+    runs_success: Counter,
+    runs_failed: Counter,
+    runs_cancelled: Counter,
+    duration: OnceLock<Histogram>,
+    lateness: OnceLock<Histogram>,
+    last_success: OnceLock<Gauge>,
+    success_due: Gauge,
+}
+
+impl JobSeries {
+    fn register(job: &str) -> Self {
+        let runs =
+            |status: &'static str| counter!(RUNS, "job_id" => job.to_string(), "status" => status);
+        JobSeries {
+            job: job.to_string(),
+            runs_success: runs("success"),
+            runs_failed: runs("failed"),
+            runs_cancelled: runs("cancelled"),
+            duration: OnceLock::new(),
+            lateness: OnceLock::new(),
+            last_success: OnceLock::new(),
+            success_due: gauge!(SUCCESS_DUE, "job_id" => job.to_string()),
+        }
+    }
+
+    fn duration(&self) -> &Histogram {
+        self.duration
+            .get_or_init(|| histogram!(RUN_DURATION, "job_id" => self.job.clone()))
+    }
+
+    fn lateness(&self) -> &Histogram {
+        self.lateness
+            .get_or_init(|| histogram!(LATENESS, "job_id" => self.job.clone()))
+    }
+
+    fn last_success(&self) -> &Gauge {
+        self.last_success
+            .get_or_init(|| gauge!(LAST_SUCCESS, "job_id" => self.job.clone()))
+    }
+}
+
+static JOB_SERIES: LazyLock<RwLock<HashMap<String, Arc<JobSeries>>>> =
+    LazyLock::new(Default::default);
+
+fn job_series(job: &str) -> Arc<JobSeries> {
+    if let Some(series) = JOB_SERIES
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(job)
+    {
+        return series.clone();
+    }
+    JOB_SERIES
+        .write()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry(job.to_string())
+        .or_insert_with(|| Arc::new(JobSeries::register(job)))
+        .clone()
+}
+
 /// A job was removed: no success is due any more.
 pub fn job_gone(job: &str) {
     gauge!(SUCCESS_DUE, "job_id" => job.to_string()).set(0.0);
+    JOB_SERIES
+        .write()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(job);
 }
 
 /// When the job's next success is due (its next fire), or None if it is
 /// disabled or never fires again.
 pub fn success_due(job: &str, next_fire: Option<chrono::DateTime<chrono::Utc>>) {
     let at = next_fire.map_or(0.0, |t| t.timestamp_millis() as f64 / 1000.0);
-    gauge!(SUCCESS_DUE, "job_id" => job.to_string()).set(at);
+    job_series(job).success_due.set(at);
 }
 
 /// A job is known to the scheduler (loaded or edited): its per-job series
@@ -252,26 +330,30 @@ pub fn job_known(job: &str, next_fire: Option<chrono::DateTime<chrono::Utc>>) {
 
 /// A run reached its final status.
 pub fn run_ended(job: &str, status: RunStatus, duration: Option<Duration>, finished_unix: f64) {
-    let job = job.to_string();
-    let status_label = match status {
-        RunStatus::Success => "success",
-        RunStatus::Failed => "failed",
-        RunStatus::Cancelled => "cancelled",
+    if !matches!(
+        status,
+        RunStatus::Success | RunStatus::Failed | RunStatus::Cancelled
+    ) {
         // Not final: nothing to count.
-        _ => return,
-    };
-    counter!(RUNS, "job_id" => job.clone(), "status" => status_label).increment(1);
-    if let Some(d) = duration {
-        metrics::histogram!(RUN_DURATION, "job_id" => job.clone()).record(d.as_secs_f64());
+        return;
     }
-    if status == RunStatus::Success {
-        gauge!(LAST_SUCCESS, "job_id" => job).set(finished_unix);
+    let series = job_series(job);
+    match status {
+        RunStatus::Success => {
+            series.runs_success.increment(1);
+            series.last_success().set(finished_unix);
+        }
+        RunStatus::Failed => series.runs_failed.increment(1),
+        _ => series.runs_cancelled.increment(1),
+    }
+    if let Some(d) = duration {
+        series.duration().record(d.as_secs_f64());
     }
 }
 
 /// A scheduled run started this late.
 pub fn run_started_late(job: &str, lateness: Duration) {
-    metrics::histogram!(LATENESS, "job_id" => job.to_string()).record(lateness.as_secs_f64());
+    job_series(job).lateness().record(lateness.as_secs_f64());
 }
 
 pub fn ticks_skipped(job: &str, reason: SkipReason, count: u64, after_offline: bool) {
