@@ -52,6 +52,7 @@ pub mod precise_timer;
 pub mod record;
 pub mod redis_backend;
 pub mod restart;
+pub mod rfc3339;
 pub mod schedule;
 pub mod scheduler;
 pub mod secret;

@@ -120,9 +120,15 @@ pub struct ExecutionRecord {
     pub run_id: RunId,
     pub job_id: String,
     pub trigger: Trigger,
+    // Instants are written by `rfc3339` (chrono's text, faster), read by
+    // chrono.
+    #[serde(serialize_with = "crate::rfc3339::serialize")]
     pub scheduled_at: DateTime<Utc>,
+    #[serde(serialize_with = "crate::rfc3339::serialize")]
     pub created_at: DateTime<Utc>,
+    #[serde(serialize_with = "crate::rfc3339::serialize_opt")]
     pub started_at: Option<DateTime<Utc>>,
+    #[serde(serialize_with = "crate::rfc3339::serialize_opt")]
     pub finished_at: Option<DateTime<Utc>>,
     pub duration_ms: Option<u64>,
     pub status: RunStatus,
@@ -133,6 +139,7 @@ pub struct ExecutionRecord {
     /// The last attempt's error, kept while a retry is pending.
     pub error: Option<String>,
     /// When the next attempt is due, while a retry is pending.
+    #[serde(serialize_with = "crate::rfc3339::serialize_opt")]
     pub retry_at: Option<DateTime<Utc>>,
     /// The daemon that ran (or runs) the current attempt.
     #[serde(default)]
