@@ -106,7 +106,6 @@ pub const HISTOGRAMS: &[(&str, &[f64])] = &[
 /// The pool's workers, restarted by the pool (the other actors are the
 /// supervisor's children, named by [`Child::name`]).
 pub const WORKER_ACTOR: &str = "worker";
-const STATUSES: &[&str] = &["success", "failed", "cancelled"];
 /// Reasons a tick did not run. `offline` is a tick that nobody ran
 /// because the daemon that owned it while Redis was unreachable died, found
 /// when Redis came back and dropped by the misfire policy.
@@ -317,10 +316,16 @@ pub fn success_due(job: &str, next_fire: Option<chrono::DateTime<chrono::Utc>>) 
 /// A job is known to the scheduler (loaded or edited): its per-job series
 /// start at zero, and its next success is due at its next fire.
 pub fn job_known(job: &str, next_fire: Option<chrono::DateTime<chrono::Utc>>) {
-    let job = job.to_string();
-    for status in STATUSES {
-        counter!(RUNS, "job_id" => job.clone(), "status" => *status).increment(0);
+    // The runs counters by status are the cached ones (see `JobSeries`).
+    let series = job_series(job);
+    for runs in [
+        &series.runs_success,
+        &series.runs_failed,
+        &series.runs_cancelled,
+    ] {
+        runs.increment(0);
     }
+    let job = job.to_string();
     for reason in SKIP_REASONS {
         counter!(SKIPPED_TICKS, "job_id" => job.clone(), "reason" => *reason).increment(0);
     }
