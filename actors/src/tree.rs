@@ -365,6 +365,8 @@ pub async fn spawn_tree_on(
         ));
         (stop_tx, AbortOnDrop::from(task))
     });
+    // The jobs are loaded (the scheduler's start).
+    crate::allocator::start_up_done();
     Ok(Herald {
         root,
         exit,

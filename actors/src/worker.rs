@@ -1,4 +1,5 @@
-//! A Worker actor: executes one run at a time for the WorkerPool.
+//! A Worker actor: executes runs for the WorkerPool, one at a time, one
+//! or a batch per message (see [`execute_batch`]).
 //!
 //! The job's handler runs inside the worker's own message handling, which
 //! also applies the timeout and catches a panic; a panic, an error, a
@@ -29,7 +30,7 @@ use tracing::Instrument;
 use crate::delivery::{Message, Outbox};
 use crate::handler::{Registry, RunContext, RunNotes};
 use crate::handles::StoreHandle;
-use crate::record::{Counts, RunStatus, Trigger};
+use crate::record::{Counts, RunId, RunStatus, Trigger};
 use crate::telemetry;
 use crate::users::UserDirectory;
 use crate::worker_pool::{PoolMsg, RunRequest, SettledRun, SettledRuns, success_due, write_final};
@@ -44,11 +45,23 @@ pub enum AttemptOutcome {
 }
 
 pub enum WorkerMsg {
-    /// Run this; a message (or the sender dropped) on `cancel` ends it.
-    Execute {
-        request: Box<RunRequest>,
-        cancel: oneshot::Receiver<()>,
-    },
+    /// Run these, one after the other (see `worker_pool::dispatch`).
+    Execute(Vec<WorkerRun>),
+}
+
+pub struct WorkerRun {
+    pub request: RunRequest,
+    /// A message here ends the run, or keeps it from starting; the sender
+    /// dropped without one does neither.
+    pub cancel: oneshot::Receiver<()>,
+}
+
+/// A run over with a success and nothing to send, its record final, to be
+/// settled by the worker (see [`settle_successes`]).
+struct Succeeded {
+    request: RunRequest,
+    finished: chrono::DateTime<Utc>,
+    duration_ms: u64,
 }
 
 #[derive(Clone)]
@@ -90,13 +103,86 @@ impl Actor for Worker {
         state: &mut WorkerState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            WorkerMsg::Execute { request, cancel } => execute(state, *request, cancel).await,
+            WorkerMsg::Execute(runs) => execute_batch(state, runs).await,
         }
         Ok(())
     }
 }
 
-async fn execute(state: &WorkerState, mut request: RunRequest, cancelled: oneshot::Receiver<()>) {
+/// Runs a batch back to back. The successes' settling (their final
+/// records, the pool told) waits until every run of the batch has
+/// started, and, for a batch, until the other workers' runs have had
+/// their turn: when a tick starts a thousand runs, each one's start no
+/// longer waits for the bookkeeping of all those before it. If a run is
+/// still going after its first poll, the runs behind it go back to the
+/// pool for other workers, and what waits to be settled is settled then.
+async fn execute_batch(state: &WorkerState, runs: Vec<WorkerRun>) {
+    let batched = runs.len() > 1;
+    let mut succeeded = Unsettled {
+        state,
+        runs: Vec::new(),
+    };
+    let mut rest = runs.into_iter();
+    while let Some(WorkerRun { request, cancel }) = rest.next() {
+        let ran = execute(state, request, cancel, || {
+            let not_started: Vec<RunId> = rest.by_ref().map(|r| r.request.record.run_id).collect();
+            if !not_started.is_empty() {
+                let _ = state.args.pool.cast(PoolMsg::NotStarted {
+                    worker: state.args.index,
+                    runs: not_started,
+                });
+            }
+            succeeded.settle();
+        })
+        .await;
+        if let Some(done) = ran {
+            succeeded.runs.push(done);
+        }
+    }
+    if batched && !succeeded.runs.is_empty() {
+        tokio::task::yield_now().await;
+    }
+    succeeded.settle();
+}
+
+/// Successes waiting to be settled. Settled when dropped too: if the
+/// worker is stopped while it waits its turn, runs that are over are
+/// recorded as over, not run again.
+struct Unsettled<'a> {
+    state: &'a WorkerState,
+    runs: Vec<Succeeded>,
+}
+
+impl Unsettled<'_> {
+    fn settle(&mut self) {
+        settle_successes(self.state, std::mem::take(&mut self.runs));
+    }
+}
+
+impl Drop for Unsettled<'_> {
+    fn drop(&mut self) {
+        self.settle();
+    }
+}
+
+/// One attempt. A success with nothing to send comes back to be settled
+/// with others; any other outcome goes to the pool. `still_running` is
+/// called if the run is not over at its first poll.
+async fn execute(
+    state: &WorkerState,
+    mut request: RunRequest,
+    mut cancelled: oneshot::Receiver<()>,
+    still_running: impl FnOnce(),
+) -> Option<Succeeded> {
+    if cancelled.try_recv().is_ok() {
+        // Cancelled while it waited behind others of its batch.
+        let _ = state.args.pool.cast(PoolMsg::AttemptDone {
+            worker: state.args.index,
+            request,
+            outcome: AttemptOutcome::Cancelled,
+        });
+        return None;
+    }
     request.record.status = RunStatus::Running;
     let now = Utc::now();
     request.record.started_at = Some(now);
@@ -168,6 +254,7 @@ async fn execute(state: &WorkerState, mut request: RunRequest, cancelled: onesho
         Poll::Ready(outcome) => outcome,
         Poll::Pending => {
             state.args.store.put_record(request.record.clone());
+            still_running();
             attempt.await
         }
     };
@@ -180,41 +267,55 @@ async fn execute(state: &WorkerState, mut request: RunRequest, cancelled: onesho
     if let AttemptOutcome::Success(counts, messages) = &outcome
         && messages.is_empty()
     {
-        settle_success(state, request, *counts);
-        return;
+        let finished = Utc::now();
+        let record = &mut request.record;
+        let duration_ms = record.finish_at(finished).unwrap_or(0);
+        record.status = RunStatus::Success;
+        record.counts = *counts;
+        record.error = None;
+        return Some(Succeeded {
+            request,
+            finished,
+            duration_ms,
+        });
     }
     let _ = state.args.pool.cast(PoolMsg::AttemptDone {
         worker: state.args.index,
         request,
         outcome,
     });
+    None
 }
 
 /// A success with nothing to send is final here: the worker writes its
 /// record and acknowledges its entry, and the pool only learns that the
 /// worker is free (see [`PoolMsg::Settled`]).
-fn settle_success(state: &WorkerState, request: RunRequest, counts: Counts) {
-    let RunRequest {
-        mut record,
-        job,
-        entry_id,
-    } = request;
-    let now = Utc::now();
-    let duration_ms = record.finish_at(now).unwrap_or(0);
-    record.status = RunStatus::Success;
-    record.counts = counts;
-    record.error = None;
-    success_due(&job, now);
-    let run_id = record.run_id.clone();
-    let job_id = record.job_id.clone();
-    write_final(&state.args.store, record, entry_id);
-    let first = state.args.settled.push(SettledRun {
-        worker: state.args.index,
-        run_id,
-        job_id,
+fn settle_successes(state: &WorkerState, succeeded: Vec<Succeeded>) {
+    if succeeded.is_empty() {
+        return;
+    }
+    let mut settled = Vec::with_capacity(succeeded.len());
+    for Succeeded {
+        request,
+        finished,
         duration_ms,
-    });
-    if first {
+    } in succeeded
+    {
+        let RunRequest {
+            record,
+            job,
+            entry_id,
+        } = request;
+        success_due(&job, finished);
+        settled.push(SettledRun {
+            worker: state.args.index,
+            run_id: record.run_id.clone(),
+            job_id: record.job_id.clone(),
+            duration_ms,
+        });
+        write_final(&state.args.store, record, entry_id);
+    }
+    if state.args.settled.push(settled) {
         // Fails only if the pool is gone, and its workers with it.
         let _ = state.args.pool.cast(PoolMsg::Settled);
     }

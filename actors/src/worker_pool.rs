@@ -27,7 +27,7 @@ use crate::record::{Counts, ExecutionRecord, RunId, RunStatus};
 use crate::redis_backend::{QueueEntry, RedisStore, blocking_connection};
 use crate::telemetry;
 use crate::users::UserDirectory;
-use crate::worker::{AttemptOutcome, Worker, WorkerArgs, WorkerMsg};
+use crate::worker::{AttemptOutcome, Worker, WorkerArgs, WorkerMsg, WorkerRun};
 
 /// How long one blocking read of the run queue waits for entries.
 const QUEUE_BLOCK: Duration = Duration::from_millis(500);
@@ -109,6 +109,12 @@ pub enum PoolMsg {
     },
     /// Hand again to the Notifier fan-outs it lost (it restarted).
     CheckFanOuts,
+    /// Runs of a batch the worker did not start, because one before them
+    /// is still going (see [`dispatch`]): they go back to the queue.
+    NotStarted {
+        worker: usize,
+        runs: Vec<RunId>,
+    },
 }
 
 /// A run its worker settled (see [`PoolMsg::Settled`]).
@@ -127,11 +133,12 @@ pub struct SettledRun {
 pub struct SettledRuns(std::sync::Mutex<Vec<SettledRun>>);
 
 impl SettledRuns {
-    /// Adds a run; `true` if the list was empty (the pool must be told).
-    pub fn push(&self, run: SettledRun) -> bool {
+    /// Adds runs; `true` if the list was empty (the pool must be told).
+    pub fn push(&self, runs: impl IntoIterator<Item = SettledRun>) -> bool {
         let mut list = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        list.push(run);
-        list.len() == 1
+        let was_empty = list.is_empty();
+        list.extend(runs);
+        was_empty && !list.is_empty()
     }
 
     fn take(&self) -> Vec<SettledRun> {
@@ -155,6 +162,11 @@ const PREFETCH_MIN: usize = 16;
 /// runs fired ahead of their tick.
 const HOLD_READ: usize = 1_000;
 const PREFETCH_MAX: usize = 64;
+/// Batches go out (see [`dispatch`]) while the moving average of attempts'
+/// run time is below this: runs over at their first poll.
+const BATCH_BELOW_MS: f64 = 1.0;
+/// Runs handed to one worker at once at most.
+const MAX_BATCH: usize = 32;
 /// Weight of the latest attempt in the moving average of run time.
 const RUN_TIME_WEIGHT: f64 = 0.3;
 
@@ -202,32 +214,60 @@ pub struct WorkerPool;
 struct Slot {
     worker: ActorRef<WorkerMsg>,
     id: ActorId,
-    busy: Option<RunRequest>,
-    /// Ends the busy run (the worker does not read its mailbox mid-run).
+    /// The runs handed to the worker and not settled yet, in the order it
+    /// starts them: one, or a batch while a backlog goes out (see
+    /// [`dispatch`]). The worker is idle when this is empty.
+    runs: Vec<Assigned>,
+}
+
+/// A run a worker holds, kept here to run again if the worker dies.
+struct Assigned {
+    request: RunRequest,
+    /// Ends the run, or keeps it from starting (the worker does not read
+    /// its mailbox mid-run); taken once used.
     cancel: Option<oneshot::Sender<()>>,
 }
 
 impl Slot {
-    /// Frees the slot if it is still running this run (a late report of
-    /// an earlier run must not free the worker's current one).
-    fn free_if_running(&mut self, run_id: &RunId) {
-        if self
-            .busy
-            .as_ref()
-            .is_some_and(|b| &b.record.run_id == run_id)
+    fn idle(&self) -> bool {
+        self.runs.is_empty()
+    }
+
+    fn holds(&self, run_id: &RunId) -> bool {
+        self.runs.iter().any(|a| &a.request.record.run_id == run_id)
+    }
+
+    /// Takes a run off the worker (settled, or given back). A late report
+    /// of an earlier run finds nothing here.
+    fn release(&mut self, run_id: &RunId) -> Option<Assigned> {
+        let at = self
+            .runs
+            .iter()
+            .position(|a| &a.request.record.run_id == run_id)?;
+        Some(self.runs.remove(at))
+    }
+
+    fn cancel(&mut self, run_id: &RunId) -> bool {
+        match self
+            .runs
+            .iter_mut()
+            .find(|a| &a.request.record.run_id == run_id)
         {
-            self.free();
+            Some(a) => {
+                if let Some(cancel) = a.cancel.take() {
+                    let _ = cancel.send(());
+                }
+                true
+            }
+            None => false,
         }
     }
 
-    fn free(&mut self) {
-        self.busy = None;
-        self.cancel = None;
-    }
-
-    fn cancel(&mut self) {
-        if let Some(cancel) = self.cancel.take() {
-            let _ = cancel.send(());
+    fn cancel_all(&mut self) {
+        for a in &mut self.runs {
+            if let Some(cancel) = a.cancel.take() {
+                let _ = cancel.send(());
+            }
         }
     }
 }
@@ -289,7 +329,7 @@ impl PoolState {
     }
 
     fn update_capacity(&self) {
-        let idle = self.slots.iter().filter(|s| s.busy.is_none()).count();
+        let idle = self.slots.iter().filter(|s| s.idle()).count();
         let free = if self.draining.is_some() {
             0
         } else {
@@ -337,7 +377,7 @@ impl PoolState {
     fn held_entries(&self) -> Vec<String> {
         self.slots
             .iter()
-            .filter_map(|s| s.busy.as_ref())
+            .flat_map(|s| s.runs.iter().map(|a| &a.request))
             .chain(self.queue.iter())
             .chain(self.held.values())
             .chain(self.delivering.values().map(|d| &d.request))
@@ -535,13 +575,13 @@ impl Actor for WorkerPool {
                     }
                 }
                 for slot in &mut state.slots {
-                    slot.cancel();
+                    slot.cancel_all();
                 }
             }
             PoolMsg::Stats(reply) => {
                 let _ = reply.send(PoolStats {
                     workers: state.slots.len(),
-                    busy: state.slots.iter().filter(|s| s.busy.is_some()).count(),
+                    busy: state.slots.iter().filter(|s| !s.idle()).count(),
                     queued: state.queue.len() + state.held.len(),
                     waiting_retry: state.retries.len(),
                     delivering: state.delivering.len(),
@@ -556,6 +596,25 @@ impl Actor for WorkerPool {
                 }
             }
             PoolMsg::FanOutDone { run_id, report } => fan_out_done(state, run_id, report),
+            PoolMsg::NotStarted { worker, runs } => {
+                let mut given_back = Vec::with_capacity(runs.len());
+                for run_id in &runs {
+                    let Some(a) = state.slots.get_mut(worker).and_then(|s| s.release(run_id))
+                    else {
+                        continue;
+                    };
+                    if a.cancel.is_some() {
+                        given_back.push(a.request);
+                        continue;
+                    }
+                    // Cancelled on its way back: it never starts.
+                    if let Some(d) = &mut state.draining {
+                        d.report.cancelled += 1;
+                    }
+                    settle_cancelled(state, a.request, "cancelled");
+                }
+                Box::pin(requeue(state, given_back)).await;
+            }
             PoolMsg::CheckFanOuts => {
                 let runs: Vec<RunId> = state.delivering.keys().cloned().collect();
                 if !runs.is_empty()
@@ -603,13 +662,13 @@ impl Actor for WorkerPool {
         state.worker_restarts += 1;
         telemetry::actor_restarted(telemetry::WORKER_ACTOR);
         let slot = spawn_worker(&myself, &state.args, &state.settled, index).await?;
-        let lost = std::mem::replace(&mut state.slots[index], slot).busy;
-        if let Some(request) = lost {
+        let lost = std::mem::replace(&mut state.slots[index], slot).runs;
+        for a in lost.into_iter().rev() {
             if state.draining.is_some() {
-                settle_cancelled(state, request, "cancelled: worker died during shutdown");
+                settle_cancelled(state, a.request, "cancelled: worker died during shutdown");
             } else {
                 // Same attempt again: the worker died, not the job.
-                state.queue.push_front(request);
+                state.queue.push_front(a.request);
             }
         }
         dispatch(state);
@@ -638,8 +697,7 @@ async fn spawn_worker(
     Ok(Slot {
         id: worker.get_id(),
         worker,
-        busy: None,
-        cancel: None,
+        runs: Vec::new(),
     })
 }
 
@@ -775,7 +833,7 @@ fn take_settled(state: &mut PoolState) {
     let mut jobs = Vec::with_capacity(settled.len());
     for run in settled {
         if let Some(slot) = state.slots.get_mut(run.worker) {
-            slot.free_if_running(&run.run_id);
+            slot.release(&run.run_id);
         }
         state.note_run_time(run.duration_ms);
         if let Some(d) = &mut state.draining {
@@ -787,26 +845,75 @@ fn take_settled(state: &mut PoolState) {
     let _ = state.args.scheduler.runs_settled(jobs);
 }
 
+/// Hands queued runs to idle workers. While recent runs are short and
+/// more runs wait than workers are idle (a tick of a thousand runs at
+/// concurrency 100), each worker gets a batch: its share of the queue, up
+/// to [`MAX_BATCH`]. Run one at a time, every run costs a message to its
+/// worker and a round trip back to the pool before the worker's next; in
+/// a batch the worker starts them back to back (see
+/// `worker::execute_batch`), and gives back the rest of its batch as soon
+/// as one of them keeps running.
 fn dispatch(state: &mut PoolState) {
-    for slot in state.slots.iter_mut().filter(|s| s.busy.is_none()) {
-        let Some(request) = state.queue.pop_front() else {
+    if state.queue.is_empty() {
+        return;
+    }
+    let idle = state.slots.iter().filter(|s| s.idle()).count();
+    if idle == 0 {
+        return;
+    }
+    let per_worker = if state.recent_run_ms < BATCH_BELOW_MS {
+        state.queue.len().div_ceil(idle).min(MAX_BATCH)
+    } else {
+        1
+    };
+    for slot in state.slots.iter_mut().filter(|s| s.idle()) {
+        if state.queue.is_empty() {
             return;
-        };
-        let (cancel, cancelled) = oneshot::channel();
-        match slot.worker.cast(WorkerMsg::Execute {
-            request: Box::new(request.clone()),
-            cancel: cancelled,
-        }) {
-            Ok(()) => {
-                slot.busy = Some(request);
-                slot.cancel = Some(cancel);
-            }
-            Err(_) => {
-                // The worker is dying; its replacement will take the run.
-                state.queue.push_front(request);
+        }
+        let take = per_worker.min(state.queue.len());
+        let mut batch = Vec::with_capacity(take);
+        for request in state.queue.drain(..take) {
+            let (cancel, cancelled) = oneshot::channel();
+            batch.push(WorkerRun {
+                request: request.clone(),
+                cancel: cancelled,
+            });
+            slot.runs.push(Assigned {
+                request,
+                cancel: Some(cancel),
+            });
+        }
+        if slot.worker.cast(WorkerMsg::Execute(batch)).is_err() {
+            // The worker is dying; its replacement will take the runs.
+            for a in std::mem::take(&mut slot.runs).into_iter().rev() {
+                state.queue.push_front(a.request);
             }
         }
     }
+}
+
+/// Runs given back unstarted: to the front of the queue, or, while
+/// shutting down, back to the shared queue (queue entries) or cancelled.
+async fn requeue(state: &mut PoolState, runs: Vec<RunRequest>) {
+    if state.draining.is_none() {
+        for request in runs.into_iter().rev() {
+            state.queue.push_front(request);
+        }
+        return;
+    }
+    let mut not_started = Vec::new();
+    for request in runs {
+        if let Some(entry_id) = request.entry_id {
+            state.known.remove(&request.record.run_id);
+            not_started.push((entry_id, request.record));
+            continue;
+        }
+        settle_cancelled(state, request, "cancelled: herald is shutting down");
+        if let Some(d) = &mut state.draining {
+            d.report.cancelled += 1;
+        }
+    }
+    hand_back(state, not_started).await;
 }
 
 fn attempt_done(
@@ -817,7 +924,7 @@ fn attempt_done(
     outcome: AttemptOutcome,
 ) {
     if let Some(slot) = state.slots.get_mut(worker) {
-        slot.free_if_running(&request.record.run_id);
+        slot.release(&request.record.run_id);
     }
     let RunRequest {
         mut record,
@@ -1021,13 +1128,8 @@ fn cancel(state: &mut PoolState, run_id: &RunId) -> bool {
         }
         return true;
     }
-    if let Some(slot) = state
-        .slots
-        .iter_mut()
-        .find(|s| s.busy.as_ref().is_some_and(|b| &b.record.run_id == run_id))
-    {
-        slot.cancel();
-        return true;
+    if let Some(slot) = state.slots.iter_mut().find(|s| s.holds(run_id)) {
+        return slot.cancel(run_id);
     }
     false
 }
@@ -1274,7 +1376,7 @@ fn finish_drain_if_idle(state: &mut PoolState) {
     if state.draining.is_none() {
         return;
     }
-    let idle = state.slots.iter().all(|s| s.busy.is_none()) && state.delivering.is_empty();
+    let idle = state.slots.iter().all(|s| s.idle()) && state.delivering.is_empty();
     if idle
         && let Some(d) = &mut state.draining
         && let Some(reply) = d.reply.take()
