@@ -522,31 +522,26 @@ impl Actor for WorkerPool {
             }
             PoolMsg::Drain { grace, reply } => {
                 let deadline = myself.send_after(grace, || PoolMsg::DrainDeadline);
-                let mut draining = Draining {
+                state.draining = Some(Draining {
                     reply: Some(reply),
                     report: DrainReport::default(),
                     _deadline: AbortOnDrop::from(deadline),
                     deadline_passed: false,
-                };
+                });
                 let held = std::mem::take(&mut state.held).into_values();
                 state.release_at = None;
                 state.release_timer.disarm();
-                let mut not_started = Vec::new();
-                for request in std::mem::take(&mut state.queue).into_iter().chain(held) {
-                    if let Some(entry_id) = request.entry_id {
-                        state.known.remove(&request.record.run_id);
-                        not_started.push((entry_id, request.record));
-                        continue;
-                    }
-                    settle_cancelled(state, request, "cancelled: herald is shutting down");
-                    draining.report.cancelled += 1;
-                }
-                Box::pin(hand_back(state, not_started)).await;
+                let waiting: Vec<RunRequest> = std::mem::take(&mut state.queue)
+                    .into_iter()
+                    .chain(held)
+                    .collect();
+                Box::pin(requeue(state, waiting)).await;
                 for (_, (request, _timer)) in std::mem::take(&mut state.retries) {
                     settle_cancelled(state, request, "cancelled: herald is shutting down");
-                    draining.report.cancelled += 1;
+                    if let Some(d) = &mut state.draining {
+                        d.report.cancelled += 1;
+                    }
                 }
-                state.draining = Some(draining);
             }
             PoolMsg::DrainDeadline => {
                 if let Some(d) = &mut state.draining {
@@ -892,8 +887,9 @@ fn dispatch(state: &mut PoolState) {
     }
 }
 
-/// Runs given back unstarted: to the front of the queue, or, while
-/// shutting down, back to the shared queue (queue entries) or cancelled.
+/// Runs not started: to the front of the queue, or, while shutting down,
+/// back to the shared queue (queue entries, for the other daemons) or
+/// cancelled.
 async fn requeue(state: &mut PoolState, runs: Vec<RunRequest>) {
     if state.draining.is_none() {
         for request in runs.into_iter().rev() {
