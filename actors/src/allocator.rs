@@ -12,7 +12,7 @@
 //! in 2 MiB at a time.
 //!
 //! So start-up, which loads the jobs, purges at once (a delay of 0: the
-//! idle daemon then holds about 63 MB). Purging at once while running
+//! idle daemon then holds 61-64 MB, BENCHMARKS.md). Purging at once while running
 //! puts an `madvise` on the run path, though: pages a tick's runs freed
 //! were handed back and faulted in again by the next tick, and an
 //! `madvise` waits for the other CPUs to flush their TLBs, which on a VM
