@@ -19,12 +19,14 @@ use std::future::{Future, poll_fn};
 use std::panic::AssertUnwindSafe;
 use std::pin::pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::Poll;
+use std::time::Duration;
 
 use chrono::Utc;
 use futures_util::FutureExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use tokio::sync::oneshot;
+use tokio::sync::{Notify, oneshot};
 use tracing::Instrument;
 
 use crate::delivery::{Message, Outbox};
@@ -45,8 +47,67 @@ pub enum AttemptOutcome {
 }
 
 pub enum WorkerMsg {
-    /// Run these, one after the other (see `worker_pool::dispatch`).
-    Execute(Vec<WorkerRun>),
+    /// Run these, one after the other (see `worker_pool::dispatch`); a
+    /// batch of several comes with its ticket at the [`StartGate`].
+    Execute(Vec<WorkerRun>, Option<GateTicket>),
+}
+
+/// Runs handed out in batches and not started yet. A worker settles its
+/// batch's successes (their final records, their Redis writes, the pool
+/// told) only once every batch handed out has started: when a tick starts
+/// a thousand runs, that bookkeeping would otherwise share the two cores
+/// with the starts still to come, and Redis with it.
+#[derive(Default)]
+pub struct StartGate {
+    unstarted: AtomicUsize,
+    all_started: Notify,
+}
+
+/// How long a worker waits at the gate at most: a handler that blocks its
+/// thread in its first poll holds up the other batches' starts, and their
+/// settling should not wait for it much longer.
+const GATE_WAIT_MAX: Duration = Duration::from_millis(20);
+
+impl StartGate {
+    /// A batch of `runs` handed out; the gate opens when its ticket is
+    /// dropped.
+    pub fn ticket(self: &Arc<Self>, runs: usize) -> GateTicket {
+        self.unstarted.fetch_add(runs, Ordering::AcqRel);
+        GateTicket {
+            gate: self.clone(),
+            runs,
+        }
+    }
+
+    /// Until every batch handed out has started (or been given back).
+    async fn all_started(&self) {
+        let notified = self.all_started.notified();
+        let mut notified = pin!(notified);
+        // Registered before the count is read, so the last start's
+        // notification cannot fall between the two.
+        notified.as_mut().enable();
+        if self.unstarted.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        let _ = tokio::time::timeout(GATE_WAIT_MAX, notified).await;
+    }
+}
+
+/// A batch's share of the [`StartGate`]'s count, given up when dropped:
+/// by its worker once the batch has started or been given back, or with
+/// the message or the worker, if either is lost.
+pub struct GateTicket {
+    gate: Arc<StartGate>,
+    runs: usize,
+}
+
+impl Drop for GateTicket {
+    fn drop(&mut self) {
+        let before = self.gate.unstarted.fetch_sub(self.runs, Ordering::AcqRel);
+        if before == self.runs {
+            self.gate.all_started.notify_waiters();
+        }
+    }
 }
 
 pub struct WorkerRun {
@@ -103,7 +164,7 @@ impl Actor for Worker {
         state: &mut WorkerState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            WorkerMsg::Execute(runs) => execute_batch(state, runs).await,
+            WorkerMsg::Execute(runs, ticket) => execute_batch(state, runs, ticket).await,
         }
         Ok(())
     }
@@ -111,13 +172,15 @@ impl Actor for Worker {
 
 /// Runs a batch back to back. The successes' settling (their final
 /// records, the pool told) waits until every run of the batch has
-/// started, and, for a batch, until the other workers' runs have had
-/// their turn: when a tick starts a thousand runs, each one's start no
-/// longer waits for the bookkeeping of all those before it. If a run is
-/// still going after its first poll, the runs behind it go back to the
-/// pool for other workers, and what waits to be settled is settled then.
-async fn execute_batch(state: &WorkerState, runs: Vec<WorkerRun>) {
-    let batched = runs.len() > 1;
+/// started, and, for a batch, until every batch handed out has (see
+/// [`StartGate`]): when a tick starts a thousand runs, each one's start
+/// no longer waits for the bookkeeping of all those before it. If a run
+/// is still going after its first poll, the runs behind it go back to
+/// the pool for other workers, and what waits to be settled is settled
+/// then.
+async fn execute_batch(state: &WorkerState, runs: Vec<WorkerRun>, ticket: Option<GateTicket>) {
+    let gate = ticket.as_ref().map(|t| t.gate.clone());
+    let mut ticket = ticket;
     let mut succeeded = Unsettled {
         state,
         runs: Vec::new(),
@@ -132,6 +195,7 @@ async fn execute_batch(state: &WorkerState, runs: Vec<WorkerRun>) {
                     runs: not_started,
                 });
             }
+            drop(ticket.take());
             succeeded.settle();
         })
         .await;
@@ -139,8 +203,11 @@ async fn execute_batch(state: &WorkerState, runs: Vec<WorkerRun>) {
             succeeded.runs.push(done);
         }
     }
-    if batched && !succeeded.runs.is_empty() {
-        tokio::task::yield_now().await;
+    drop(ticket);
+    if let Some(gate) = gate
+        && !succeeded.runs.is_empty()
+    {
+        gate.all_started().await;
     }
     succeeded.settle();
 }

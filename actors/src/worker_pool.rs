@@ -27,7 +27,7 @@ use crate::record::{Counts, ExecutionRecord, RunId, RunStatus};
 use crate::redis_backend::{QueueEntry, RedisStore, blocking_connection};
 use crate::telemetry;
 use crate::users::UserDirectory;
-use crate::worker::{AttemptOutcome, Worker, WorkerArgs, WorkerMsg, WorkerRun};
+use crate::worker::{AttemptOutcome, StartGate, Worker, WorkerArgs, WorkerMsg, WorkerRun};
 
 /// How long one blocking read of the run queue waits for entries.
 const QUEUE_BLOCK: Duration = Duration::from_millis(500);
@@ -222,7 +222,7 @@ struct Slot {
 
 /// A run a worker holds, kept here to run again if the worker dies.
 struct Assigned {
-    request: RunRequest,
+    request: Box<RunRequest>,
     /// Ends the run, or keeps it from starting (the worker does not read
     /// its mailbox mid-run); taken once used.
     cancel: Option<oneshot::Sender<()>>,
@@ -291,11 +291,14 @@ type HeldKey = (DateTime<Utc>, DateTime<Utc>, u64);
 pub struct PoolState {
     args: PoolArgs,
     slots: Vec<Slot>,
-    queue: VecDeque<RunRequest>,
+    /// Runs are boxed while they wait: a burst moves ten thousand of
+    /// them at once (held to queue to worker), 8 bytes each rather than
+    /// the whole request.
+    queue: VecDeque<Box<RunRequest>>,
     /// Runs fired ahead of their tick (see `timetable::FIRE_AHEAD`), by
     /// scheduled time and then deadline (see [`HeldKey`]): they start on
     /// the dot, not before.
-    held: BTreeMap<HeldKey, RunRequest>,
+    held: BTreeMap<HeldKey, Box<RunRequest>>,
     held_seq: u64,
     /// The last read from the queue brought runs to hold.
     reading_ahead: bool,
@@ -317,6 +320,8 @@ pub struct PoolState {
     recent_run_ms: f64,
     /// Shared with the workers.
     settled: Arc<SettledRuns>,
+    /// Batches handed out and not started yet (see [`StartGate`]).
+    gate: Arc<StartGate>,
     _reader: Option<AbortOnDrop>,
     _toucher: Option<AbortOnDrop>,
     _fan_out_checker: AbortOnDrop,
@@ -377,9 +382,9 @@ impl PoolState {
     fn held_entries(&self) -> Vec<String> {
         self.slots
             .iter()
-            .flat_map(|s| s.runs.iter().map(|a| &a.request))
-            .chain(self.queue.iter())
-            .chain(self.held.values())
+            .flat_map(|s| s.runs.iter().map(|a| &*a.request))
+            .chain(self.queue.iter().map(|r| &**r))
+            .chain(self.held.values().map(|r| &**r))
             .chain(self.delivering.values().map(|d| &d.request))
             .filter_map(|r| r.entry_id.clone())
             .collect()
@@ -455,6 +460,7 @@ impl Actor for WorkerPool {
             release_timer,
             release_at: None,
             settled: Arc::new(SettledRuns::default()),
+            gate: Arc::new(StartGate::default()),
             _reader: reader,
             _toucher: toucher,
         };
@@ -514,7 +520,7 @@ impl Actor for WorkerPool {
             PoolMsg::Settled => {}
             PoolMsg::RetryDue(run_id) => {
                 if let Some((request, _timer)) = state.retries.remove(&run_id) {
-                    state.queue.push_back(request);
+                    state.queue.push_back(Box::new(request));
                 }
             }
             PoolMsg::Cancel(run_id, reply) => {
@@ -531,7 +537,7 @@ impl Actor for WorkerPool {
                 let held = std::mem::take(&mut state.held).into_values();
                 state.release_at = None;
                 state.release_timer.disarm();
-                let waiting: Vec<RunRequest> = std::mem::take(&mut state.queue)
+                let waiting: Vec<Box<RunRequest>> = std::mem::take(&mut state.queue)
                     .into_iter()
                     .chain(held)
                     .collect();
@@ -606,7 +612,7 @@ impl Actor for WorkerPool {
                     if let Some(d) = &mut state.draining {
                         d.report.cancelled += 1;
                     }
-                    settle_cancelled(state, a.request, "cancelled");
+                    settle_cancelled(state, *a.request, "cancelled");
                 }
                 Box::pin(requeue(state, given_back)).await;
             }
@@ -660,7 +666,7 @@ impl Actor for WorkerPool {
         let lost = std::mem::replace(&mut state.slots[index], slot).runs;
         for a in lost.into_iter().rev() {
             if state.draining.is_some() {
-                settle_cancelled(state, a.request, "cancelled: worker died during shutdown");
+                settle_cancelled(state, *a.request, "cancelled: worker died during shutdown");
             } else {
                 // Same attempt again: the worker died, not the job.
                 state.queue.push_front(a.request);
@@ -781,9 +787,11 @@ fn take_in(state: &mut PoolState, request: RunRequest) {
             .schedule
             .next_after(at)
             .unwrap_or(DateTime::<Utc>::MAX_UTC);
-        state.held.insert((at, deadline, state.held_seq), request);
+        state
+            .held
+            .insert((at, deadline, state.held_seq), Box::new(request));
     } else {
-        state.queue.push_back(request);
+        state.queue.push_back(Box::new(request));
     }
 }
 
@@ -798,6 +806,7 @@ fn release_due(state: &mut PoolState) {
         let not_due = (now + TimeDelta::nanoseconds(1), DateTime::<Utc>::MIN_UTC, 0);
         let later = state.held.split_off(&not_due);
         let due = std::mem::replace(&mut state.held, later);
+        state.queue.reserve(due.len());
         for request in due.into_values().rev() {
             state.queue.push_front(request);
         }
@@ -870,7 +879,7 @@ fn dispatch(state: &mut PoolState) {
         for request in state.queue.drain(..take) {
             let (cancel, cancelled) = oneshot::channel();
             batch.push(WorkerRun {
-                request: request.clone(),
+                request: RunRequest::clone(&request),
                 cancel: cancelled,
             });
             slot.runs.push(Assigned {
@@ -878,7 +887,8 @@ fn dispatch(state: &mut PoolState) {
                 cancel: Some(cancel),
             });
         }
-        if slot.worker.cast(WorkerMsg::Execute(batch)).is_err() {
+        let ticket = (batch.len() > 1).then(|| state.gate.ticket(batch.len()));
+        if slot.worker.cast(WorkerMsg::Execute(batch, ticket)).is_err() {
             // The worker is dying; its replacement will take the runs.
             for a in std::mem::take(&mut slot.runs).into_iter().rev() {
                 state.queue.push_front(a.request);
@@ -890,7 +900,10 @@ fn dispatch(state: &mut PoolState) {
 /// Runs not started: to the front of the queue, or, while shutting down,
 /// back to the shared queue (queue entries, for the other daemons) or
 /// cancelled.
-async fn requeue(state: &mut PoolState, runs: Vec<RunRequest>) {
+// Boxed as they wait in the queue they go back to: unboxing them here
+// would only box them again.
+#[allow(clippy::vec_box)]
+async fn requeue(state: &mut PoolState, runs: Vec<Box<RunRequest>>) {
     if state.draining.is_none() {
         for request in runs.into_iter().rev() {
             state.queue.push_front(request);
@@ -904,7 +917,7 @@ async fn requeue(state: &mut PoolState, runs: Vec<RunRequest>) {
             not_started.push((entry_id, request.record));
             continue;
         }
-        settle_cancelled(state, request, "cancelled: herald is shutting down");
+        settle_cancelled(state, *request, "cancelled: herald is shutting down");
         if let Some(d) = &mut state.draining {
             d.report.cancelled += 1;
         }
@@ -1105,7 +1118,7 @@ fn cancel(state: &mut PoolState, run_id: &RunId) -> bool {
     }
     if let Some(pos) = state.queue.iter().position(|r| &r.record.run_id == run_id) {
         if let Some(request) = state.queue.remove(pos) {
-            settle_cancelled(state, request, "cancelled");
+            settle_cancelled(state, *request, "cancelled");
         }
         return true;
     }
@@ -1120,7 +1133,7 @@ fn cancel(state: &mut PoolState, run_id: &RunId) -> bool {
         .map(|(k, _)| *k)
     {
         if let Some(request) = state.held.remove(&key) {
-            settle_cancelled(state, request, "cancelled");
+            settle_cancelled(state, *request, "cancelled");
         }
         return true;
     }
