@@ -52,11 +52,14 @@ pub enum WorkerMsg {
     Execute(Vec<WorkerRun>, Option<GateTicket>),
 }
 
-/// Runs handed out in batches and not started yet. A worker settles its
-/// batch's successes (their final records, their Redis writes, the pool
-/// told) only once every batch handed out has started: when a tick starts
-/// a thousand runs, that bookkeeping would otherwise share the two cores
-/// with the starts still to come, and Redis with it.
+/// The runs of one round of batches (one `worker_pool::dispatch`) not
+/// started yet. A worker settles its batch's successes (their final
+/// records, their Redis writes, the pool told) only once every batch of
+/// its round has started: when a tick starts a thousand runs in one
+/// round, that bookkeeping would otherwise share the two cores with the
+/// starts still to come, and Redis with it. Later rounds are not waited
+/// for: while a queue drains, the pool hands out a round each time
+/// workers come free, and a gate over all of them would seldom open.
 #[derive(Default)]
 pub struct StartGate {
     unstarted: AtomicUsize,
@@ -74,12 +77,12 @@ impl StartGate {
     pub fn ticket(self: &Arc<Self>, runs: usize) -> GateTicket {
         self.unstarted.fetch_add(runs, Ordering::AcqRel);
         GateTicket {
-            gate: self.clone(),
+            gate: Arc::clone(self),
             runs,
         }
     }
 
-    /// Until every batch handed out has started (or been given back).
+    /// Until every batch of the round has started (or been given back).
     async fn all_started(&self) {
         let notified = self.all_started.notified();
         let mut notified = pin!(notified);
@@ -172,7 +175,7 @@ impl Actor for Worker {
 
 /// Runs a batch back to back. The successes' settling (their final
 /// records, the pool told) waits until every run of the batch has
-/// started, and, for a batch, until every batch handed out has (see
+/// started, and, for a batch, until every batch of its round has (see
 /// [`StartGate`]): when a tick starts a thousand runs, each one's start
 /// no longer waits for the bookkeeping of all those before it. If a run
 /// is still going after its first poll, the runs behind it go back to

@@ -320,8 +320,6 @@ pub struct PoolState {
     recent_run_ms: f64,
     /// Shared with the workers.
     settled: Arc<SettledRuns>,
-    /// Batches handed out and not started yet (see [`StartGate`]).
-    gate: Arc<StartGate>,
     _reader: Option<AbortOnDrop>,
     _toucher: Option<AbortOnDrop>,
     _fan_out_checker: AbortOnDrop,
@@ -460,7 +458,6 @@ impl Actor for WorkerPool {
             release_timer,
             release_at: None,
             settled: Arc::new(SettledRuns::default()),
-            gate: Arc::new(StartGate::default()),
             _reader: reader,
             _toucher: toucher,
         };
@@ -870,6 +867,8 @@ fn dispatch(state: &mut PoolState) {
     } else {
         1
     };
+    // Only batches of several runs wait at the gate (see `StartGate`).
+    let round = (per_worker > 1).then(|| Arc::new(StartGate::default()));
     for slot in state.slots.iter_mut().filter(|s| s.idle()) {
         if state.queue.is_empty() {
             return;
@@ -887,7 +886,10 @@ fn dispatch(state: &mut PoolState) {
                 cancel: Some(cancel),
             });
         }
-        let ticket = (batch.len() > 1).then(|| state.gate.ticket(batch.len()));
+        let ticket = round
+            .as_ref()
+            .filter(|_| batch.len() > 1)
+            .map(|round| round.ticket(batch.len()));
         if slot.worker.cast(WorkerMsg::Execute(batch, ticket)).is_err() {
             // The worker is dying; its replacement will take the runs.
             for a in std::mem::take(&mut slot.runs).into_iter().rev() {
