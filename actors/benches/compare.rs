@@ -45,7 +45,7 @@ use chrono::{DateTime, Datelike, SecondsFormat, Timelike, Utc};
 use deadpool_redis::redis;
 use deadpool_redis::redis::aio::MultiplexedConnection;
 use herald_actors::handler::{Registry, RunContext};
-use herald_actors::job::{JobKind, JobSpec, OverlapPolicy};
+use herald_actors::job::{JobId, JobKind, JobSpec, OverlapPolicy};
 use herald_actors::memory::StoreLimits;
 use herald_actors::notifier::DryRun;
 use herald_actors::record::{Counts, ExecutionRecord, RunId, Trigger};
@@ -914,8 +914,10 @@ async fn latency(o: &Opts, ctx: &mut Ctx) -> Result<Value, Fail> {
 
 // ---------------------------------------------------------------- precision
 
-/// One handler start: (job id, run id, scheduled instant ms, start ms).
-type Start = (String, String, i64, f64);
+/// One handler start: (job, run id, scheduled instant ms, start ms). The
+/// job and the run id are the run's own, moved or shared, not copied:
+/// recording a start must not add work to the ticks it measures.
+type Start = (Arc<JobSpec>, String, i64, f64);
 
 async fn precision(o: &Opts, ctx: &mut Ctx) -> Result<Value, Fail> {
     let k = o.int("schedules", 1000, 1) as usize;
@@ -945,19 +947,18 @@ async fn precision(o: &Opts, ctx: &mut Ctx) -> Result<Value, Fail> {
     let burst_due =
         DateTime::from_timestamp_millis(burst_due_ms).ok_or_else(|| fail("burst instant"))?;
 
-    let starts: Arc<Mutex<Vec<Start>>> = Arc::new(Mutex::new(Vec::new()));
+    // Room for every start up front: a list doubling mid-run would copy
+    // megabytes during the very ticks it measures.
+    let expected_starts = k * (s as usize + lead as usize + grace as usize + 2) + b;
+    let starts: Arc<Mutex<Vec<Start>>> = Arc::new(Mutex::new(Vec::with_capacity(expected_starts)));
     let mut registry = Registry::new();
     {
         let starts = starts.clone();
         registry.register("noop", move |ctx: RunContext| {
             let start = Utc::now().timestamp_micros() as f64 / 1e3;
+            let scheduled = millis(ctx.scheduled_at);
             if let Ok(mut s) = starts.lock() {
-                s.push((
-                    ctx.job.id.to_string(),
-                    ctx.run_id.0.clone(),
-                    millis(ctx.scheduled_at),
-                    start,
-                ));
+                s.push((ctx.job, ctx.run_id.0, scheduled, start));
             }
             async { Ok(Counts::default()) }
         });
@@ -1016,15 +1017,16 @@ async fn precision(o: &Opts, ctx: &mut Ctx) -> Result<Value, Fail> {
     close(herald).await;
 
     let starts = std::mem::take(&mut *starts.lock().map_err(|_| fail("poisoned"))?);
-    let mut seen_tick: HashSet<(String, i64)> = HashSet::new();
+    let mut seen_tick: HashSet<(JobId, i64)> = HashSet::new();
     let (mut duplicates, mut off_grid, mut outside, mut id_mismatch, mut early) = (0, 0, 0, 0, 0);
     let mut tick_late = Vec::new();
     let mut per_tick: BTreeMap<i64, Vec<f64>> = BTreeMap::new();
-    let mut burst_seen: HashSet<String> = HashSet::new();
+    let mut burst_seen: HashSet<JobId> = HashSet::new();
     let mut burst_late = Vec::new();
     let mut burst_duplicates = 0;
     let mut sample = Value::Null;
-    for (job, run, sched, start) in &starts {
+    for (spec, run, sched, start) in &starts {
+        let job = &spec.id;
         let expected_id = DateTime::from_timestamp_millis(*sched)
             .map(|t| RunId::for_tick(job, t).0)
             .unwrap_or_default();
@@ -1043,7 +1045,8 @@ async fn precision(o: &Opts, ctx: &mut Ctx) -> Result<Value, Fail> {
             continue;
         }
         if sample.is_null() && *sched > t0_ms + 1000 {
-            sample = json!({"job": job, "run_id": run, "scheduled": sched, "start": start});
+            sample =
+                json!({"job": job.as_ref(), "run_id": run, "scheduled": sched, "start": start});
         }
         let kk = ((*sched - t0_ms) as f64 / 1000.0).round() as i64;
         if *sched != t0_ms + kk * 1000 {

@@ -104,6 +104,13 @@ pub struct GateTicket {
     runs: usize,
 }
 
+impl GateTicket {
+    /// The batch has started: its share goes, the gate stays to wait at.
+    fn started(self) -> Arc<StartGate> {
+        Arc::clone(&self.gate)
+    }
+}
+
 impl Drop for GateTicket {
     fn drop(&mut self) {
         let before = self.gate.unstarted.fetch_sub(self.runs, Ordering::AcqRel);
@@ -181,9 +188,7 @@ impl Actor for Worker {
 /// is still going after its first poll, the runs behind it go back to
 /// the pool for other workers, and what waits to be settled is settled
 /// then.
-async fn execute_batch(state: &WorkerState, runs: Vec<WorkerRun>, ticket: Option<GateTicket>) {
-    let gate = ticket.as_ref().map(|t| t.gate.clone());
-    let mut ticket = ticket;
+async fn execute_batch(state: &WorkerState, runs: Vec<WorkerRun>, mut ticket: Option<GateTicket>) {
     let mut succeeded = Unsettled {
         state,
         runs: Vec::new(),
@@ -206,7 +211,7 @@ async fn execute_batch(state: &WorkerState, runs: Vec<WorkerRun>, ticket: Option
             succeeded.runs.push(done);
         }
     }
-    drop(ticket);
+    let gate = ticket.map(GateTicket::started);
     if let Some(gate) = gate
         && !succeeded.runs.is_empty()
     {

@@ -8,13 +8,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chrono::{DateTime, Datelike, Timelike, Utc};
+use chrono::{DateTime, Timelike, Utc};
 use herald_actors::handler::{Registry, RunContext};
 use herald_actors::job::OverlapPolicy;
 use herald_actors::notifier::DryRun;
 use herald_actors::record::Counts;
 use herald_actors::{TreeConfig, spawn_tree};
-use support::{coded, finished, wait_for};
+use support::{coded, once_ahead, wait_for, warm_up};
 
 const QUICK_JOBS: usize = 8;
 /// How long the slow run keeps its worker.
@@ -45,16 +45,7 @@ async fn runs_behind_one_that_keeps_running_are_given_back_and_start_on_time() {
     // The slow job fires again a minute later, the quick ones only next
     // year: the slow run's deadline is the earliest, so it is first in
     // the queue and first in its worker's batch, with quick runs behind it.
-    let at = Utc::now() + chrono::TimeDelta::seconds(5);
-    let at = at.with_nanosecond(0).unwrap_or(at);
-    let once = format!(
-        "{} {} {} {} {} *",
-        at.second(),
-        at.minute(),
-        at.hour(),
-        at.day(),
-        at.month()
-    );
+    let (at, once) = once_ahead(5);
     let mut slow = coded("slow", &format!("{} * * * * *", at.second()), "slow");
     slow.overlap = OverlapPolicy::Allow;
     slow.timeout = Duration::from_secs(30);
@@ -72,17 +63,7 @@ async fn runs_behind_one_that_keeps_running_are_given_back_and_start_on_time() {
         .await
         .unwrap();
 
-    // Short runs first: the pool hands out batches only while the runs it
-    // has seen are short.
-    for _ in 0..20 {
-        let run = herald
-            .scheduler
-            .run_now("warm".into())
-            .await
-            .unwrap()
-            .unwrap();
-        finished(&herald, &run).await;
-    }
+    warm_up(&herald, "warm", 20).await;
     assert!(
         Utc::now() < at - chrono::TimeDelta::milliseconds(1_600),
         "warm-up overran the fire-ahead"

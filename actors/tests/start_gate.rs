@@ -9,13 +9,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chrono::{Datelike, Timelike, Utc};
+use chrono::Utc;
 use herald_actors::handler::{Registry, RunContext};
 use herald_actors::job::OverlapPolicy;
 use herald_actors::notifier::DryRun;
 use herald_actors::record::Counts;
 use herald_actors::{TreeConfig, spawn_tree};
-use support::{coded, finished, wait_for};
+use support::{coded, once_ahead, wait_for, warm_up};
 use tracing::field::{Field, Visit};
 use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::{Layer, Registry as Subscribers};
@@ -66,16 +66,7 @@ async fn no_run_of_an_instant_is_settled_before_all_its_batches_started() {
             async { Ok(Counts::default()) }
         });
     }
-    let at = Utc::now() + chrono::TimeDelta::seconds(5);
-    let at = at.with_nanosecond(0).unwrap_or(at);
-    let once = format!(
-        "{} {} {} {} {} *",
-        at.second(),
-        at.minute(),
-        at.hour(),
-        at.day(),
-        at.month()
-    );
+    let (at, once) = once_ahead(5);
     let mut jobs = vec![coded("warm", "0 0 1 1 *", "warm")];
     for i in 0..RUNS {
         let mut tick = coded(&format!("tick-{i}"), &once, "tick");
@@ -89,17 +80,7 @@ async fn no_run_of_an_instant_is_settled_before_all_its_batches_started() {
     let herald = spawn_tree(config, jobs, registry, Arc::new(DryRun))
         .await
         .unwrap();
-    // Short runs first: the pool hands out batches only while the runs it
-    // has seen are short.
-    for _ in 0..20 {
-        let run = herald
-            .scheduler
-            .run_now("warm".into())
-            .await
-            .unwrap()
-            .unwrap();
-        finished(&herald, &run).await;
-    }
+    warm_up(&herald, "warm", 20).await;
     let before = SETTLED.load(Ordering::SeqCst);
     assert!(before >= 20, "the warm-up's runs were logged as finished");
     assert!(

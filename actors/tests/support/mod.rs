@@ -7,7 +7,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Datelike, Timelike, Utc};
 use herald_actors::Herald;
 use herald_actors::delivery::SendResult;
 use herald_actors::handler::BoxFuture;
@@ -117,6 +117,31 @@ pub async fn finished_within(herald: &Herald, run: &RunId, within: Duration) -> 
         }
     })
     .await
+}
+
+/// A whole second `secs` ahead, and a six-field cron expression that
+/// fires at it (and then only a year later).
+pub fn once_ahead(secs: i64) -> (DateTime<Utc>, String) {
+    let at = Utc::now() + chrono::TimeDelta::seconds(secs);
+    let at = at.with_nanosecond(0).unwrap_or(at);
+    let expr = format!(
+        "{} {} {} {} {} *",
+        at.second(),
+        at.minute(),
+        at.hour(),
+        at.day(),
+        at.month()
+    );
+    (at, expr)
+}
+
+/// Runs `job` now `n` times, one after the other, each to its end: the
+/// pool hands out batches only once the runs it has seen are short.
+pub async fn warm_up(herald: &Herald, job: &str, n: usize) {
+    for _ in 0..n {
+        let run = herald.scheduler.run_now(job.into()).await.unwrap().unwrap();
+        finished(herald, &run).await;
+    }
 }
 
 /// Waits until the run's record is RUNNING.
