@@ -7,7 +7,7 @@
 //! (re)start it rebuilds from the store: jobs, last ticks (so missed ticks
 //! meet the misfire policy), and runs still in flight (for overlap).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,7 +17,7 @@ use tokio::sync::watch;
 
 use crate::AbortOnDrop;
 use crate::handles::{PoolHandle, StoreHandle};
-use crate::health::{Health, Mode, owner};
+use crate::health::{Health, Mode, PEER_TTL, PING_EVERY, owner};
 use crate::job::{JobId, JobSpec};
 use crate::record::{ExecutionRecord, RunId, SkippedTicks, Trigger};
 use crate::redis_backend::{BackendError, RedisStore};
@@ -115,6 +115,18 @@ pub struct SchedulerState {
     /// Skips being executed come from the resync after an outage
     /// (counted with reason `offline`).
     skips_after_outage: bool,
+    /// Back from an outage, until the resync after it.
+    returning: Option<Returning>,
+}
+
+/// Back from an outage: the daemons seen alive before it, and when Redis
+/// came back. Peers see Redis again up to a ping later and, until they
+/// do, still run their own ticks offline; so until the resync this daemon
+/// fires only the jobs these peers assign to it (claiming them in Redis as
+/// usual), and leaves the rest to their offline owners.
+struct Returning {
+    peers: BTreeSet<String>,
+    since: tokio::time::Instant,
 }
 
 impl Actor for Scheduler {
@@ -159,6 +171,7 @@ impl Actor for Scheduler {
             health,
             stopped: false,
             skips_after_outage: false,
+            returning: None,
         };
         // Ticks missed while down are due now.
         fire_due(&myself, &mut state).await;
@@ -256,8 +269,12 @@ async fn handle_other(
         }
         SchedulerMsg::Reenqueue => {
             state.reenqueue_timer = None;
-            let records = std::mem::take(&mut state.unconfirmed);
-            enqueue(&myself, state, records, true).await;
+            // Back from an outage, the resync after it sends them (see
+            // there): a peer may have run one of these ticks offline.
+            if state.returning.is_none() {
+                let records = std::mem::take(&mut state.unconfirmed);
+                enqueue(&myself, state, records, true).await;
+            }
         }
         SchedulerMsg::Jobs(reply) => {
             let views = state
@@ -290,6 +307,10 @@ async fn handle_other(
                     && h.jobs_version != health.jobs_version
             });
             if was_offline && health.mode == Mode::Online {
+                state.returning = state.health.as_ref().map(|h| Returning {
+                    peers: h.peers.clone(),
+                    since: tokio::time::Instant::now(),
+                });
                 let timer = myself.send_after(RESYNC_SETTLE, || SchedulerMsg::Resync {
                     after_outage: true,
                 });
@@ -303,6 +324,13 @@ async fn handle_other(
             }
             state.health = Some(health);
         }
+        SchedulerMsg::Resync { after_outage } if after_outage && peer_still_away(state) => {
+            // It may still be running its ticks offline, and recording
+            // them only once it is back.
+            let timer =
+                myself.send_after(PING_EVERY, || SchedulerMsg::Resync { after_outage: true });
+            state.resync_timer = Some(AbortOnDrop::from(timer));
+        }
         SchedulerMsg::Resync { after_outage } => {
             state.resync_timer = None;
             // This daemon's own offline writes (last ticks, claims of
@@ -312,11 +340,18 @@ async fn handle_other(
             match state.args.store.flush().await {
                 Ok(0) => match resync(state, after_outage).await {
                     Ok(actions) => {
+                        let resend = if after_outage {
+                            resend_after_outage(state)
+                        } else {
+                            Vec::new()
+                        };
+                        state.returning = None;
                         // Ticks found unhandled after an outage were
                         // lost with their offline owner.
                         state.skips_after_outage = after_outage;
                         execute(&myself, state, actions).await;
                         state.skips_after_outage = false;
+                        enqueue(&myself, state, resend, true).await;
                         fire_due(&myself, state).await;
                     }
                     Err(e) => {
@@ -382,6 +417,47 @@ async fn sync_in_flight(state: &mut SchedulerState, now: DateTime<Utc>) -> Vec<A
     }
 }
 
+/// Back from an outage: is a daemon seen alive before it not back yet,
+/// while it may still be (its heartbeat has not yet been gone for the
+/// time after which a daemon is presumed dead)?
+fn peer_still_away(state: &SchedulerState) -> bool {
+    let (Some(returning), Some(health)) = (&state.returning, &state.health) else {
+        return false;
+    };
+    returning.since.elapsed() < PEER_TTL
+        && returning.peers.iter().any(|p| !health.peers.contains(p))
+}
+
+/// Back from an outage, is this job's tick another daemon's to run and
+/// record? Yes if a peer owned it through the outage and is alive: it ran
+/// the job's ticks offline (or holds its own unconfirmed enqueue of them)
+/// and records them itself, maybe after this daemon's resync.
+fn left_to_live_owner(state: &SchedulerState, job_id: &str) -> bool {
+    let (Some(cluster), Some(returning), Some(health)) =
+        (&state.args.cluster, &state.returning, &state.health)
+    else {
+        return false;
+    };
+    owner(job_id, &returning.peers)
+        .is_some_and(|o| o != cluster.daemon_id && health.peers.contains(o))
+}
+
+/// The unconfirmed enqueues to send again after an outage: those of the
+/// jobs a live peer owned through it are its to run, not this daemon's
+/// (its claim of a tick it ran offline may reach Redis after this).
+fn resend_after_outage(state: &mut SchedulerState) -> Vec<ExecutionRecord> {
+    let mut records = std::mem::take(&mut state.unconfirmed);
+    let before = records.len();
+    records.retain(|r| !left_to_live_owner(state, &r.job_id));
+    if records.len() < before {
+        tracing::info!(
+            runs = before - records.len(),
+            "unconfirmed runs left to the daemons that owned their jobs through the outage"
+        );
+    }
+    records
+}
+
 /// After an outage: take the jobs (other daemons' edits) and last ticks
 /// from Redis. Ticks of jobs whose offline owner died were never handled,
 /// so they are due now and meet the misfire policy.
@@ -396,11 +472,13 @@ async fn resync(
     };
     let stored = cluster.redis.jobs().await?;
     let removed = cluster.redis.removed_jobs().await?;
-    // Only a resync after an outage resumes jobs from their last ticks.
+    // Only a resync after an outage resumes jobs from their last ticks,
+    // and only the jobs no live peer owned through it.
     let last_ticks = if after_outage {
         let ids: Vec<JobId> = stored
             .iter()
             .map(|j| JobId::from(j.definition.id.as_str()))
+            .filter(|id| !left_to_live_owner(state, id))
             .collect();
         cluster.redis.last_ticks(&ids).await.unwrap_or_default()
     } else {
@@ -487,17 +565,18 @@ fn publish_job(spec: &JobSpec, jobs: usize, now: DateTime<Utc>) {
     telemetry::job_known(&spec.id, next);
 }
 
-/// Does this daemon record this job's ticks? Online every daemon does
-/// (claims decide who runs); offline only the job's rendezvous owner.
+/// Does this daemon fire and record this job's ticks? Online every
+/// daemon does (claims decide who runs); offline, and back from an outage
+/// until the resync, only the job's rendezvous owner.
 fn owns(state: &SchedulerState, job_id: &str) -> bool {
     let (Some(cluster), Some(health)) = (&state.args.cluster, &state.health) else {
         return true;
     };
-    health.mode == Mode::Online || owns_offline(cluster, health, job_id)
-}
-
-fn owns_offline(cluster: &Cluster, health: &Health, job_id: &str) -> bool {
-    owner(job_id, &health.peers).is_none_or(|o| o == cluster.daemon_id)
+    let deciding = match health.mode {
+        Mode::Offline => Some(&health.peers),
+        Mode::Online => state.returning.as_ref().map(|r| &r.peers),
+    };
+    deciding.is_none_or(|peers| owner(job_id, peers).is_none_or(|o| o == cluster.daemon_id))
 }
 
 type Fire = (Arc<JobSpec>, DateTime<Utc>, Trigger);
@@ -506,16 +585,25 @@ type Fire = (Arc<JobSpec>, DateTime<Utc>, Trigger);
 /// owns, and queues a claim of each tick, written on return, so no other
 /// daemon runs it again. (Online, the claim-guarded enqueue claims.)
 fn claim_offline(state: &mut SchedulerState, fires: Vec<Fire>) -> Vec<Fire> {
-    let (Some(cluster), Some(health)) = (state.args.cluster.clone(), state.health.clone()) else {
+    let (Some(cluster), Some(_)) = (state.args.cluster.clone(), &state.health) else {
         return fires;
     };
-    let mut kept = Vec::new();
+    let kept = owned_fires(state, fires);
+    for (job, at, _) in &kept {
+        state
+            .args
+            .store
+            .put_claim(job.id.to_string(), *at, cluster.daemon_id.clone());
+    }
+    kept
+}
+
+/// The fires of the jobs this daemon owns; the others are left to their
+/// owners.
+fn owned_fires(state: &mut SchedulerState, fires: Vec<Fire>) -> Vec<Fire> {
+    let mut kept = Vec::with_capacity(fires.len());
     for fire in fires {
-        if owns_offline(&cluster, &health, &fire.0.id) {
-            state
-                .args
-                .store
-                .put_claim(fire.0.id.to_string(), fire.1, cluster.daemon_id.clone());
+        if owns(state, &fire.0.id) {
             kept.push(fire);
         } else {
             state.timetable.not_started(&fire.0.id);
@@ -599,6 +687,9 @@ async fn execute(
             start_run(myself, state, job, run_id, scheduled_at, trigger);
         }
         return;
+    }
+    if state.returning.is_some() {
+        fires = owned_fires(state, fires);
     }
     // Online: one script per tick claims it and, if the claim is (or
     // already was) this daemon's, writes the PENDING record and queues the

@@ -14,11 +14,15 @@ use herald_actors::record::RunStatus;
 use herald_actors::redis_backend::{RedisSettings, RedisStore, connect};
 use herald_actors::{Herald, TreeConfig, spawn_tree};
 use herald_testkit::RedisServer;
-use support::{Calls, coded, counting, wait_for};
+use support::{Calls, Relay, coded, counting, wait_for};
 
 async fn daemon(server: &RedisServer, jobs: Vec<JobSpec>, calls: &Calls) -> Herald {
+    daemon_at(server.url(), jobs, calls).await
+}
+
+async fn daemon_at(url: String, jobs: Vec<JobSpec>, calls: &Calls) -> Herald {
     let config = TreeConfig {
-        redis: Some(RedisSettings::new(server.url(), "herald")),
+        redis: Some(RedisSettings::new(url, "herald")),
         ..TreeConfig::default()
     };
     spawn_tree(config, jobs, counting(calls), Arc::new(DryRun))
@@ -296,6 +300,94 @@ async fn two_daemons_through_a_redis_outage_run_no_tick_twice() {
     b.shutdown().await;
     assert_eq!(calls.max_per_tick(), 1, "a tick ran twice");
     assert_eq!(calls.distinct_jobs(), 6, "every job kept running");
+}
+
+/// Sleeps until the first instant from now that is `ms` milliseconds
+/// past a whole second (negative: before one).
+async fn until_past_second(ms: i64) {
+    let now = Utc::now();
+    let offset = chrono::TimeDelta::milliseconds(ms);
+    let mut at = DateTime::from_timestamp(now.timestamp(), 0).unwrap() + offset;
+    while at <= now {
+        at += chrono::TimeDelta::seconds(1);
+    }
+    tokio::time::sleep((at - now).to_std().unwrap_or_default()).await;
+}
+
+#[tokio::test]
+async fn a_daemon_back_from_an_outage_leaves_a_later_peer_its_ticks() {
+    // Each daemon reaches Redis through a relay, so their returns from an
+    // outage can be set apart: `a` sees Redis again half a second before
+    // `b`, and a tick falls in between. Until it sees Redis, `b` runs
+    // the ticks of the jobs it owns offline; `a`, online, must leave
+    // those to it rather than claim and run them too.
+    let server = RedisServer::start();
+    let (relay_a, relay_b) = (
+        Relay::start(server.port()).await,
+        Relay::start(server.port()).await,
+    );
+    let calls = Calls::default();
+    let jobs = || {
+        (0..6)
+            .map(|i| coded(&format!("job-{i}"), "* * * * * *", "count"))
+            .collect::<Vec<_>>()
+    };
+    let a = daemon_at(relay_a.url(), jobs(), &calls).await;
+    let b = daemon_at(relay_b.url(), jobs(), &calls).await;
+    wait_for(
+        "both daemons see two peers",
+        Duration::from_secs(5),
+        || async {
+            (a.health().borrow().peers.len() == 2 && b.health().borrow().peers.len() == 2)
+                .then_some(())
+        },
+    )
+    .await;
+    relay_a.cut();
+    relay_b.cut();
+    wait_mode(&a, Mode::Offline, Duration::from_secs(3)).await;
+    wait_mode(&b, Mode::Offline, Duration::from_secs(3)).await;
+    // Both offline together: each runs only its own jobs.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // `a` is back (a ping takes up to 200 ms) before the next tick, `b`
+    // only after it, and well within the second `a` waits before it
+    // re-reads the last ticks (which `b` must have flushed by then).
+    until_past_second(-350).await;
+    relay_a.open();
+    until_past_second(150).await;
+    relay_b.open();
+    wait_mode(&a, Mode::Online, Duration::from_secs(3)).await;
+    wait_mode(&b, Mode::Online, Duration::from_secs(3)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Ticks up to here have had a second to start.
+    let checked_until = Utc::now() - chrono::TimeDelta::seconds(1);
+    a.shutdown().await;
+    b.shutdown().await;
+    assert_eq!(calls.max_per_tick(), 1, "a tick ran on both daemons");
+    assert_eq!(calls.distinct_jobs(), 6, "every job kept running");
+    // None lost either: from its first run on, every tick of every job
+    // ran or was recorded skipped (overlap: the run before it was not
+    // seen to end, which across daemons and an outage can happen).
+    let skipped = redis(&server).skipped(None, 10_000).await.unwrap();
+    let ran = calls.0.lock().unwrap().clone();
+    for i in 0..6 {
+        let job = format!("job-{i}");
+        let first = ran
+            .keys()
+            .filter(|(j, _)| *j == job)
+            .map(|(_, at)| *at)
+            .min()
+            .unwrap();
+        let mut at = first;
+        while at <= checked_until {
+            let accounted = ran.contains_key(&(job.clone(), at))
+                || skipped
+                    .iter()
+                    .any(|s| s.job_id == job && s.first <= at && at <= s.last);
+            assert!(accounted, "{job}'s tick {at} neither ran nor was skipped");
+            at += chrono::TimeDelta::seconds(1);
+        }
+    }
 }
 
 #[tokio::test]

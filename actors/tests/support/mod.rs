@@ -183,3 +183,51 @@ impl Transport for Exploding {
         panic!("transport exploded");
     }
 }
+
+/// A TCP relay on a loopback port in front of `127.0.0.1:upstream`. Cut,
+/// it drops every connection through it and each new one as it comes: a
+/// daemon using it loses Redis while others keep it.
+pub struct Relay {
+    port: u16,
+    open: tokio::sync::watch::Sender<bool>,
+}
+
+impl Relay {
+    pub async fn start(upstream: u16) -> Relay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (open, is_open) = tokio::sync::watch::channel(true);
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let mut is_open = is_open.clone();
+                tokio::spawn(async move {
+                    if !*is_open.borrow_and_update() {
+                        return;
+                    }
+                    let Ok(mut server) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
+                    else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = is_open.wait_for(|open| !*open) => {}
+                    }
+                });
+            }
+        });
+        Relay { port, open }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn cut(&self) {
+        self.open.send_replace(false);
+    }
+
+    pub fn open(&self) {
+        self.open.send_replace(true);
+    }
+}
