@@ -7,7 +7,7 @@
 //! (re)start it rebuilds from the store: jobs, last ticks (so missed ticks
 //! meet the misfire policy), and runs still in flight (for overlap).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -119,14 +119,25 @@ pub struct SchedulerState {
     returning: Option<Returning>,
 }
 
-/// Back from an outage: the daemons seen alive before it, and when Redis
-/// came back. Peers see Redis again up to a ping later and, until they
-/// do, still run their own ticks offline; so until the resync this daemon
-/// fires only the jobs these peers assign to it (claiming them in Redis as
-/// usual), and leaves the rest to their offline owners.
+/// Back from an outage. Peers see Redis again later (a ping later, or
+/// much later if only their link failed) and, until they do, still run
+/// their own ticks offline; so until the resync this daemon fires only
+/// the jobs it owned through the outage (claiming them in Redis as usual)
+/// and leaves the rest to their owners.
 struct Returning {
+    /// The daemons seen alive before the outage: who owned which job.
     peers: BTreeSet<String>,
+    /// When Redis came back (last, if it went again meanwhile).
     since: tokio::time::Instant,
+    /// The same, milliseconds since the epoch: a peer is back once it
+    /// has written a heartbeat since.
+    since_ms: i64,
+    /// Peers neither back nor heard from for [`PEER_TTL`] since the
+    /// return: presumed dead, their jobs are this daemon's to look after.
+    presumed_dead: BTreeSet<String>,
+    /// Jobs added or enabled here meanwhile: their owner, still offline,
+    /// may not know them, so they fire here.
+    local: HashSet<String>,
 }
 
 impl Actor for Scheduler {
@@ -223,6 +234,7 @@ async fn handle_other(
             let spec = Arc::new(*spec);
             state.args.store.put_job(spec.clone());
             let id = spec.id.clone();
+            fire_here_until_resync(state, &id);
             publish_job(&spec, state.timetable.len() + 1, Utc::now());
             let actions = state.timetable.upsert(spec, None, Utc::now());
             execute(&myself, state, actions).await;
@@ -237,6 +249,9 @@ async fn handle_other(
             let _ = reply.send(existed);
         }
         SchedulerMsg::SetEnabled(id, enabled, reply) => {
+            if enabled {
+                fire_here_until_resync(state, &id);
+            }
             let actions = state.timetable.set_enabled(&id, enabled, Utc::now());
             let jobs = state.timetable.len();
             let answer = state.timetable.job(&id).cloned().map(|spec| {
@@ -307,10 +322,26 @@ async fn handle_other(
                     && h.jobs_version != health.jobs_version
             });
             if was_offline && health.mode == Mode::Online {
-                state.returning = state.health.as_ref().map(|h| Returning {
-                    peers: h.peers.clone(),
-                    since: tokio::time::Instant::now(),
-                });
+                let (since, since_ms) =
+                    (tokio::time::Instant::now(), Utc::now().timestamp_millis());
+                match &mut state.returning {
+                    // Redis went and came back within the grace: ownership
+                    // stays that of the first outage (the peers seen since
+                    // may leave out those still away).
+                    Some(returning) => {
+                        returning.since = since;
+                        returning.since_ms = since_ms;
+                    }
+                    None => {
+                        state.returning = state.health.as_ref().map(|h| Returning {
+                            peers: h.peers.clone(),
+                            since,
+                            since_ms,
+                            presumed_dead: BTreeSet::new(),
+                            local: HashSet::new(),
+                        });
+                    }
+                }
                 let timer = myself.send_after(RESYNC_SETTLE, || SchedulerMsg::Resync {
                     after_outage: true,
                 });
@@ -324,56 +355,66 @@ async fn handle_other(
             }
             state.health = Some(health);
         }
-        SchedulerMsg::Resync { after_outage } if after_outage && peer_still_away(state) => {
-            // It may still be running its ticks offline, and recording
-            // them only once it is back.
-            let timer =
-                myself.send_after(PING_EVERY, || SchedulerMsg::Resync { after_outage: true });
-            state.resync_timer = Some(AbortOnDrop::from(timer));
-        }
         SchedulerMsg::Resync { after_outage } => {
             state.resync_timer = None;
-            // This daemon's own offline writes (last ticks, claims of
-            // ticks it ran) must be in Redis first, or its ticks would
-            // look missed; its own edits too, or they would look
-            // deleted.
-            match state.args.store.flush().await {
-                Ok(0) => match resync(state, after_outage).await {
-                    Ok(actions) => {
-                        let resend = if after_outage {
-                            resend_after_outage(state)
-                        } else {
-                            Vec::new()
-                        };
-                        state.returning = None;
-                        // Ticks found unhandled after an outage were
-                        // lost with their offline owner.
-                        state.skips_after_outage = after_outage;
-                        execute(&myself, state, actions).await;
-                        state.skips_after_outage = false;
-                        enqueue(&myself, state, resend, true).await;
-                        fire_due(&myself, state).await;
-                    }
-                    Err(e) => {
-                        // The version seen is already stored: without a
-                        // retry this edit would be missed until the next.
-                        tracing::warn!(error = %e, "resync: cannot read jobs from redis; trying again");
-                        let timer = myself.send_after(RESYNC_SETTLE, move || {
-                            SchedulerMsg::Resync { after_outage }
-                        });
-                        state.resync_timer = Some(AbortOnDrop::from(timer));
-                    }
-                },
-                _ => {
-                    let timer = myself
-                        .send_after(RESYNC_SETTLE, move || SchedulerMsg::Resync { after_outage });
-                    state.resync_timer = Some(AbortOnDrop::from(timer));
-                }
+            if after_outage && !peers_settled(state).await {
+                // A peer not back may still be running its ticks offline,
+                // and records them only once it is back.
+                let timer =
+                    myself.send_after(PING_EVERY, || SchedulerMsg::Resync { after_outage: true });
+                state.resync_timer = Some(AbortOnDrop::from(timer));
+            } else {
+                resync_now(&myself, state, after_outage).await;
             }
         }
     }
     rearm(&myself, state);
     Ok(())
+}
+
+/// Takes jobs (and, after an outage, last ticks) from Redis once this
+/// daemon's own writes are there; tries again later if they are not.
+async fn resync_now(
+    myself: &ActorRef<SchedulerMsg>,
+    state: &mut SchedulerState,
+    after_outage: bool,
+) {
+    // This daemon's own offline writes (last ticks, claims of
+    // ticks it ran) must be in Redis first, or its ticks would
+    // look missed; its own edits too, or they would look
+    // deleted.
+    match state.args.store.flush().await {
+        Ok(0) => match resync(state, after_outage).await {
+            Ok(actions) => {
+                let resend = if after_outage {
+                    let resend = resend_after_outage(state);
+                    state.returning = None;
+                    resend
+                } else {
+                    Vec::new()
+                };
+                // Ticks found unhandled after an outage were
+                // lost with their offline owner.
+                state.skips_after_outage = after_outage;
+                execute(myself, state, actions).await;
+                state.skips_after_outage = false;
+                enqueue(myself, state, resend, true).await;
+                fire_due(myself, state).await;
+            }
+            Err(e) => {
+                // The version seen is already stored: without a
+                // retry this edit would be missed until the next.
+                tracing::warn!(error = %e, "resync: cannot read jobs from redis; trying again");
+                resync_later(myself, state, after_outage);
+            }
+        },
+        _ => resync_later(myself, state, after_outage),
+    }
+}
+
+fn resync_later(myself: &ActorRef<SchedulerMsg>, state: &mut SchedulerState, after_outage: bool) {
+    let timer = myself.send_after(RESYNC_SETTLE, move || SchedulerMsg::Resync { after_outage });
+    state.resync_timer = Some(AbortOnDrop::from(timer));
 }
 
 async fn fire_due(myself: &ActorRef<SchedulerMsg>, state: &mut SchedulerState) {
@@ -417,29 +458,52 @@ async fn sync_in_flight(state: &mut SchedulerState, now: DateTime<Utc>) -> Vec<A
     }
 }
 
-/// Back from an outage: is a daemon seen alive before it not back yet,
-/// while it may still be (its heartbeat has not yet been gone for the
-/// time after which a daemon is presumed dead)?
-fn peer_still_away(state: &SchedulerState) -> bool {
-    let (Some(returning), Some(health)) = (&state.returning, &state.health) else {
+/// Back from an outage, a job added or enabled here fires here until the
+/// resync: its owner, offline, may not know of it.
+fn fire_here_until_resync(state: &mut SchedulerState, job_id: &str) {
+    if let Some(returning) = &mut state.returning {
+        returning.local.insert(job_id.to_string());
+    }
+}
+
+/// Back from an outage: is every daemon seen before it back (a heartbeat
+/// since this daemon's return), or gone for [`PEER_TTL`] since and so
+/// presumed dead (noted in `presumed_dead`)? Not while Redis cannot say.
+async fn peers_settled(state: &mut SchedulerState) -> bool {
+    let (Some(cluster), Some(returning)) = (&state.args.cluster, &mut state.returning) else {
+        return true;
+    };
+    let Ok(beats) = cluster.redis.heartbeats().await else {
         return false;
     };
-    returning.since.elapsed() < PEER_TTL
-        && returning.peers.iter().any(|p| !health.peers.contains(p))
+    let away: BTreeSet<String> = returning
+        .peers
+        .iter()
+        .filter(|p| **p != cluster.daemon_id)
+        .filter(|p| beats.get(*p).is_none_or(|ms| *ms < returning.since_ms))
+        .cloned()
+        .collect();
+    if away.is_empty() || returning.since.elapsed() >= PEER_TTL {
+        if !away.is_empty() {
+            tracing::warn!(daemons = ?away, "daemons not back since the outage: presumed dead, their jobs taken over");
+        }
+        returning.presumed_dead = away;
+        return true;
+    }
+    false
 }
 
 /// Back from an outage, is this job's tick another daemon's to run and
-/// record? Yes if a peer owned it through the outage and is alive: it ran
+/// record? Yes if a peer owned it through the outage and is back: it ran
 /// the job's ticks offline (or holds its own unconfirmed enqueue of them)
 /// and records them itself, maybe after this daemon's resync.
 fn left_to_live_owner(state: &SchedulerState, job_id: &str) -> bool {
-    let (Some(cluster), Some(returning), Some(health)) =
-        (&state.args.cluster, &state.returning, &state.health)
-    else {
+    let (Some(cluster), Some(returning)) = (&state.args.cluster, &state.returning) else {
         return false;
     };
-    owner(job_id, &returning.peers)
-        .is_some_and(|o| o != cluster.daemon_id && health.peers.contains(o))
+    !returning.local.contains(job_id)
+        && owner(job_id, &returning.peers)
+            .is_some_and(|o| o != cluster.daemon_id && !returning.presumed_dead.contains(o))
 }
 
 /// The unconfirmed enqueues to send again after an outage: those of the
@@ -567,14 +631,17 @@ fn publish_job(spec: &JobSpec, jobs: usize, now: DateTime<Utc>) {
 
 /// Does this daemon fire and record this job's ticks? Online every
 /// daemon does (claims decide who runs); offline, and back from an outage
-/// until the resync, only the job's rendezvous owner.
+/// until the resync, only the job's rendezvous owner (over the peers seen
+/// before the outage, while back from one).
 fn owns(state: &SchedulerState, job_id: &str) -> bool {
     let (Some(cluster), Some(health)) = (&state.args.cluster, &state.health) else {
         return true;
     };
-    let deciding = match health.mode {
-        Mode::Offline => Some(&health.peers),
-        Mode::Online => state.returning.as_ref().map(|r| &r.peers),
+    let deciding = match (&state.returning, health.mode) {
+        (Some(returning), _) if returning.local.contains(job_id) => return true,
+        (Some(returning), _) => Some(&returning.peers),
+        (None, Mode::Offline) => Some(&health.peers),
+        (None, Mode::Online) => None,
     };
     deciding.is_none_or(|peers| owner(job_id, peers).is_none_or(|o| o == cluster.daemon_id))
 }

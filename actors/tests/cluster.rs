@@ -17,12 +17,13 @@ use herald_testkit::RedisServer;
 use support::{Calls, Relay, coded, counting, wait_for};
 
 async fn daemon(server: &RedisServer, jobs: Vec<JobSpec>, calls: &Calls) -> Herald {
-    daemon_at(server.url(), jobs, calls).await
+    daemon_at(server.url(), None, jobs, calls).await
 }
 
-async fn daemon_at(url: String, jobs: Vec<JobSpec>, calls: &Calls) -> Herald {
+async fn daemon_at(url: String, id: Option<&str>, jobs: Vec<JobSpec>, calls: &Calls) -> Herald {
     let config = TreeConfig {
         redis: Some(RedisSettings::new(url, "herald")),
+        daemon_id: id.map(str::to_string),
         ..TreeConfig::default()
     };
     spawn_tree(config, jobs, counting(calls), Arc::new(DryRun))
@@ -271,13 +272,8 @@ async fn a_tick_whose_claim_gets_no_answer_still_runs_once() {
 async fn two_daemons_through_a_redis_outage_run_no_tick_twice() {
     let mut server = RedisServer::start();
     let calls = Calls::default();
-    let jobs = || {
-        (0..6)
-            .map(|i| coded(&format!("job-{i}"), "* * * * * *", "count"))
-            .collect::<Vec<_>>()
-    };
-    let a = daemon(&server, jobs(), &calls).await;
-    let b = daemon(&server, jobs(), &calls).await;
+    let a = daemon(&server, every_second_jobs(), &calls).await;
+    let b = daemon(&server, every_second_jobs(), &calls).await;
     // both know each other before the outage
     wait_for(
         "both daemons see two peers",
@@ -314,26 +310,22 @@ async fn until_past_second(ms: i64) {
     tokio::time::sleep((at - now).to_std().unwrap_or_default()).await;
 }
 
-#[tokio::test]
-async fn a_daemon_back_from_an_outage_leaves_a_later_peer_its_ticks() {
-    // Each daemon reaches Redis through a relay, so their returns from an
-    // outage can be set apart: `a` sees Redis again half a second before
-    // `b`, and a tick falls in between. Until it sees Redis, `b` runs
-    // the ticks of the jobs it owns offline; `a`, online, must leave
-    // those to it rather than claim and run them too.
-    let server = RedisServer::start();
-    let (relay_a, relay_b) = (
-        Relay::start(server.port()).await,
-        Relay::start(server.port()).await,
-    );
-    let calls = Calls::default();
-    let jobs = || {
-        (0..6)
-            .map(|i| coded(&format!("job-{i}"), "* * * * * *", "count"))
-            .collect::<Vec<_>>()
-    };
-    let a = daemon_at(relay_a.url(), jobs(), &calls).await;
-    let b = daemon_at(relay_b.url(), jobs(), &calls).await;
+fn every_second_jobs() -> Vec<JobSpec> {
+    (0..6)
+        .map(|i| coded(&format!("job-{i}"), "* * * * * *", "count"))
+        .collect()
+}
+
+/// Two daemons, each reaching Redis through a relay of its own (so that
+/// one can be cut off, or come back, apart from the other), once both
+/// have seen each other.
+async fn two_behind_relays(server: &RedisServer, calls: &Calls) -> [(Herald, Relay); 2] {
+    let relay_a = Relay::start(server.port()).await;
+    let relay_b = Relay::start(server.port()).await;
+    // Named, so that which jobs each owns offline is known (see
+    // `two_behind_relays_share_the_jobs`).
+    let a = daemon_at(relay_a.url(), Some("daemon-a"), every_second_jobs(), calls).await;
+    let b = daemon_at(relay_b.url(), Some("daemon-b"), every_second_jobs(), calls).await;
     wait_for(
         "both daemons see two peers",
         Duration::from_secs(5),
@@ -343,43 +335,25 @@ async fn a_daemon_back_from_an_outage_leaves_a_later_peer_its_ticks() {
         },
     )
     .await;
-    relay_a.cut();
-    relay_b.cut();
-    wait_mode(&a, Mode::Offline, Duration::from_secs(3)).await;
-    wait_mode(&b, Mode::Offline, Duration::from_secs(3)).await;
-    // Both offline together: each runs only its own jobs.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    // `a` is back (a ping takes up to 200 ms) before the next tick, `b`
-    // only after it, and well within the second `a` waits before it
-    // re-reads the last ticks (which `b` must have flushed by then).
-    until_past_second(-350).await;
-    relay_a.open();
-    until_past_second(150).await;
-    relay_b.open();
-    wait_mode(&a, Mode::Online, Duration::from_secs(3)).await;
-    wait_mode(&b, Mode::Online, Duration::from_secs(3)).await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    // Ticks up to here have had a second to start.
-    let checked_until = Utc::now() - chrono::TimeDelta::seconds(1);
-    a.shutdown().await;
-    b.shutdown().await;
-    assert_eq!(calls.max_per_tick(), 1, "a tick ran on both daemons");
-    assert_eq!(calls.distinct_jobs(), 6, "every job kept running");
-    // None lost either: from its first run on, every tick of every job
-    // ran or was recorded skipped (overlap: the run before it was not
-    // seen to end, which across daemons and an outage can happen).
-    let skipped = redis(&server).skipped(None, 10_000).await.unwrap();
+    [(a, relay_a), (b, relay_b)]
+}
+
+/// From the first run of each job to `until`, every tick ran or was
+/// recorded skipped (overlap: the run before was not seen to end, which
+/// across daemons and an outage can happen; offline: lost with a dead
+/// owner).
+async fn every_tick_ran_or_was_skipped(server: &RedisServer, calls: &Calls, until: DateTime<Utc>) {
+    let skipped = redis(server).skipped(None, 10_000).await.unwrap();
     let ran = calls.0.lock().unwrap().clone();
-    for i in 0..6 {
-        let job = format!("job-{i}");
-        let first = ran
+    for job in every_second_jobs() {
+        let job = job.id.to_string();
+        let mut at = ran
             .keys()
             .filter(|(j, _)| *j == job)
             .map(|(_, at)| *at)
             .min()
             .unwrap();
-        let mut at = first;
-        while at <= checked_until {
+        while at <= until {
             let accounted = ran.contains_key(&(job.clone(), at))
                 || skipped
                     .iter()
@@ -388,6 +362,102 @@ async fn a_daemon_back_from_an_outage_leaves_a_later_peer_its_ticks() {
             at += chrono::TimeDelta::seconds(1);
         }
     }
+}
+
+#[test]
+fn two_behind_relays_share_the_jobs() {
+    // The outage tests need each daemon to own some jobs offline.
+    let peers = ["daemon-a", "daemon-b"].map(String::from).into();
+    let owners: Vec<_> = every_second_jobs()
+        .iter()
+        .filter_map(|j| herald_actors::health::owner(&j.id, &peers).map(str::to_string))
+        .collect();
+    for d in ["daemon-a", "daemon-b"] {
+        assert!(owners.iter().any(|o| o == d), "{d} owns none of {owners:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_daemon_back_from_an_outage_leaves_a_later_peer_its_ticks() {
+    // `a` sees Redis again two seconds before `b`. Until it does, `b`
+    // runs the ticks of the jobs it owns offline; `a`, online, must leave
+    // those to it rather than claim and run them too, and must not take
+    // `b`'s last heartbeat from before the outage for a sign it is back.
+    let server = RedisServer::start();
+    let calls = Calls::default();
+    let [(a, relay_a), (b, relay_b)] = two_behind_relays(&server, &calls).await;
+    relay_a.cut();
+    relay_b.cut();
+    wait_mode(&a, Mode::Offline, Duration::from_secs(3)).await;
+    wait_mode(&b, Mode::Offline, Duration::from_secs(3)).await;
+    // Both offline together: each runs only its own jobs.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    until_past_second(300).await;
+    relay_a.open();
+    let a_back_by = Utc::now() + chrono::TimeDelta::milliseconds(600);
+    wait_mode(&a, Mode::Online, Duration::from_secs(3)).await;
+    assert!(
+        Utc::now() < a_back_by,
+        "the test needs `a` back before the next tick"
+    );
+    // Two ticks pass, the second after `a`'s resync would have come
+    // without waiting for `b`.
+    until_past_second(300).await;
+    until_past_second(300).await;
+    relay_b.open();
+    wait_mode(&b, Mode::Online, Duration::from_secs(3)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Ticks up to here have had a second to start.
+    let checked_until = Utc::now() - chrono::TimeDelta::seconds(1);
+    a.shutdown().await;
+    b.shutdown().await;
+    assert_eq!(calls.max_per_tick(), 1, "a tick ran on both daemons");
+    assert_eq!(calls.distinct_jobs(), 6, "every job kept running");
+    every_tick_ran_or_was_skipped(&server, &calls, checked_until).await;
+}
+
+#[tokio::test]
+async fn a_daemon_back_from_an_outage_takes_over_the_jobs_of_a_peer_that_died_in_it() {
+    let server = RedisServer::start();
+    let calls = Calls::default();
+    let [(a, relay_a), (b, relay_b)] = two_behind_relays(&server, &calls).await;
+    let peers = a.health().borrow().peers.clone();
+    let b_owns: Vec<String> = every_second_jobs()
+        .into_iter()
+        .map(|j| j.id.to_string())
+        .filter(|j| herald_actors::health::owner(j, &peers) == Some(b.daemon_id()))
+        .collect();
+    relay_a.cut();
+    relay_b.cut();
+    wait_mode(&a, Mode::Offline, Duration::from_secs(3)).await;
+    wait_mode(&b, Mode::Offline, Duration::from_secs(3)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // `b` dies offline: what it ran never reaches Redis.
+    b.shutdown().await;
+    relay_a.open();
+    wait_mode(&a, Mode::Online, Duration::from_secs(3)).await;
+    let back = Utc::now();
+    // `a` waits for `b` for the heartbeat TTL, then runs its jobs too.
+    wait_for(
+        "b's jobs to run on a again",
+        Duration::from_secs(15),
+        || async {
+            let ran = calls.0.lock().unwrap();
+            b_owns
+                .iter()
+                .all(|job| {
+                    ran.keys()
+                        .any(|(j, at)| j == job && *at > back + chrono::TimeDelta::seconds(6))
+                })
+                .then_some(())
+        },
+    )
+    .await;
+    let checked_until = Utc::now() - chrono::TimeDelta::seconds(1);
+    a.shutdown().await;
+    drop(relay_b);
+    assert_eq!(calls.max_per_tick(), 1, "a tick ran twice");
+    every_tick_ran_or_was_skipped(&server, &calls, checked_until).await;
 }
 
 #[tokio::test]

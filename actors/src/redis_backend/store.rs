@@ -140,6 +140,14 @@ impl RedisStore {
         self.shared.get(&self.pool).await
     }
 
+    /// Each daemon's last heartbeat: milliseconds since the epoch, by its
+    /// own clock.
+    pub async fn heartbeats(&self) -> Result<HashMap<String, i64>, BackendError> {
+        let mut c = self.conn().await?;
+        let beats: Vec<(String, f64)> = c.zrange_withscores(self.keys.daemons(), 0, -1).await?;
+        Ok(beats.into_iter().map(|(d, ms)| (d, ms as i64)).collect())
+    }
+
     /// PING: is Redis answering?
     pub async fn ping(&self) -> Result<(), BackendError> {
         let mut c = self.conn().await?;
