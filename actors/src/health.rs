@@ -44,7 +44,7 @@ impl Mode {
 /// rendezvous hashing: two daemon ids that share a prefix (`host-pid-…`)
 /// compare the same way for most jobs (of `job-0` to `job-5`, one daemon
 /// owned all six for 999 random pairs of such ids in 1,000).
-fn fnv1a(parts: &[&str]) -> u64 {
+fn rendezvous_score(parts: &[&str]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for part in parts {
         for b in part.bytes().chain(std::iter::once(0xff)) {
@@ -65,7 +65,7 @@ fn fnv1a(parts: &[&str]) -> u64 {
 pub fn owner<'a>(job_id: &str, daemons: &'a BTreeSet<String>) -> Option<&'a str> {
     daemons
         .iter()
-        .max_by_key(|d| (fnv1a(&[d.as_str(), job_id]), d.as_str()))
+        .max_by_key(|d| (rendezvous_score(&[d.as_str(), job_id]), d.as_str()))
         .map(String::as_str)
 }
 

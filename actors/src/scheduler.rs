@@ -129,14 +129,15 @@ struct Returning {
     peers: BTreeSet<String>,
     /// When Redis came back (last, if it went again meanwhile).
     since: tokio::time::Instant,
-    /// The same, milliseconds since the epoch: a peer is back once it
-    /// has written a heartbeat since.
-    since_ms: i64,
+    /// The heartbeats (each by its daemon's own clock) first read after
+    /// that: a peer is back once its heartbeat changed since, which needs
+    /// no agreement between clocks.
+    first_beats: Option<HashMap<String, i64>>,
     /// Peers neither back nor heard from for [`PEER_TTL`] since the
     /// return: presumed dead, their jobs are this daemon's to look after.
     presumed_dead: BTreeSet<String>,
-    /// Jobs added or enabled here meanwhile: their owner, still offline,
-    /// may not know them, so they fire here.
+    /// Jobs added, or enabled from disabled, here meanwhile: their owner,
+    /// still offline, does not know they run, so they fire here.
     local: HashSet<String>,
 }
 
@@ -234,7 +235,9 @@ async fn handle_other(
             let spec = Arc::new(*spec);
             state.args.store.put_job(spec.clone());
             let id = spec.id.clone();
-            fire_here_until_resync(state, &id);
+            if spec.enabled && !state.timetable.job(&id).is_some_and(|j| j.enabled) {
+                fire_here_until_resync(state, &id);
+            }
             publish_job(&spec, state.timetable.len() + 1, Utc::now());
             let actions = state.timetable.upsert(spec, None, Utc::now());
             execute(&myself, state, actions).await;
@@ -249,7 +252,7 @@ async fn handle_other(
             let _ = reply.send(existed);
         }
         SchedulerMsg::SetEnabled(id, enabled, reply) => {
-            if enabled {
+            if enabled && state.timetable.job(&id).is_some_and(|j| !j.enabled) {
                 fire_here_until_resync(state, &id);
             }
             let actions = state.timetable.set_enabled(&id, enabled, Utc::now());
@@ -322,21 +325,20 @@ async fn handle_other(
                     && h.jobs_version != health.jobs_version
             });
             if was_offline && health.mode == Mode::Online {
-                let (since, since_ms) =
-                    (tokio::time::Instant::now(), Utc::now().timestamp_millis());
+                let since = tokio::time::Instant::now();
                 match &mut state.returning {
                     // Redis went and came back within the grace: ownership
                     // stays that of the first outage (the peers seen since
                     // may leave out those still away).
                     Some(returning) => {
                         returning.since = since;
-                        returning.since_ms = since_ms;
+                        returning.first_beats = None;
                     }
                     None => {
                         state.returning = state.health.as_ref().map(|h| Returning {
                             peers: h.peers.clone(),
                             since,
-                            since_ms,
+                            first_beats: None,
                             presumed_dead: BTreeSet::new(),
                             local: HashSet::new(),
                         });
@@ -357,6 +359,10 @@ async fn handle_other(
         }
         SchedulerMsg::Resync { after_outage } => {
             state.resync_timer = None;
+            // A resync asked for before the outage and handled after the
+            // return replaces the one after it (whose timer was just
+            // dropped): it must do that one's work.
+            let after_outage = after_outage || state.returning.is_some();
             if after_outage && !peers_settled(state).await {
                 // A peer not back may still be running its ticks offline,
                 // and records them only once it is back.
@@ -458,29 +464,40 @@ async fn sync_in_flight(state: &mut SchedulerState, now: DateTime<Utc>) -> Vec<A
     }
 }
 
-/// Back from an outage, a job added or enabled here fires here until the
-/// resync: its owner, offline, may not know of it.
+/// Back from an outage, a job added, or enabled from disabled, here fires
+/// here until the resync: its owner, offline, does not know it runs.
+/// (An edit of a job that runs stays with its owner.)
 fn fire_here_until_resync(state: &mut SchedulerState, job_id: &str) {
     if let Some(returning) = &mut state.returning {
         returning.local.insert(job_id.to_string());
     }
 }
 
-/// Back from an outage: is every daemon seen before it back (a heartbeat
-/// since this daemon's return), or gone for [`PEER_TTL`] since and so
-/// presumed dead (noted in `presumed_dead`)? Not while Redis cannot say.
+/// Back from an outage: is every daemon seen before it back (its
+/// heartbeat changed since the first read after this daemon's return), or
+/// gone for [`PEER_TTL`] since that return and so presumed dead (noted in
+/// `presumed_dead`)? Not while Redis cannot say.
 async fn peers_settled(state: &mut SchedulerState) -> bool {
-    let (Some(cluster), Some(returning)) = (&state.args.cluster, &mut state.returning) else {
+    let (Some(cluster), Some(health), Some(returning)) =
+        (&state.args.cluster, &state.health, &mut state.returning)
+    else {
         return true;
     };
+    // Offline again: no Redis calls (they could block the timer's fires).
+    if health.mode != Mode::Online {
+        return false;
+    }
     let Ok(beats) = cluster.redis.heartbeats().await else {
         return false;
     };
-    let away: BTreeSet<String> = returning
-        .peers
-        .iter()
-        .filter(|p| **p != cluster.daemon_id)
-        .filter(|p| beats.get(*p).is_none_or(|ms| *ms < returning.since_ms))
+    let others = returning.peers.iter().filter(|p| **p != cluster.daemon_id);
+    let Some(first) = &returning.first_beats else {
+        let alone = others.count() == 0;
+        returning.first_beats = Some(beats);
+        return alone;
+    };
+    let away: BTreeSet<String> = others
+        .filter(|p| beats.get(*p).is_none_or(|ms| first.get(*p) == Some(ms)))
         .cloned()
         .collect();
     if away.is_empty() || returning.since.elapsed() >= PEER_TTL {
