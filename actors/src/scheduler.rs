@@ -669,15 +669,16 @@ type Fire = (Arc<JobSpec>, DateTime<Utc>, Trigger);
 /// owns, and queues a claim of each tick, written on return, so no other
 /// daemon runs it again. (Online, the claim-guarded enqueue claims.)
 fn claim_offline(state: &mut SchedulerState, fires: Vec<Fire>) -> Vec<Fire> {
-    let (Some(cluster), Some(_)) = (state.args.cluster.clone(), &state.health) else {
+    let (Some(cluster), Some(_)) = (&state.args.cluster, &state.health) else {
         return fires;
     };
+    let daemon = cluster.daemon_id.clone();
     let kept = owned_fires(state, fires);
     for (job, at, _) in &kept {
         state
             .args
             .store
-            .put_claim(job.id.to_string(), *at, cluster.daemon_id.clone());
+            .put_claim(job.id.to_string(), *at, daemon.clone());
     }
     kept
 }

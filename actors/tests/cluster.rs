@@ -275,15 +275,7 @@ async fn two_daemons_through_a_redis_outage_run_no_tick_twice() {
     let a = daemon(&server, every_second_jobs(), &calls).await;
     let b = daemon(&server, every_second_jobs(), &calls).await;
     // both know each other before the outage
-    wait_for(
-        "both daemons see two peers",
-        Duration::from_secs(5),
-        || async {
-            (a.health().borrow().peers.len() == 2 && b.health().borrow().peers.len() == 2)
-                .then_some(())
-        },
-    )
-    .await;
+    both_see_two_peers(&a, &b).await;
     server.stop();
     wait_mode(&a, Mode::Offline, Duration::from_secs(3)).await;
     wait_mode(&b, Mode::Offline, Duration::from_secs(3)).await;
@@ -316,6 +308,39 @@ fn every_second_jobs() -> Vec<JobSpec> {
         .collect()
 }
 
+async fn both_see_two_peers(a: &Herald, b: &Herald) {
+    wait_for(
+        "both daemons see two peers",
+        Duration::from_secs(5),
+        || async {
+            (a.health().borrow().peers.len() == 2 && b.health().borrow().peers.len() == 2)
+                .then_some(())
+        },
+    )
+    .await;
+}
+
+/// The ids of the jobs of [`every_second_jobs`] that `daemon` owns while
+/// offline, of the two daemons [`two_behind_relays`] starts.
+fn owned_offline_by(daemon: &str) -> Vec<String> {
+    let peers = ["daemon-a", "daemon-b"].map(String::from).into();
+    every_second_jobs()
+        .into_iter()
+        .map(|j| j.id.to_string())
+        .filter(|j| herald_actors::health::owner(j, &peers) == Some(daemon))
+        .collect()
+}
+
+/// Cuts both relays and waits until both daemons are offline.
+async fn cut_both(pair: &[(Herald, Relay); 2]) {
+    for (_, relay) in pair {
+        relay.cut();
+    }
+    for (herald, _) in pair {
+        wait_mode(herald, Mode::Offline, Duration::from_secs(3)).await;
+    }
+}
+
 /// Two daemons, each reaching Redis through a relay of its own (so that
 /// one can be cut off, or come back, apart from the other), once both
 /// have seen each other.
@@ -326,15 +351,7 @@ async fn two_behind_relays(server: &RedisServer, calls: &Calls) -> [(Herald, Rel
     // `two_behind_relays_share_the_jobs`).
     let a = daemon_at(relay_a.url(), Some("daemon-a"), every_second_jobs(), calls).await;
     let b = daemon_at(relay_b.url(), Some("daemon-b"), every_second_jobs(), calls).await;
-    wait_for(
-        "both daemons see two peers",
-        Duration::from_secs(5),
-        || async {
-            (a.health().borrow().peers.len() == 2 && b.health().borrow().peers.len() == 2)
-                .then_some(())
-        },
-    )
-    .await;
+    both_see_two_peers(&a, &b).await;
     [(a, relay_a), (b, relay_b)]
 }
 
@@ -367,14 +384,9 @@ async fn every_tick_ran_or_was_skipped(server: &RedisServer, calls: &Calls, unti
 #[test]
 fn two_behind_relays_share_the_jobs() {
     // The outage tests need each daemon to own some jobs offline.
-    let peers = ["daemon-a", "daemon-b"].map(String::from).into();
-    let owners: Vec<_> = every_second_jobs()
-        .iter()
-        .filter_map(|j| herald_actors::health::owner(&j.id, &peers).map(str::to_string))
-        .collect();
-    for d in ["daemon-a", "daemon-b"] {
-        assert!(owners.iter().any(|o| o == d), "{d} owns none of {owners:?}");
-    }
+    let (a, b) = (owned_offline_by("daemon-a"), owned_offline_by("daemon-b"));
+    assert!(!a.is_empty() && !b.is_empty(), "a owns {a:?}, b owns {b:?}");
+    assert_eq!(a.len() + b.len(), every_second_jobs().len());
 }
 
 #[tokio::test]
@@ -385,23 +397,20 @@ async fn a_daemon_back_from_an_outage_leaves_a_later_peer_its_ticks() {
     // `b`'s last heartbeat from before the outage for a sign it is back.
     let server = RedisServer::start();
     let calls = Calls::default();
-    let [(a, relay_a), (b, relay_b)] = two_behind_relays(&server, &calls).await;
-    relay_a.cut();
-    relay_b.cut();
-    wait_mode(&a, Mode::Offline, Duration::from_secs(3)).await;
-    wait_mode(&b, Mode::Offline, Duration::from_secs(3)).await;
+    let pair = two_behind_relays(&server, &calls).await;
+    cut_both(&pair).await;
+    let [(a, relay_a), (b, relay_b)] = pair;
     // Both offline together: each runs only its own jobs.
     tokio::time::sleep(Duration::from_secs(2)).await;
     relay_a.open();
     wait_mode(&a, Mode::Online, Duration::from_secs(3)).await;
     // An operator saves one of `b`'s jobs, unchanged, through `a`: it
     // stays `b`'s (only a job new or enabled from disabled fires here).
-    let peers = ["daemon-a", "daemon-b"].map(String::from).into();
-    let b_job = every_second_jobs()
-        .into_iter()
-        .find(|j| herald_actors::health::owner(&j.id, &peers) == Some("daemon-b"))
+    let b_job = &owned_offline_by("daemon-b")[0];
+    a.scheduler
+        .upsert_job(coded(b_job, "* * * * * *", "count"))
+        .await
         .unwrap();
-    a.scheduler.upsert_job(b_job).await.unwrap();
     // Two ticks or more pass while `a` is back and `b` is not; the last
     // comes after `a`'s resync would have come without waiting for `b`
     // (a second after `a`'s return).
@@ -423,17 +432,10 @@ async fn a_daemon_back_from_an_outage_leaves_a_later_peer_its_ticks() {
 async fn a_daemon_back_from_an_outage_takes_over_the_jobs_of_a_peer_that_died_in_it() {
     let server = RedisServer::start();
     let calls = Calls::default();
-    let [(a, relay_a), (b, relay_b)] = two_behind_relays(&server, &calls).await;
-    let peers = a.health().borrow().peers.clone();
-    let b_owns: Vec<String> = every_second_jobs()
-        .into_iter()
-        .map(|j| j.id.to_string())
-        .filter(|j| herald_actors::health::owner(j, &peers) == Some(b.daemon_id()))
-        .collect();
-    relay_a.cut();
-    relay_b.cut();
-    wait_mode(&a, Mode::Offline, Duration::from_secs(3)).await;
-    wait_mode(&b, Mode::Offline, Duration::from_secs(3)).await;
+    let b_owns = owned_offline_by("daemon-b");
+    let pair = two_behind_relays(&server, &calls).await;
+    cut_both(&pair).await;
+    let [(a, relay_a), (b, _)] = pair;
     tokio::time::sleep(Duration::from_secs(1)).await;
     // `b` dies offline: what it ran never reaches Redis.
     b.shutdown().await;
@@ -458,7 +460,6 @@ async fn a_daemon_back_from_an_outage_takes_over_the_jobs_of_a_peer_that_died_in
     .await;
     let checked_until = Utc::now() - chrono::TimeDelta::seconds(1);
     a.shutdown().await;
-    drop(relay_b);
     assert_eq!(calls.max_per_tick(), 1, "a tick ran twice");
     every_tick_ran_or_was_skipped(&server, &calls, checked_until).await;
 }
