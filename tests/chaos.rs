@@ -25,17 +25,17 @@
 //! `cargo test --release --test chaos -- --ignored --nocapture`.
 
 use std::collections::{BTreeMap, HashMap};
-use std::os::unix::process::ExitStatusExt;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::{TimeDelta, Utc};
 use herald_actors::memory::StoreLimits;
 use herald_actors::record::{ExecutionRecord, RunId, RunStatus};
 use herald_actors::redis_backend::{RedisSettings, RedisStore, connect};
 use herald_testkit::telegram::FakeTelegram;
 use herald_testkit::{RedisServer, free_port, log_tail};
+use support::{Daemon, ceil_second};
+
+mod support;
 
 struct Plan {
     /// Message jobs, each firing every second.
@@ -123,141 +123,6 @@ include = [{include}]
     c
 }
 
-/// One daemon slot: the process running now, and its past incarnations'
-/// logs.
-struct Daemon {
-    name: &'static str,
-    config: PathBuf,
-    http: u16,
-    dir: PathBuf,
-    child: Option<Child>,
-    incarnation: usize,
-}
-
-impl Daemon {
-    fn log(&self) -> PathBuf {
-        self.dir
-            .join(format!("{}-{}.log", self.name, self.incarnation))
-    }
-
-    fn spawn(&mut self) {
-        self.incarnation += 1;
-        let log = std::fs::File::create(self.log()).expect("a log file");
-        let mut cmd = herald_testkit::herald_command(env!("CARGO_BIN_EXE_herald"));
-        cmd.args(["run", "--config"])
-            .arg(&self.config)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log);
-        self.child = Some(cmd.spawn().expect("herald starts"));
-    }
-
-    /// Panics if the daemon exited on its own.
-    fn assert_running(&mut self) {
-        let Some(child) = self.child.as_mut() else {
-            return;
-        };
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!(
-                "daemon {} exited by itself ({status}); its log:\n{}",
-                self.name,
-                log_tail(&self.log())
-            );
-        }
-    }
-
-    /// SIGKILL; checks it was the kill that ended it.
-    fn kill(&mut self) {
-        self.assert_running();
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        child.kill().expect("SIGKILL sent");
-        let status = child.wait().expect("reaped");
-        assert_eq!(status.signal(), Some(9), "{} ended by {status}", self.name);
-    }
-
-    /// SIGTERM; the exit code (None: ended by a signal).
-    async fn terminate(&mut self) -> Option<i32> {
-        self.assert_running();
-        let mut child = self.child.take()?;
-        let sent = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .expect("kill runs");
-        assert!(sent.success());
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = child.try_wait().expect("wait for herald") {
-                return status.code();
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!(
-                    "daemon {} did not exit within 60 s of SIGTERM; its log:\n{}",
-                    self.name,
-                    log_tail(&self.log())
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// A counter's value from `/metrics` (0 if absent).
-    async fn metric(&self, client: &reqwest::Client, name: &str) -> u64 {
-        let url = format!("http://127.0.0.1:{}/metrics", self.http);
-        let Ok(response) = client.get(&url).send().await else {
-            return 0;
-        };
-        let text = response.text().await.unwrap_or_default();
-        text.lines()
-            .filter_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
-            .sum::<f64>() as u64
-    }
-
-    /// Waits until `/readyz` says `mode`.
-    async fn wait_for_mode(&mut self, client: &reqwest::Client, mode: &str, within: Duration) {
-        let deadline = Instant::now() + within;
-        loop {
-            self.assert_running();
-            let url = format!("http://127.0.0.1:{}/readyz", self.http);
-            if let Ok(response) = client.get(&url).send().await
-                && let Ok(body) = response.json::<serde_json::Value>().await
-                && body["mode"] == mode
-            {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "daemon {} not {mode} within {within:?}; its log:\n{}",
-                self.name,
-                log_tail(&self.log())
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// The whole-second tick at or after `t`.
-fn ceil_second(t: DateTime<Utc>) -> DateTime<Utc> {
-    let floor = DateTime::from_timestamp(t.timestamp(), 0).unwrap_or(t);
-    if floor == t {
-        t
-    } else {
-        floor + TimeDelta::seconds(1)
-    }
-}
-
 /// What a chaos run found.
 #[derive(Debug, Default)]
 struct Figures {
@@ -298,16 +163,12 @@ async fn chaos(plan: &Plan) {
         .into_iter()
         .map(|name| {
             let http = free_port();
-            let config = dir.path().join(format!("{name}.toml"));
-            std::fs::write(&config, config_text(plan, &redis, &fake, http)).expect("config");
-            Daemon {
+            Daemon::new(
                 name,
-                config,
+                dir.path(),
+                &config_text(plan, &redis, &fake, http),
                 http,
-                dir: dir.path().to_path_buf(),
-                child: None,
-                incarnation: 0,
-            }
+            )
         })
         .collect();
     for d in &mut daemons {

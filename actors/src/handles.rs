@@ -5,6 +5,7 @@
 //! send, so callers never hold a stale ref. Every request/reply carries a
 //! timeout: ractor's `call(.., None)` would wait forever.
 
+use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -357,6 +358,17 @@ impl PoolHandle {
 
     pub async fn stats(&self) -> Result<PoolStats, HandleError> {
         call(self.actor(), "worker pool", self.timeout, PoolMsg::Stats).await
+    }
+
+    /// The runs this pool holds, by job.
+    pub async fn runs_by_job(&self) -> Result<HashMap<String, u32>, HandleError> {
+        call(
+            self.actor(),
+            "worker pool",
+            self.timeout,
+            PoolMsg::RunsByJob,
+        )
+        .await
     }
 
     pub fn fan_out_progress(

@@ -22,7 +22,7 @@ use crate::job::{JobId, JobSpec};
 use crate::record::{ExecutionRecord, RunId, SkippedTicks, Trigger};
 use crate::redis_backend::{BackendError, RedisStore};
 use crate::telemetry;
-use crate::timetable::{Action, Timetable};
+use crate::timetable::{Action, Timetable, claimed_stretches, skipped_ticks};
 use crate::worker_pool::RunRequest;
 
 /// The timer never sleeps longer than this, so a jump of the wall clock
@@ -39,6 +39,9 @@ const RESYNC_SETTLE: Duration = Duration::from_secs(1);
 const QUEUED_RECHECK: Duration = Duration::from_secs(1);
 /// Pause before sending again an enqueue whose outcome was lost.
 const REENQUEUE_AFTER: Duration = Duration::from_millis(500);
+/// Ticks of one skipped-tick entry claimed one by one at most (a day of
+/// a per-second job); the rest of a longer entry is recorded unclaimed.
+const MAX_GUARDED_SKIP: usize = 86_400;
 /// Enqueues awaiting confirmation kept at most; past it the oldest is
 /// given up (logged). Bounds memory through a long Redis outage.
 const MAX_UNCONFIRMED: usize = 100_000;
@@ -324,6 +327,14 @@ async fn handle_other(
                     && health.mode == Mode::Online
                     && h.jobs_version != health.jobs_version
             });
+            let going_offline = state
+                .health
+                .as_ref()
+                .is_some_and(|h| h.mode == Mode::Online)
+                && health.mode == Mode::Offline;
+            if going_offline {
+                count_local_runs(state).await;
+            }
             if was_offline && health.mode == Mode::Online {
                 let since = tokio::time::Instant::now();
                 match &mut state.returning {
@@ -462,6 +473,25 @@ async fn sync_in_flight(state: &mut SchedulerState, now: DateTime<Utc>) -> Vec<A
             Vec::new()
         }
     }
+}
+
+/// Going offline: from now on only this daemon's runs can be seen ending,
+/// so the overlap policy counts those alone. Online the count came from
+/// Redis and held the peers' runs too (and this daemon's queued runs that
+/// a peer took): kept, a run counted just before the outage would hold
+/// back (overlap `skip`) every tick of it, since nothing here hears of its
+/// end.
+async fn count_local_runs(state: &mut SchedulerState) {
+    let counts = match state.args.pool.runs_by_job().await {
+        Ok(counts) => counts,
+        Err(e) => {
+            // A restarting pool re-queues what it held: it is counted as
+            // the runs are fired again, not here.
+            tracing::warn!(error = %e, "cannot count this daemon's runs going offline; counting none");
+            HashMap::new()
+        }
+    };
+    state.timetable.reset_in_flight(&counts);
 }
 
 /// Back from an outage, a job added, or enabled from disabled, here fires
@@ -729,6 +759,7 @@ async fn execute(
     actions: Vec<Action>,
 ) {
     let mut fires = Vec::new();
+    let mut skips = Vec::new();
     for action in actions {
         match action {
             Action::Fire {
@@ -744,18 +775,14 @@ async fn execute(
                 first,
                 last,
                 count,
-            } => {
-                tracing::info!(job = %job_id, reason = reason.as_str(), %first, %last, count, "ticks skipped");
-                telemetry::ticks_skipped(&job_id, reason, count, state.skips_after_outage);
-                state.args.store.put_skipped(SkippedTicks {
-                    job_id,
-                    reason,
-                    first,
-                    last,
-                    count,
-                    recorded_at: Utc::now(),
-                });
-            }
+            } => skips.push(SkippedTicks {
+                job_id,
+                reason,
+                first,
+                last,
+                count,
+                recorded_at: Utc::now(),
+            }),
             Action::Handled { job_id, at } => {
                 state.args.store.set_last_tick(job_id, at);
             }
@@ -766,6 +793,12 @@ async fn execute(
             .health
             .as_ref()
             .is_some_and(|h| h.mode == Mode::Online);
+    if online {
+        skips = claim_skips(state, skips).await;
+    }
+    for skip in skips {
+        record_skip(state, skip);
+    }
     if !online {
         for (job, scheduled_at, trigger) in claim_offline(state, fires) {
             let run_id = RunId::for_tick(&job.id, scheduled_at);
@@ -795,6 +828,106 @@ async fn execute(
         })
         .collect();
     enqueue(myself, state, records, false).await;
+}
+
+/// Logs, counts and stores a skipped-tick entry.
+fn record_skip(state: &SchedulerState, skip: SkippedTicks) {
+    tracing::info!(job = %skip.job_id, reason = skip.reason.as_str(), first = %skip.first, last = %skip.last, count = skip.count, "ticks skipped");
+    telemetry::ticks_skipped(
+        &skip.job_id,
+        skip.reason,
+        skip.count,
+        state.skips_after_outage,
+    );
+    state.args.store.put_skipped(skip);
+}
+
+/// Online, a tick is decided once for every daemon: by the claim of its
+/// tick key. A skip, like a run, first claims each of its ticks (marked
+/// `{daemon}:skipped`), and only the ticks this daemon won are recorded as
+/// skipped: a tick another daemon claimed ran there (or was skipped
+/// there, and recorded by it). Without this a daemon that lost a tick's
+/// claim would count the winner's run of that very tick as an overlap.
+/// Returns the entries to record, split where ticks were lost. Ticks past
+/// [`MAX_GUARDED_SKIP`] in one entry are recorded unclaimed; so is an
+/// entry whose claims got no answer, by the job's offline owner only.
+async fn claim_skips(state: &mut SchedulerState, skips: Vec<SkippedTicks>) -> Vec<SkippedTicks> {
+    let Some(cluster) = state.args.cluster.clone() else {
+        return skips;
+    };
+    if skips.is_empty() {
+        return skips;
+    }
+    let mut ticks: Vec<(String, DateTime<Utc>)> = Vec::new();
+    let mut spans = Vec::with_capacity(skips.len());
+    for skip in &skips {
+        let of_skip = state
+            .timetable
+            .job(&skip.job_id)
+            .map(|job| skipped_ticks(&job.schedule, skip.first, skip.last, MAX_GUARDED_SKIP))
+            .unwrap_or_else(|| vec![skip.first]);
+        let start = ticks.len();
+        ticks.extend(of_skip.into_iter().map(|t| (skip.job_id.clone(), t)));
+        spans.push(start..ticks.len());
+    }
+    let mark = skip_mark(&cluster.daemon_id);
+    let started = tokio::time::Instant::now();
+    let claimed = cluster.redis.claim_ticks(&ticks, &mark).await;
+    telemetry::redis_round_trip("claim_skips", started.elapsed(), claimed.is_ok());
+    let won = match claimed {
+        Ok(won) => won,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot claim skipped ticks; recording only those of jobs this daemon owns offline");
+            let peers = state
+                .health
+                .as_ref()
+                .map(|h| h.peers.clone())
+                .unwrap_or_default();
+            return skips
+                .into_iter()
+                .filter(|s| owner(&s.job_id, &peers).is_none_or(|o| o == cluster.daemon_id))
+                .collect();
+        }
+    };
+    let mut out = Vec::new();
+    for (skip, span) in skips.into_iter().zip(spans) {
+        let won = &won[span.clone()];
+        if won.iter().all(|w| *w) {
+            out.push(skip);
+            continue;
+        }
+        tracing::debug!(job = %skip.job_id, lost = won.iter().filter(|w| !**w).count(),
+            "skipped ticks claimed by another daemon (run or skipped there)");
+        let listed: Vec<DateTime<Utc>> = ticks[span].iter().map(|(_, t)| *t).collect();
+        for (first, last, count) in claimed_stretches(&listed, won) {
+            out.push(SkippedTicks {
+                first,
+                last,
+                count,
+                ..skip.clone()
+            });
+        }
+        // Past the ticks claimed one by one: recorded unclaimed.
+        let rest = skip.count.saturating_sub(listed.len() as u64);
+        if let (true, Some(after)) = (rest > 0, listed.last())
+            && let Some(first) = state
+                .timetable
+                .job(&skip.job_id)
+                .and_then(|j| j.schedule.next_after(*after))
+        {
+            out.push(SkippedTicks {
+                first,
+                count: rest,
+                ..skip
+            });
+        }
+    }
+    out
+}
+
+/// The claim value of a tick this daemon decided to skip.
+pub fn skip_mark(daemon_id: &str) -> String {
+    format!("{daemon_id}:skipped")
 }
 
 /// Puts runs on the shared queue. Without an answer from Redis the runs

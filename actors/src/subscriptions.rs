@@ -6,7 +6,10 @@
 //! Telegram or network outage is logged and retried with backoff (1 s
 //! doubling to 60 s) and never takes the daemon down. With Redis, only one
 //! daemon polls at a time (Telegram allows one `getUpdates` per bot): the
-//! holder of a lease in Redis, renewed while it polls.
+//! holder of a lease in Redis, renewed on its own period (not per poll).
+//! Polls start at least [`MIN_POLL_GAP`] apart, so a Bot API server that
+//! answers at once (no long poll, or a flood of updates) is not polled in
+//! a tight loop.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -21,8 +24,16 @@ use crate::users::{User, UserDirectory};
 
 /// How long one `getUpdates` waits for updates (Telegram's long poll).
 const LONG_POLL_SECS: u32 = 25;
-/// The polling lease: renewed every poll, taken over when it lapses.
+/// The polling lease: taken over by another daemon when it lapses.
 const LEASE: Duration = Duration::from_secs(60);
+/// The holder renews the lease this often; the longest poll (25 s) fits
+/// twice between a renewal and the lease's end.
+const LEASE_RENEW_EVERY: Duration = Duration::from_secs(10);
+/// A daemon not holding the lease asks for it this often.
+const LEASE_ASK_EVERY: Duration = Duration::from_secs(1);
+/// Polls start at least this far apart: at most 4 a second, each bringing
+/// up to 100 updates, which is more than a bot's /start traffic.
+pub const MIN_POLL_GAP: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(60);
 
 pub const STARTED_REPLY: &str =
@@ -63,14 +74,16 @@ impl Subscriptions {
     pub async fn run(self) {
         let mut offset: i32 = 0;
         let mut backoff = Duration::from_secs(1);
+        let mut lease = LeaseState::default();
         loop {
-            if !self.may_poll().await {
-                tokio::time::sleep(Duration::from_secs(1)).await;
+            if !self.may_poll(&mut lease).await {
+                tokio::time::sleep(LEASE_ASK_EVERY).await;
                 continue;
             }
             let timeout = u32::try_from(self.long_poll.as_secs())
                 .unwrap_or(LONG_POLL_SECS)
                 .min(LONG_POLL_SECS);
+            let next_poll = tokio::time::Instant::now() + MIN_POLL_GAP;
             match self.bot.get_updates().offset(offset).timeout(timeout).await {
                 Ok(updates) => {
                     backoff = Duration::from_secs(1);
@@ -87,22 +100,31 @@ impl Subscriptions {
                     backoff = (backoff * 2).min(BACKOFF_MAX);
                 }
             }
+            tokio::time::sleep_until(next_poll).await;
         }
     }
 
     /// Without Redis, always; with it, while this daemon holds the lease
-    /// (offline, whoever held it keeps going).
-    async fn may_poll(&self) -> bool {
+    /// (offline, whoever held it keeps going). The lease is renewed every
+    /// [`LEASE_RENEW_EVERY`], not per poll; one Redis answer that is not
+    /// "held" stops the polling until the lease is this daemon's again.
+    async fn may_poll(&self, lease: &mut LeaseState) -> bool {
         let Some((store, health, owner)) = &self.lease else {
             return true;
         };
         if health.borrow().mode != Mode::Online {
             return true;
         }
-        store
+        let now = tokio::time::Instant::now();
+        if lease.held && lease.renewed.is_some_and(|at| now - at < LEASE_RENEW_EVERY) {
+            return true;
+        }
+        lease.held = store
             .hold_lease("subscriptions", owner, LEASE)
             .await
-            .unwrap_or(false)
+            .unwrap_or(false);
+        lease.renewed = lease.held.then_some(now);
+        lease.held
     }
 
     async fn handle(&self, message: &Message) {
@@ -145,6 +167,14 @@ impl Subscriptions {
             tracing::warn!(error = %e, chat_id, "could not confirm a subscription change");
         }
     }
+}
+
+/// Where this daemon stands with the polling lease.
+#[derive(Default)]
+struct LeaseState {
+    held: bool,
+    /// When Redis last confirmed it (by this daemon's clock).
+    renewed: Option<tokio::time::Instant>,
 }
 
 #[cfg(test)]

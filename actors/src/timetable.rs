@@ -14,6 +14,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 
 use crate::job::{JobId, JobSpec, MisfirePolicy, OverlapPolicy};
 use crate::record::{SkipReason, Trigger};
+use crate::schedule::Schedule;
 
 /// Most missed ticks enumerated for one job when catching up. A per-second
 /// job down for 11 days reaches it; past it the rest are skipped unnamed.
@@ -157,6 +158,14 @@ impl Timetable {
     pub fn set_in_flight(&mut self, id: &str, in_flight: u32) {
         if let Some(e) = self.entries.get_mut(id) {
             e.in_flight = in_flight;
+        }
+    }
+
+    /// Sets every job's count of unsettled runs at once; jobs absent from
+    /// `counts` have none.
+    pub fn reset_in_flight(&mut self, counts: &HashMap<String, u32>) {
+        for (id, e) in self.entries.iter_mut() {
+            e.in_flight = counts.get(&**id).copied().unwrap_or(0);
         }
     }
 
@@ -461,6 +470,50 @@ impl Timetable {
     }
 }
 
+/// The ticks of `schedule` from `first` to `last`, both included, at most
+/// `cap` of them: the ticks one skipped-tick entry stands for.
+pub fn skipped_ticks(
+    schedule: &Schedule,
+    first: DateTime<Utc>,
+    last: DateTime<Utc>,
+    cap: usize,
+) -> Vec<DateTime<Utc>> {
+    let mut ticks = Vec::new();
+    let mut tick = Some(first);
+    while let Some(t) = tick.filter(|t| *t <= last) {
+        if ticks.len() == cap {
+            break;
+        }
+        ticks.push(t);
+        tick = schedule.next_after(t);
+    }
+    ticks
+}
+
+/// The stretches of consecutive ticks whose claim was won, as (first,
+/// last, count): where another daemon took a tick, an entry is split.
+pub fn claimed_stretches(
+    ticks: &[DateTime<Utc>],
+    won: &[bool],
+) -> Vec<(DateTime<Utc>, DateTime<Utc>, u64)> {
+    let mut out: Vec<(DateTime<Utc>, DateTime<Utc>, u64)> = Vec::new();
+    let mut open = false;
+    for (tick, won) in ticks.iter().zip(won) {
+        match (won, open, out.last_mut()) {
+            (true, true, Some(stretch)) => {
+                stretch.1 = *tick;
+                stretch.2 += 1;
+            }
+            (true, _, _) => {
+                out.push((*tick, *tick, 1));
+                open = true;
+            }
+            (false, _, _) => open = false,
+        }
+    }
+    out
+}
+
 fn skip(
     id: &str,
     reason: SkipReason,
@@ -481,7 +534,6 @@ fn skip(
 mod tests {
     use super::*;
     use crate::job::JobKind;
-    use crate::schedule::Schedule;
     use std::time::Duration;
 
     fn at(s: &str) -> DateTime<Utc> {
@@ -776,5 +828,39 @@ mod tests {
         assert_eq!(fires(&a).len(), 1000);
         assert!(t.due(at("2021-01-01T01:00:00.900Z")).is_empty());
         assert_eq!(t.next_wake(), Some(at("2021-01-01T02:00:00Z")));
+    }
+
+    #[test]
+    fn a_skip_lists_its_ticks_up_to_a_cap() {
+        let every_second = Schedule::parse("* * * * * *", chrono_tz::UTC).unwrap();
+        let ticks = skipped_ticks(
+            &every_second,
+            at("2026-01-01T00:00:00Z"),
+            at("2026-01-01T00:00:04Z"),
+            10,
+        );
+        assert_eq!(ticks.len(), 5);
+        assert_eq!(ticks[4], at("2026-01-01T00:00:04Z"));
+        let capped = skipped_ticks(
+            &every_second,
+            at("2026-01-01T00:00:00Z"),
+            at("2026-01-01T00:00:04Z"),
+            3,
+        );
+        assert_eq!(capped.len(), 3);
+    }
+
+    #[test]
+    fn ticks_won_split_into_stretches() {
+        let t: Vec<DateTime<Utc>> = (0..6)
+            .map(|i| at("2026-01-01T00:00:00Z") + TimeDelta::seconds(i))
+            .collect();
+        let won = [true, true, false, true, false, false];
+        assert_eq!(
+            claimed_stretches(&t, &won),
+            vec![(t[0], t[1], 2), (t[3], t[3], 1)]
+        );
+        assert!(claimed_stretches(&t, &[false; 6]).is_empty());
+        assert_eq!(claimed_stretches(&t, &[true; 6]), vec![(t[0], t[5], 6)]);
     }
 }

@@ -527,6 +527,12 @@ impl AdminHandles {
         self.health.borrow().mode
     }
 
+    /// The daemons sharing Redis that the last heartbeat saw alive, this
+    /// one included (kept as they were while offline).
+    pub fn peers(&self) -> Vec<String> {
+        self.health.borrow().peers.iter().cloned().collect()
+    }
+
     /// The tree is up (not stopped or given up).
     pub fn running(&self) -> bool {
         *self.exit.borrow() == TreeExit::Running

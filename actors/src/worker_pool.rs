@@ -97,6 +97,9 @@ pub enum PoolMsg {
     },
     DrainDeadline,
     Stats(RpcReplyPort<PoolStats>),
+    /// Runs this pool holds (running, queued, held, waiting to retry or
+    /// delivering), counted by job.
+    RunsByJob(RpcReplyPort<HashMap<String, u32>>),
     /// A run's deliveries so far: written to its RUNNING record.
     FanOutProgress {
         run_id: RunId,
@@ -109,6 +112,8 @@ pub enum PoolMsg {
     },
     /// Hand again to the Notifier fan-outs it lost (it restarted).
     CheckFanOuts,
+    /// Look again for the jobs of entries in [`PoolState::unknown_jobs`].
+    LookUpJobs,
     /// Runs of a batch the worker did not start, because one before them
     /// is still going (see [`dispatch`]): they go back to the queue.
     NotStarted {
@@ -156,6 +161,12 @@ struct Delivering {
 
 /// Prefetch (see [`PoolState::prefetch`]) while the moving average of
 /// attempts' run time is below this.
+/// How often the definitions of jobs unknown here are looked for in
+/// Redis, and for how long, for queue entries that name them (a job just
+/// created through another daemon: see [`look_up_jobs`]).
+const JOB_LOOKUP_EVERY: Duration = Duration::from_millis(250);
+const JOB_LOOKUP_FOR: Duration = Duration::from_secs(30);
+
 const PREFETCH_BELOW_MS: f64 = 50.0;
 const PREFETCH_MIN: usize = 16;
 /// Entries read at once, beyond the workers' share, while the queue holds
@@ -310,6 +321,11 @@ pub struct PoolState {
     delivering: HashMap<RunId, Delivering>,
     /// Runs this pool holds: queued, running or waiting to retry.
     known: HashSet<RunId>,
+    /// Queue entries of jobs not known here yet, each with whether it was
+    /// reclaimed and when it was first read: their definitions are looked
+    /// for in Redis (see [`look_up_jobs`]).
+    unknown_jobs: Vec<(QueueEntry, bool, Instant)>,
+    lookup_timer: Option<AbortOnDrop>,
     draining: Option<Draining>,
     worker_restarts: u64,
     /// Idle workers not spoken for, plus the prefetch allowance: how many
@@ -375,6 +391,25 @@ impl PoolState {
         }
     }
 
+    /// Every run this pool holds, by job (a run in two places counts once).
+    fn runs_by_job(&self) -> HashMap<String, u32> {
+        let runs: HashMap<&RunId, &str> = self
+            .slots
+            .iter()
+            .flat_map(|s| s.runs.iter().map(|a| &*a.request))
+            .chain(self.queue.iter().map(|r| &**r))
+            .chain(self.held.values().map(|r| &**r))
+            .chain(self.retries.values().map(|(r, _)| r))
+            .chain(self.delivering.values().map(|d| &d.request))
+            .map(|r| (&r.record.run_id, r.record.job_id.as_str()))
+            .collect();
+        let mut counts = HashMap::new();
+        for job in runs.into_values() {
+            *counts.entry(job.to_string()).or_default() += 1;
+        }
+        counts
+    }
+
     /// Queue entries this pool holds (running, waiting in the local
     /// queue, or delivering).
     fn held_entries(&self) -> Vec<String> {
@@ -385,6 +420,7 @@ impl PoolState {
             .chain(self.held.values().map(|r| &**r))
             .chain(self.delivering.values().map(|d| &d.request))
             .filter_map(|r| r.entry_id.clone())
+            .chain(self.unknown_jobs.iter().map(|(e, _, _)| e.entry_id.clone()))
             .collect()
     }
 }
@@ -444,6 +480,8 @@ impl Actor for WorkerPool {
             slots: Vec::new(),
             queue: VecDeque::new(),
             retries: HashMap::new(),
+            unknown_jobs: Vec::new(),
+            lookup_timer: None,
             delivering: HashMap::new(),
             _fan_out_checker: AbortOnDrop::from(checker),
             known: HashSet::new(),
@@ -491,13 +529,19 @@ impl Actor for WorkerPool {
             PoolMsg::Submit(request) => submit(state, request),
             PoolMsg::FromQueue { entries, reclaimed } => {
                 let held_before = state.held.len();
-                Box::pin(from_queue(state, entries, reclaimed)).await;
+                let entries = entries.into_iter().map(|e| (e, reclaimed, Instant::now()));
+                Box::pin(from_queue(&myself, state, entries.collect())).await;
                 state.reading_ahead = state.held.len() > held_before;
                 // The reader waits for this: entries that went to `held`
                 // leave the free capacity as it was.
                 state.capacity.send_modify(|_| {});
             }
             PoolMsg::Release => state.release_at = None,
+            PoolMsg::LookUpJobs => {
+                state.lookup_timer = None;
+                let entries = std::mem::take(&mut state.unknown_jobs);
+                Box::pin(from_queue(&myself, state, entries)).await;
+            }
             PoolMsg::Touch => {
                 let held = state.held_entries();
                 if let Some(q) = &state.args.queue
@@ -539,6 +583,11 @@ impl Actor for WorkerPool {
                     .chain(held)
                     .collect();
                 Box::pin(requeue(state, waiting)).await;
+                let unknown = std::mem::take(&mut state.unknown_jobs)
+                    .into_iter()
+                    .map(|(e, _, _)| (e.entry_id, e.record))
+                    .collect();
+                Box::pin(hand_back(state, unknown)).await;
                 for (_, (request, _timer)) in std::mem::take(&mut state.retries) {
                     settle_cancelled(state, request, "cancelled: herald is shutting down");
                     if let Some(d) = &mut state.draining {
@@ -585,6 +634,9 @@ impl Actor for WorkerPool {
                     delivering: state.delivering.len(),
                     worker_restarts: state.worker_restarts,
                 });
+            }
+            PoolMsg::RunsByJob(reply) => {
+                let _ = reply.send(state.runs_by_job());
             }
             PoolMsg::FanOutProgress { run_id, report } => {
                 if let Some(d) = state.delivering.get_mut(&run_id) {
@@ -1212,14 +1264,23 @@ async fn hand_back(state: &PoolState, not_started: Vec<(String, ExecutionRecord)
     }
 }
 
-/// Takes runs read from the queue. Reclaimed ones whose run already
-/// finished (the dead daemon recorded it but did not get to acknowledge)
-/// are only acknowledged.
-async fn from_queue(state: &mut PoolState, entries: Vec<QueueEntry>, reclaimed: bool) {
+/// Takes runs read from the queue, each with whether it was reclaimed and
+/// when it was read. Reclaimed ones whose run already finished (the dead
+/// daemon recorded it but did not get to acknowledge) are only
+/// acknowledged.
+async fn from_queue(
+    myself: &ActorRef<PoolMsg>,
+    state: &mut PoolState,
+    entries: Vec<(QueueEntry, bool, Instant)>,
+) {
     let mut not_started = Vec::new();
-    let ids: Vec<String> = entries.iter().map(|e| e.record.job_id.clone()).collect();
+    let mut unknown = Vec::new();
+    let ids: Vec<String> = entries
+        .iter()
+        .map(|(e, ..)| e.record.job_id.clone())
+        .collect();
     let jobs = state.args.store.jobs(&ids);
-    for (i, entry) in entries.into_iter().enumerate() {
+    for (i, (entry, reclaimed, read_at)) in entries.into_iter().enumerate() {
         // A reclaimed entry whose run is final (its daemon died before
         // acknowledging), or a retry entry whose run moved on (the retry
         // was promoted twice after a replayed write), is only acknowledged.
@@ -1235,36 +1296,136 @@ async fn from_queue(state: &mut PoolState, entries: Vec<QueueEntry>, reclaimed: 
             not_started.push((entry.entry_id, entry.record));
             continue;
         }
-        let Some(job) = jobs.get(i).cloned().flatten() else {
-            let mut record = entry.record;
-            record.status = RunStatus::Failed;
-            record.finished_at = Some(Utc::now());
-            record.error = Some(format!(
-                "job {:?} is not defined on this daemon",
-                record.job_id
-            ));
-            settle(state, record, Some(entry.entry_id));
-            continue;
-        };
-        if reclaimed {
-            tracing::warn!(run = %entry.record.run_id, "took over a run its daemon left unfinished");
-        }
-        if state.known.insert(entry.record.run_id.clone()) {
-            take_in(
-                state,
-                RunRequest {
-                    record: entry.record,
-                    job,
-                    entry_id: Some(entry.entry_id),
-                },
-            );
-        } else {
-            // This daemon already has the run (restored locally): the copy
-            // it runs settles it; this entry is redundant.
-            state.args.store.ack(entry.entry_id);
+        match jobs.get(i).cloned().flatten() {
+            Some(job) => accept(state, entry, job, reclaimed),
+            None => unknown.push((entry, reclaimed, read_at)),
         }
     }
     hand_back(state, not_started).await;
+    look_up_jobs(myself, state, unknown).await;
+}
+
+/// Starts (or holds until its tick) a run read from the queue.
+fn accept(state: &mut PoolState, entry: QueueEntry, job: Arc<JobSpec>, reclaimed: bool) {
+    if reclaimed {
+        tracing::warn!(run = %entry.record.run_id, "took over a run its daemon left unfinished");
+    }
+    if state.known.insert(entry.record.run_id.clone()) {
+        take_in(
+            state,
+            RunRequest {
+                record: entry.record,
+                job,
+                entry_id: Some(entry.entry_id),
+            },
+        );
+    } else {
+        // This daemon already has the run (restored locally): the copy
+        // it runs settles it; this entry is redundant.
+        state.args.store.ack(entry.entry_id);
+    }
+}
+
+/// Queue entries of jobs this daemon does not know: most often a job just
+/// created through another daemon, whose first run was queued (1.5 s
+/// ahead of its tick, for overlap `allow`) before this daemon took the job
+/// from Redis. The job's definition is read from Redis and the run goes
+/// ahead. A job deleted (or orphaned) meanwhile ends its run CANCELLED.
+/// A job Redis does not hold yet (its creator's write still on the way)
+/// or cannot be read is looked for again every [`JOB_LOOKUP_EVERY`], the
+/// entry kept (and its idle time refreshed, so no daemon takes it over);
+/// only after [`JOB_LOOKUP_FOR`] does the run fail, saying so.
+async fn look_up_jobs(
+    myself: &ActorRef<PoolMsg>,
+    state: &mut PoolState,
+    entries: Vec<(QueueEntry, bool, Instant)>,
+) {
+    if entries.is_empty() {
+        return;
+    }
+    let mut ids: Vec<&str> = entries
+        .iter()
+        .map(|(e, ..)| e.record.job_id.as_str())
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let (found, removed) = match &state.args.queue {
+        Some(q) if q.health.borrow().mode == Mode::Online => {
+            let found = q.redis.jobs_by_id(&ids).await;
+            let removed = q.redis.removed_jobs().await;
+            match (found, removed) {
+                (Ok(found), Ok(removed)) => {
+                    let found: HashMap<String, _> =
+                        ids.iter().map(|id| id.to_string()).zip(found).collect();
+                    (Some(found), removed)
+                }
+                (Err(e), _) | (_, Err(e)) => {
+                    tracing::debug!(error = %e, "cannot read the definitions of jobs unknown here; trying again");
+                    (None, HashSet::new())
+                }
+            }
+        }
+        _ => (None, HashSet::new()),
+    };
+    let mut waiting = Vec::new();
+    for (entry, reclaimed, read_at) in entries {
+        let stored = found.as_ref().and_then(|f| f.get(&entry.record.job_id));
+        let outcome = match stored {
+            Some(Some(job)) if job.orphaned => Err((
+                RunStatus::Cancelled,
+                format!(
+                    "job {:?} is no longer defined (orphaned)",
+                    entry.record.job_id
+                ),
+            )),
+            Some(Some(job)) => job.effective().map(Arc::new).map_err(|e| {
+                (
+                    RunStatus::Failed,
+                    format!("job {:?} as stored in Redis: {e}", entry.record.job_id),
+                )
+            }),
+            Some(None) if removed.contains(&entry.record.job_id) => Err((
+                RunStatus::Cancelled,
+                format!(
+                    "job {:?} was deleted before its run started",
+                    entry.record.job_id
+                ),
+            )),
+            _ if read_at.elapsed() < JOB_LOOKUP_FOR => {
+                waiting.push((entry, reclaimed, read_at));
+                continue;
+            }
+            _ => Err((
+                RunStatus::Failed,
+                format!(
+                    "job {:?} is defined neither on this daemon nor in Redis (looked for {} s)",
+                    entry.record.job_id,
+                    JOB_LOOKUP_FOR.as_secs()
+                ),
+            )),
+        };
+        match outcome {
+            Ok(job) => {
+                tracing::info!(job = %job.id, run = %entry.record.run_id, "took a job new to this daemon from redis for its run");
+                state.args.store.cache_job(job.clone());
+                accept(state, entry, job, reclaimed);
+            }
+            Err((status, why)) => {
+                let mut record = entry.record;
+                record.status = status;
+                record.finished_at = Some(Utc::now());
+                record.error = Some(why);
+                settle(state, record, Some(entry.entry_id));
+            }
+        }
+    }
+    if !waiting.is_empty() {
+        state.unknown_jobs.extend(waiting);
+        if state.lookup_timer.is_none() {
+            let timer = myself.send_after(JOB_LOOKUP_EVERY, || PoolMsg::LookUpJobs);
+            state.lookup_timer = Some(AbortOnDrop::from(timer));
+        }
+    }
 }
 
 /// Has the run moved past this queue entry? For a reclaimed entry: its

@@ -155,3 +155,52 @@ async fn an_unreachable_telegram_is_retried_and_never_takes_the_daemon_down() {
     .await;
     herald.shutdown().await;
 }
+
+/// A Bot API server that answers `getUpdates` at once (here: the fake with
+/// a zero long-poll timeout) is not polled in a tight loop, and the
+/// polling lease is renewed on its own period, not once per poll.
+#[tokio::test]
+async fn an_answer_at_once_is_not_polled_in_a_tight_loop() {
+    use herald_actors::health::{Health, Mode};
+    use herald_actors::memory::StoreLimits;
+    use herald_actors::redis_backend::{RedisStore, connect};
+    use herald_actors::subscriptions::{MIN_POLL_GAP, Subscriptions};
+    use herald_actors::users::UserDirectory;
+
+    let redis = RedisServer::start();
+    let fake = FakeTelegram::start().await;
+    let store = RedisStore::new(
+        connect(&RedisSettings::new(redis.url(), "herald")).unwrap(),
+        "herald",
+        StoreLimits::default(),
+    );
+    let (_status, health) = tokio::sync::watch::channel(Health {
+        mode: Mode::Online,
+        peers: Default::default(),
+        jobs_version: 0,
+    });
+    let poller = Subscriptions {
+        bot: TelegramTransport::new("1:T", Some(&fake.api_url()))
+            .unwrap()
+            .bot(),
+        users: UserDirectory::new(Some((store.clone(), health.clone()))),
+        lease: Some((store.clone(), health, "daemon-a".into())),
+        long_poll: Duration::ZERO,
+    };
+    let task = tokio::spawn(poller.run());
+    let watched = Duration::from_secs(3);
+    tokio::time::sleep(watched).await;
+    task.abort();
+    let polls = fake
+        .requests()
+        .iter()
+        .filter(|r| r.method == "getupdates")
+        .count();
+    let most = (watched.as_millis() / MIN_POLL_GAP.as_millis()) as usize + 1;
+    assert!(
+        (3..=most).contains(&polls),
+        "{polls} polls in {watched:?} (at most {most} with a {MIN_POLL_GAP:?} gap)"
+    );
+    // The lease taken once, not renewed per poll (every 10 s).
+    assert_eq!(store.round_trips(), 1, "redis requests for the lease");
+}

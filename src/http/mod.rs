@@ -207,6 +207,7 @@ async fn readyz(State(state): State<ApiState>) -> Response {
         "ready": ready,
         "mode": mode,
         "daemon": state.herald.daemon_id,
+        "peers": state.herald.peers(),
     }));
     if ready {
         body.into_response()

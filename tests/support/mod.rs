@@ -1,0 +1,218 @@
+//! Real herald daemons for the tests of this folder: the `herald` binary
+//! started as a process (`herald run --config`), signalled and read over
+//! its HTTP API, as an operator would.
+
+#![allow(dead_code)] // each test binary uses a part
+
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, TimeDelta, Utc};
+use herald_testkit::log_tail;
+
+/// One daemon slot: the process running now, and its past incarnations'
+/// logs.
+pub struct Daemon {
+    pub name: &'static str,
+    pub config: PathBuf,
+    pub http: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+    incarnation: usize,
+}
+
+impl Daemon {
+    /// A daemon slot with its config written to `dir`; not started.
+    pub fn new(name: &'static str, dir: &Path, config: &str, http: u16) -> Daemon {
+        let path = dir.join(format!("{name}.toml"));
+        std::fs::write(&path, config).expect("a config file");
+        Daemon {
+            name,
+            config: path,
+            http,
+            dir: dir.to_path_buf(),
+            child: None,
+            incarnation: 0,
+        }
+    }
+
+    pub fn log(&self) -> PathBuf {
+        self.dir
+            .join(format!("{}-{}.log", self.name, self.incarnation))
+    }
+
+    pub fn spawn(&mut self) {
+        self.incarnation += 1;
+        let log = std::fs::File::create(self.log()).expect("a log file");
+        let mut cmd = herald_testkit::herald_command(env!("CARGO_BIN_EXE_herald"));
+        cmd.args(["run", "--config"])
+            .arg(&self.config)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        self.child = Some(cmd.spawn().expect("herald starts"));
+    }
+
+    /// Panics if the daemon exited on its own.
+    pub fn assert_running(&mut self) {
+        let Some(child) = self.child.as_mut() else {
+            return;
+        };
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!(
+                "daemon {} exited by itself ({status}); its log:\n{}",
+                self.name,
+                log_tail(&self.log())
+            );
+        }
+    }
+
+    /// SIGKILL; checks it was the kill that ended it.
+    pub fn kill(&mut self) {
+        self.assert_running();
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        child.kill().expect("SIGKILL sent");
+        let status = child.wait().expect("reaped");
+        assert_eq!(status.signal(), Some(9), "{} ended by {status}", self.name);
+    }
+
+    /// SIGTERM; the exit code (None: ended by a signal).
+    pub async fn terminate(&mut self) -> Option<i32> {
+        self.assert_running();
+        let mut child = self.child.take()?;
+        let sent = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(sent.success());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait for herald") {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!(
+                    "daemon {} did not exit within 60 s of SIGTERM; its log:\n{}",
+                    self.name,
+                    log_tail(&self.log())
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A counter's value from `/metrics` (0 if absent).
+    pub async fn metric(&self, client: &reqwest::Client, name: &str) -> u64 {
+        let url = format!("http://127.0.0.1:{}/metrics", self.http);
+        let Ok(response) = client.get(&url).send().await else {
+            return 0;
+        };
+        let text = response.text().await.unwrap_or_default();
+        text.lines()
+            .filter_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+            .sum::<f64>() as u64
+    }
+
+    /// Waits until `/readyz` says `mode`.
+    pub async fn wait_for_mode(&mut self, client: &reqwest::Client, mode: &str, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            self.assert_running();
+            let url = format!("http://127.0.0.1:{}/readyz", self.http);
+            if let Ok(response) = client.get(&url).send().await
+                && let Ok(body) = response.json::<serde_json::Value>().await
+                && body["mode"] == mode
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "daemon {} not {mode} within {within:?}; its log:\n{}",
+                self.name,
+                log_tail(&self.log())
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Daemon {
+    /// SIGSTOP: the process stops where it is (timers, sockets and all)
+    /// until [`Daemon::resume`].
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// SIGCONT after [`Daemon::pause`].
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, which: &str) {
+        let Some(child) = self.child.as_ref() else {
+            return;
+        };
+        let sent = Command::new("kill")
+            .args([which, &child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(sent.success(), "kill {which} {}", self.name);
+    }
+
+    /// `/readyz` as JSON, if it answers.
+    pub async fn ready(&self, client: &reqwest::Client) -> Option<serde_json::Value> {
+        let url = format!("http://127.0.0.1:{}/readyz", self.http);
+        client.get(&url).send().await.ok()?.json().await.ok()
+    }
+
+    /// Waits until this daemon's heartbeat sees `n` daemons alive.
+    pub async fn wait_for_peers(&mut self, client: &reqwest::Client, n: usize, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            self.assert_running();
+            if let Some(body) = self.ready(client).await
+                && body["peers"].as_array().is_some_and(|p| p.len() == n)
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "daemon {} did not see {n} daemons within {within:?}; its log:\n{}",
+                self.name,
+                log_tail(&self.log())
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// This daemon's id among those sharing Redis (from `/readyz`).
+    pub async fn id(&self, client: &reqwest::Client) -> String {
+        let body = self.ready(client).await.expect("/readyz answers");
+        body["daemon"].as_str().expect("a daemon id").to_string()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The whole-second tick at or after `t`.
+pub fn ceil_second(t: DateTime<Utc>) -> DateTime<Utc> {
+    let floor = DateTime::from_timestamp(t.timestamp(), 0).unwrap_or(t);
+    if floor == t {
+        t
+    } else {
+        floor + TimeDelta::seconds(1)
+    }
+}
