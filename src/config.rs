@@ -205,6 +205,15 @@ pub struct RedisSection {
     /// another daemon.
     #[serde(with = "humantime_serde")]
     pub visibility_timeout: Duration,
+    /// This daemon's lease, renewed by its heartbeat: offline, a daemon
+    /// with peers fires its own jobs only while it lasts, and peers take
+    /// a silent daemon's jobs over only after it.
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
+    /// How far the daemons' wall clocks may disagree (NTP keeps them
+    /// well within the default).
+    #[serde(with = "humantime_serde")]
+    pub clock_skew: Duration,
 }
 
 impl Default for RedisSection {
@@ -215,6 +224,8 @@ impl Default for RedisSection {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             response_timeout: DEFAULT_RESPONSE_TIMEOUT,
             visibility_timeout: DEFAULT_VISIBILITY_TIMEOUT,
+            lease_ttl: herald_actors::health::DEFAULT_LEASE_TTL,
+            clock_skew: herald_actors::health::DEFAULT_CLOCK_SKEW,
         }
     }
 }
@@ -888,6 +899,9 @@ impl Validator<'_> {
                 config.redis.visibility_timeout,
                 Duration::from_secs(1),
             ),
+            // Renewed every 200 ms; much shorter and one slow heartbeat
+            // hands a live daemon's jobs to its peers.
+            ("lease_ttl", config.redis.lease_ttl, Duration::from_secs(2)),
         ] {
             if value < min {
                 self.problem(
@@ -928,6 +942,10 @@ impl Validator<'_> {
                 ..RedisSettings::new(config.redis.url.as_str(), config.redis.prefix.as_str())
             }),
             visibility_timeout: config.redis.visibility_timeout,
+            lease: herald_actors::health::LeaseTiming {
+                ttl: config.redis.lease_ttl,
+                clock_skew: config.redis.clock_skew,
+            },
             ..TreeConfig::default()
         }
     }

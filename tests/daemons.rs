@@ -15,7 +15,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use herald_actors::memory::{RecordQuery, StoreLimits};
 use herald_actors::record::{ExecutionRecord, RunId, RunStatus, SkippedTicks, Trigger};
 use herald_actors::redis_backend::{RedisSettings, RedisStore, connect};
-use herald_testkit::telegram::FakeTelegram;
+use herald_testkit::telegram::{FakeTelegram, Fault};
 use herald_testkit::{RedisServer, free_port, log_tail};
 use support::{Daemon, ceil_second};
 
@@ -261,22 +261,31 @@ async fn two_daemons_keep_firing_through_a_redis_outage() {
         d.wait_for_mode(&two.client, "online", Duration::from_secs(10))
             .await;
     }
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    let delivered = two.delivered();
-    // Seconds well inside the outage: both daemons surely offline.
+    // Seconds well inside the outage: both daemons surely offline. The
+    // first seconds of it are run once Redis is back (a peer might have
+    // claimed them), the rest offline; all to one chat per job, which
+    // Telegram allows a message a second.
     let inside = seconds(
         outage_from + TimeDelta::seconds(2),
         outage_to - TimeDelta::seconds(1),
     );
-    let mut missing = Vec::new();
-    for j in 0..JOBS {
-        for t in &inside {
-            let chat = CHAT + j as i64;
-            if !delivered.contains_key(&(chat, text_of(&job_id(j), *t))) {
-                missing.push(format!("{}@{}", job_id(j), t.format("%H:%M:%S")));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (delivered, missing) = loop {
+        let delivered = two.delivered();
+        let mut missing = Vec::new();
+        for j in 0..JOBS {
+            for t in &inside {
+                let chat = CHAT + j as i64;
+                if !delivered.contains_key(&(chat, text_of(&job_id(j), *t))) {
+                    missing.push(format!("{}@{}", job_id(j), t.format("%H:%M:%S")));
+                }
             }
         }
-    }
+        if missing.is_empty() || Instant::now() > deadline {
+            break (delivered, missing);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
     assert!(
         missing.is_empty(),
         "{} of {} outage ticks sent nothing: {missing:?}\n{}",
@@ -373,4 +382,150 @@ async fn a_job_created_through_one_daemon_runs_from_its_first_tick_on_any() {
         assert!(failed.is_empty(), "{id}: runs that failed: {failed:?}");
     }
     two.stop().await;
+}
+
+/// A daemon paused (SIGSTOP) mid-run for longer than the visibility
+/// timeout: the other daemon takes the run over and finishes it. When the
+/// paused one wakes (SIGCONT) it cannot finish or overwrite the run it
+/// lost (its writes for the attempt are fenced off), and no recipient is
+/// messaged twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_daemon_does_not_finish_a_run_taken_over_while_it_slept() {
+    use chrono::{Datelike, Timelike};
+    const RECIPIENTS: i64 = 8;
+    let redis = RedisServer::start_persistent();
+    let fake = FakeTelegram::start().await;
+    // Half the recipients are answered "retry after 8 s" once: the run
+    // lasts that long, and the pause lands in the middle of its fan-out.
+    for i in 0..RECIPIENTS / 2 {
+        fake.fail_next(7000 + i, Fault::RetryAfter(8));
+    }
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .expect("an http client");
+    let tick = ceil_second(Utc::now() + TimeDelta::seconds(12));
+    let include: Vec<String> = (0..RECIPIENTS).map(|i| (7000 + i).to_string()).collect();
+    let mut daemons: Vec<Daemon> = ["A", "B"]
+        .into_iter()
+        .map(|name| {
+            let http = free_port();
+            let mut text = config(&redis.url(), &fake.api_url(), http, 0);
+            text = text.replace("[redis]\n", "[redis]\nvisibility_timeout = \"3s\"\n");
+            text.push_str(&format!(
+                r#"
+[[jobs]]
+id = "slow"
+schedule = "{} {} {} {} {} *"
+template = "slow {{{{ run_id }}}}"
+include = [{}]
+timeout = "60s"
+"#,
+                tick.second(),
+                tick.minute(),
+                tick.hour(),
+                tick.day(),
+                tick.month(),
+                include.join(", ")
+            ));
+            Daemon::new(name, dir.path(), &text, http)
+        })
+        .collect();
+    for d in &mut daemons {
+        d.spawn();
+    }
+    for d in &mut daemons {
+        d.wait_for_mode(&client, "online", Duration::from_secs(20))
+            .await;
+        d.wait_for_peers(&client, 2, Duration::from_secs(10)).await;
+    }
+    let store = RedisStore::new(
+        connect(&RedisSettings::new(redis.url(), "herald")).expect("a Redis pool"),
+        "herald",
+        StoreLimits::default(),
+    );
+    let run = RunId::for_tick("slow", tick);
+    // Who runs it?
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let runner = loop {
+        if let Ok(Some(r)) = store.record(&run).await
+            && r.status == RunStatus::Running
+            && let Some(d) = r.daemon
+        {
+            break d;
+        }
+        assert!(Instant::now() < deadline, "the run did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut ids = Vec::new();
+    for d in &daemons {
+        ids.push(d.id(&client).await);
+    }
+    let paused = ids.iter().position(|id| *id == runner).expect("a runner");
+    let other = &ids[1 - paused];
+    // Half the messages out, pause it for well over the visibility timeout.
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    daemons[paused].pause();
+    let taken = loop {
+        if let Ok(Some(r)) = store.record(&run).await
+            && r.daemon.as_deref() == Some(other.as_str())
+        {
+            break r;
+        }
+        assert!(
+            Instant::now() < deadline + Duration::from_secs(30),
+            "the run was not taken over: {:?}\n{}",
+            store.record(&run).await,
+            log_tail(&daemons[1 - paused].log())
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(taken.taken_over_from.as_deref(), Some(runner.as_str()));
+    // Let the taker finish, then wake the sleeper and give it time to
+    // try to finish too.
+    let finished = loop {
+        if let Ok(Some(r)) = store.record(&run).await
+            && r.status.is_terminal()
+        {
+            break r;
+        }
+        assert!(Instant::now() < deadline + Duration::from_secs(60));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    daemons[paused].resume();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let last = store.record(&run).await.expect("read").expect("a record");
+    assert_eq!(last.status, RunStatus::Success, "{last:?}");
+    assert_eq!(
+        last.daemon.as_deref(),
+        Some(other.as_str()),
+        "the woken daemon overwrote the run it lost: {last:?}\nits log:\n{}",
+        log_tail(&daemons[paused].log())
+    );
+    assert_eq!(
+        last, finished,
+        "the record changed after the taker finished"
+    );
+    let mut delivered: HashMap<i64, usize> = HashMap::new();
+    for r in fake.sent() {
+        if let Some(chat) = r.chat_id {
+            *delivered.entry(chat).or_default() += 1;
+        }
+    }
+    assert!(
+        delivered.values().all(|n| *n == 1),
+        "someone messaged twice: {delivered:?}"
+    );
+    // Every recipient messaged, or counted of unknown outcome (the one
+    // whose send the sleeper had under way).
+    let missing = RECIPIENTS as u64 - delivered.len() as u64;
+    assert!(
+        missing <= last.counts.skipped,
+        "{missing} recipients not messaged, {} counted unknown: {last:?}",
+        last.counts.skipped
+    );
+    for d in &mut daemons {
+        assert_eq!(d.terminate().await, Some(0), "{} exit on SIGTERM", d.name);
+    }
 }

@@ -20,6 +20,8 @@
 //!   windows and rendering; [`delivery`]: messages and delivery reports.
 //! * [`jobs`]: herald's coded jobs (the food reminder), one file each.
 //! * [`allocator`]: how the daemon's allocator returns memory to the OS.
+//! * [`won_claims`]: the tick claims a daemon won, written back if Redis
+//!   loses its data.
 //!
 //! The actor tree (DESIGN.md), one module per actor:
 //!
@@ -65,6 +67,7 @@ pub mod timetable;
 pub mod tree;
 pub mod users;
 pub mod webhook;
+pub mod won_claims;
 pub mod worker;
 pub mod worker_pool;
 

@@ -144,6 +144,12 @@ pub struct ExecutionRecord {
     /// The daemon that ran (or runs) the current attempt.
     #[serde(default)]
     pub daemon: Option<String>,
+    /// The daemon this attempt was taken over from (its queue entry sat
+    /// unacknowledged past the visibility timeout while that daemon held
+    /// it): the one daemon whose record this daemon's may replace within
+    /// the attempt (fencing; see the record script).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub taken_over_from: Option<String>,
     /// The run travels through the shared Redis queue (which redelivers
     /// it), rather than being handed to this daemon's pool directly.
     #[serde(default)]
@@ -203,6 +209,7 @@ impl ExecutionRecord {
             error: None,
             retry_at: None,
             daemon: None,
+            taken_over_from: None,
             queued: false,
             deliveries: None,
             digest: None,
@@ -224,6 +231,9 @@ pub enum SkipReason {
     Disabled,
     /// Shutting down.
     Shutdown,
+    /// Owned by a daemon that lost Redis (cut off, or dead): left to it
+    /// while its lease could let it run them offline, and not run by it.
+    Offline,
 }
 
 impl SkipReason {
@@ -234,6 +244,7 @@ impl SkipReason {
             SkipReason::Overlap => "overlap",
             SkipReason::Disabled => "disabled",
             SkipReason::Shutdown => "shutdown",
+            SkipReason::Offline => "offline",
         }
     }
 }

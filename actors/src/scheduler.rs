@@ -17,12 +17,13 @@ use tokio::sync::watch;
 
 use crate::AbortOnDrop;
 use crate::handles::{PoolHandle, StoreHandle};
-use crate::health::{Health, Mode, PEER_TTL, PING_EVERY, owner};
+use crate::health::{Health, LeaseClock, Mode, PEER_TTL, PING_EVERY, Standing, owner};
 use crate::job::{JobId, JobSpec};
-use crate::record::{ExecutionRecord, RunId, SkippedTicks, Trigger};
+use crate::record::{ExecutionRecord, RunId, SkipReason, SkippedTicks, Trigger};
 use crate::redis_backend::{BackendError, RedisStore};
 use crate::telemetry;
 use crate::timetable::{Action, Timetable, claimed_stretches, skipped_ticks};
+use crate::won_claims::WonClaims;
 use crate::worker_pool::RunRequest;
 
 /// The timer never sleeps longer than this, so a jump of the wall clock
@@ -42,6 +43,10 @@ const REENQUEUE_AFTER: Duration = Duration::from_millis(500);
 /// Ticks of one skipped-tick entry claimed one by one at most (a day of
 /// a per-second job); the rest of a longer entry is recorded unclaimed.
 const MAX_GUARDED_SKIP: usize = 86_400;
+/// At most this many ticks left to one silent peer are remembered (and
+/// recorded skipped, one entry each, so the peer can withdraw the ones it
+/// ran, if its lease runs out).
+const MAX_HELD: usize = 100_000;
 /// Enqueues awaiting confirmation kept at most; past it the oldest is
 /// given up (logged). Bounds memory through a long Redis outage.
 const MAX_UNCONFIRMED: usize = 100_000;
@@ -60,6 +65,9 @@ pub enum SchedulerMsg {
     Resubmit,
     /// Send again the enqueues whose outcome was lost.
     Reenqueue,
+    /// Redis lost its data: write back what this daemon knows, then wait
+    /// for the live peers to have done so too.
+    Restore,
     Jobs(RpcReplyPort<Vec<JobView>>),
     StopFiring(RpcReplyPort<()>),
     /// Redis reachability or the set of live daemons changed.
@@ -87,6 +95,12 @@ pub struct Cluster {
     pub redis: RedisStore,
     pub daemon_id: String,
     pub health: watch::Receiver<Health>,
+    /// This daemon's lease: offline, it fires shared jobs only while it
+    /// holds one.
+    pub lease: Arc<LeaseClock>,
+    /// The tick claims this daemon won (and the ticks it ran), written
+    /// back if Redis loses them.
+    pub won: WonClaims,
 }
 
 #[derive(Clone)]
@@ -120,6 +134,36 @@ pub struct SchedulerState {
     skips_after_outage: bool,
     /// Back from an outage, until the resync after it.
     returning: Option<Returning>,
+    /// Skips decided offline while a peer may have claimed the ticks (see
+    /// [`Standing::Uncertain`]): recorded, claim-guarded, once Redis is back.
+    uncertain_skips: Vec<SkippedTicks>,
+    /// Per job, the entry of `uncertain_skips` its ticks unfired for a
+    /// lease that ran out are added to (one entry per stretch).
+    lease_over_skip: HashMap<String, usize>,
+    /// Per peer whose lease is not being renewed, the ticks of its jobs
+    /// this daemon left to it (job id, tick): recorded skipped if its
+    /// lease runs out, forgotten if it renews it.
+    held: HashMap<String, Vec<HeldTick>>,
+    /// The Redis epoch last seen (see [`Health::epoch`]).
+    epoch: Option<String>,
+    /// Redis lost its data and not every live daemon has written back
+    /// what it knew yet: no tick is claimed late meanwhile.
+    restoring: Option<Restoring>,
+}
+
+/// After Redis lost its data. Every daemon writes back the claims it won
+/// and its jobs' last ticks. Until every live peer has (or its lease is
+/// over), this daemon claims no tick late (unconfirmed enqueues, skips
+/// decided while its lease was uncertain, a dead peer's ticks, the resync
+/// after an outage): the claim it would find free may be one a peer won
+/// before the loss, and the tick would run twice.
+struct Restoring {
+    epoch: String,
+    /// This daemon's own write-back is done.
+    restored: bool,
+    /// Peers whose lease ended meanwhile: taken over once restored.
+    taken_over: Vec<(String, Vec<HeldTick>)>,
+    timer: Option<AbortOnDrop>,
 }
 
 /// Back from an outage. Peers see Redis again later (a ping later, or
@@ -174,6 +218,7 @@ impl Actor for Scheduler {
         timetable.shrink_to_fit();
         tracing::info!(jobs = timetable.len(), "scheduler started");
         let health = args.cluster.as_ref().map(|c| c.health.borrow().clone());
+        let epoch = health.as_ref().and_then(|h| h.epoch.clone());
         let mut state = SchedulerState {
             args,
             timetable,
@@ -187,6 +232,11 @@ impl Actor for Scheduler {
             stopped: false,
             skips_after_outage: false,
             returning: None,
+            uncertain_skips: Vec::new(),
+            lease_over_skip: HashMap::new(),
+            held: HashMap::new(),
+            epoch,
+            restoring: None,
         };
         // Ticks missed while down are due now.
         fire_due(&myself, &mut state).await;
@@ -292,9 +342,10 @@ async fn handle_other(
             state.reenqueue_timer = None;
             // Back from an outage, the resync after it sends them (see
             // there): a peer may have run one of these ticks offline.
-            if state.returning.is_none() {
+            if state.returning.is_none() && state.restoring.is_none() {
                 let records = std::mem::take(&mut state.unconfirmed);
                 enqueue(&myself, state, records, true).await;
+                record_uncertain_skips(state).await;
             }
         }
         SchedulerMsg::Jobs(reply) => {
@@ -366,15 +417,39 @@ async fn handle_other(
                     after_outage: false,
                 });
             }
+            let taken_over = track_held(state, &health);
+            let epoch = health.epoch.clone().filter(|_| health.mode == Mode::Online);
             state.health = Some(health);
+            if let Some(epoch) = epoch
+                && state.epoch.as_ref() != Some(&epoch)
+            {
+                let lost = state.epoch.is_some();
+                state.epoch = Some(epoch.clone());
+                if lost {
+                    state.restoring = Some(Restoring {
+                        epoch,
+                        restored: false,
+                        taken_over: Vec::new(),
+                        timer: None,
+                    });
+                    restore(&myself, state).await;
+                }
+            }
+            if !taken_over.is_empty() {
+                match &mut state.restoring {
+                    Some(restoring) => restoring.taken_over.extend(taken_over),
+                    None => take_over(state, taken_over).await,
+                }
+            }
         }
+        SchedulerMsg::Restore => restore(&myself, state).await,
         SchedulerMsg::Resync { after_outage } => {
             state.resync_timer = None;
             // A resync asked for before the outage and handled after the
             // return replaces the one after it (whose timer was just
             // dropped): it must do that one's work.
             let after_outage = after_outage || state.returning.is_some();
-            if after_outage && !peers_settled(state).await {
+            if after_outage && (state.restoring.is_some() || !peers_settled(state).await) {
                 // A peer not back may still be running its ticks offline,
                 // and records them only once it is back.
                 let timer =
@@ -416,6 +491,9 @@ async fn resync_now(
                 execute(myself, state, actions).await;
                 state.skips_after_outage = false;
                 enqueue(myself, state, resend, true).await;
+                if after_outage {
+                    record_uncertain_skips(state).await;
+                }
                 fire_due(myself, state).await;
             }
             Err(e) => {
@@ -469,8 +547,13 @@ async fn sync_in_flight(state: &mut SchedulerState, now: DateTime<Utc>) -> Vec<A
             state.timetable.release_queued()
         }
         Err(e) => {
-            tracing::debug!(error = %e, "cannot read in-flight runs; using this daemon's count");
-            Vec::new()
+            // Most often Redis is going away. The count last read from it
+            // holds runs of this daemon's enqueues that a peer took, whose
+            // end nothing here hears of: kept, it would skip (overlap) a
+            // tick whose job is idle. This daemon's own runs it can see.
+            tracing::debug!(error = %e, "cannot read in-flight runs; counting this daemon's own");
+            count_local_runs(state).await;
+            state.timetable.release_queued()
         }
     }
 }
@@ -530,7 +613,10 @@ async fn peers_settled(state: &mut SchedulerState) -> bool {
         .filter(|p| beats.get(*p).is_none_or(|ms| first.get(*p) == Some(ms)))
         .cloned()
         .collect();
-    if away.is_empty() || returning.since.elapsed() >= PEER_TTL {
+    // A peer whose lease may still be alive may still be firing its jobs
+    // offline: it is not presumed dead before its lease is over.
+    let lease_over = away.iter().all(|p| !health.peers.contains(p));
+    if away.is_empty() || (returning.since.elapsed() >= PEER_TTL && lease_over) {
         if !away.is_empty() {
             tracing::warn!(daemons = ?away, "daemons not back since the outage: presumed dead, their jobs taken over");
         }
@@ -677,20 +763,296 @@ fn publish_job(spec: &JobSpec, jobs: usize, now: DateTime<Utc>) {
 }
 
 /// Does this daemon fire and record this job's ticks? Online every
-/// daemon does (claims decide who runs); offline, and back from an outage
-/// until the resync, only the job's rendezvous owner (over the peers seen
-/// before the outage, while back from one).
+/// daemon does (claims decide), except for the jobs of a peer whose lease
+/// is not being renewed: it may be running them offline, until its lease
+/// is over. Offline, and back from an outage until the resync, only the
+/// job's rendezvous owner (over the peers seen before the outage, while
+/// back from one), and offline only while its lease lasts, unless it is
+/// alone.
 fn owns(state: &SchedulerState, job_id: &str) -> bool {
     let (Some(cluster), Some(health)) = (&state.args.cluster, &state.health) else {
         return true;
     };
-    let deciding = match (&state.returning, health.mode) {
-        (Some(returning), _) if returning.local.contains(job_id) => return true,
-        (Some(returning), _) => Some(&returning.peers),
-        (None, Mode::Offline) => Some(&health.peers),
-        (None, Mode::Online) => None,
+    let me = cluster.daemon_id.as_str();
+    let leased = |peers: &BTreeSet<String>| {
+        health.mode == Mode::Online
+            || peers.iter().all(|p| p == me)
+            || cluster.lease.standing() != Standing::Expired
     };
-    deciding.is_none_or(|peers| owner(job_id, peers).is_none_or(|o| o == cluster.daemon_id))
+    match (&state.returning, health.mode) {
+        (Some(returning), _) if returning.local.contains(job_id) => leased(&returning.peers),
+        (Some(returning), _) => {
+            let peers = still_leased(&returning.peers, health, me);
+            owner(job_id, &peers).is_none_or(|o| o == me) && leased(&peers)
+        }
+        (None, Mode::Offline) => {
+            owner(job_id, &health.peers).is_none_or(|o| o == me) && leased(&health.peers)
+        }
+        (None, Mode::Online) => {
+            owner(job_id, &health.peers).is_none_or(|o| o == me || !health.stale.contains(o))
+        }
+    }
+}
+
+/// The peers seen before an outage whose lease is not over (by the last
+/// heartbeat), and this daemon. A peer still away keeps its jobs while its
+/// lease lasts (it may be firing them offline); one whose lease is over
+/// fires nothing, and its peers, online all along, have already handed its
+/// jobs on: counting it would leave them to no one.
+fn still_leased(before: &BTreeSet<String>, health: &Health, me: &str) -> BTreeSet<String> {
+    before
+        .iter()
+        .filter(|p| *p == me || health.peers.contains(*p))
+        .cloned()
+        .collect()
+}
+
+/// Offline with peers: ticks before this instant may have been claimed
+/// (and run) by a peer that still saw this daemon's lease fresh; None
+/// when none can be (online, or alone).
+fn uncertain_before(state: &SchedulerState) -> Option<DateTime<Utc>> {
+    let (Some(cluster), Some(health)) = (&state.args.cluster, &state.health) else {
+        return None;
+    };
+    let peers = state.returning.as_ref().map_or(&health.peers, |r| &r.peers);
+    if health.mode != Mode::Offline || peers.iter().all(|p| *p == cluster.daemon_id) {
+        return None;
+    }
+    Some(cluster.lease.uncertain_until())
+}
+
+/// A tick left to a silent peer: job id, tick.
+type HeldTick = (String, DateTime<Utc>);
+
+/// The peer a job's tick is left to, if any. Online (not back from an
+/// outage): a job whose owner's lease is not being renewed. Offline: a job
+/// owned by a peer, over the peers this daemon saw last. Peers seen later
+/// may have left that tick to this daemon (the owner it deferred to died
+/// meanwhile, and this daemon is the owner by their count, silent to
+/// them): back online, this daemon records it if the owner's lease is over.
+fn left_to(state: &SchedulerState, job_id: &str) -> Option<String> {
+    let (Some(cluster), Some(health)) = (&state.args.cluster, &state.health) else {
+        return None;
+    };
+    let me = cluster.daemon_id.as_str();
+    if health.mode == Mode::Offline {
+        let peers = match &state.returning {
+            Some(returning) if returning.local.contains(job_id) => return None,
+            Some(returning) => &still_leased(&returning.peers, health, me),
+            None => &health.peers,
+        };
+        return owner(job_id, peers)
+            .filter(|o| *o != me)
+            .map(str::to_string);
+    }
+    if state.returning.is_some() || health.stale.is_empty() {
+        return None;
+    }
+    owner(job_id, &health.peers)
+        .filter(|o| *o != me && health.stale.contains(*o))
+        .map(str::to_string)
+}
+
+/// For a tick this daemon does not own and leaves to no peer: is it
+/// unfired only because this daemon's lease ran out? Offline, that is the
+/// one reason left (`owns`: the job is its own, by the peers it judges
+/// ownership over, but it has peers and its lease is over). Peers take
+/// the job over after the lease if they are online; if they are not
+/// either, nobody runs the tick, and it must still be recorded.
+fn lease_ran_out(state: &SchedulerState) -> bool {
+    state
+        .health
+        .as_ref()
+        .is_some_and(|h| h.mode == Mode::Offline)
+}
+
+/// A tick unfired for a lease that ran out: recorded skipped (`offline`)
+/// once Redis is back, claim-guarded (a peer may have taken the job over
+/// and run it). Consecutive ticks of a job share one entry.
+fn note_lease_over(state: &mut SchedulerState, job_id: &str, tick: DateTime<Utc>) {
+    if let Some(skip) = state
+        .lease_over_skip
+        .get(job_id)
+        .and_then(|i| state.uncertain_skips.get_mut(*i))
+        && skip.job_id == job_id
+        && skip.reason == SkipReason::Offline
+        && skip.last < tick
+    {
+        skip.last = tick;
+        skip.count += 1;
+        return;
+    }
+    state
+        .lease_over_skip
+        .insert(job_id.to_string(), state.uncertain_skips.len());
+    state.uncertain_skips.push(SkippedTicks {
+        job_id: job_id.to_string(),
+        reason: SkipReason::Offline,
+        first: tick,
+        last: tick,
+        count: 1,
+        recorded_at: Utc::now(),
+    });
+}
+
+/// Notes ticks left to a peer (see `held`), at most [`MAX_HELD`] per peer.
+fn note_held(state: &mut SchedulerState, peer: String, job_id: &str, ticks: &[DateTime<Utc>]) {
+    let held = state.held.entry(peer).or_default();
+    for tick in ticks {
+        if held.len() >= MAX_HELD {
+            return;
+        }
+        held.push((job_id.to_string(), *tick));
+    }
+}
+
+/// Forgets the ticks left to peers that renew their lease again (they were
+/// online all along, or are back, and run or record them themselves);
+/// returns those left to peers whose lease is now over.
+fn track_held(state: &mut SchedulerState, health: &Health) -> Vec<(String, Vec<HeldTick>)> {
+    if health.mode != Mode::Online {
+        return Vec::new();
+    }
+    let mut over = Vec::new();
+    let peers: Vec<String> = state.held.keys().cloned().collect();
+    for peer in peers {
+        if !health.peers.contains(&peer) {
+            if let Some(ticks) = state.held.remove(&peer) {
+                over.push((peer, ticks));
+            }
+        } else if !health.stale.contains(&peer) {
+            state.held.remove(&peer);
+        }
+    }
+    over
+}
+
+/// A peer's lease is over: its jobs are the others' again. The ticks this
+/// daemon left to it it did not run after its lease; any it ran before,
+/// it claims when it is back (and withdraws these skips). Each is recorded
+/// skipped (`offline`), tick by tick, claim-guarded, so every daemon that
+/// left it ticks can try and one records each.
+async fn take_over(state: &mut SchedulerState, over: Vec<(String, Vec<HeldTick>)>) {
+    if state.stopped {
+        return;
+    }
+    let now = Utc::now();
+    let mut skips = Vec::new();
+    for (peer, ticks) in over {
+        tracing::warn!(daemon = %peer, ticks = ticks.len(), "a peer's lease is over: taking its jobs over");
+        for (job_id, tick) in ticks {
+            skips.push(SkippedTicks {
+                job_id,
+                reason: SkipReason::Offline,
+                first: tick,
+                last: tick,
+                count: 1,
+                recorded_at: now,
+            });
+        }
+    }
+    for skip in claim_skips(state, skips).await {
+        record_skip(state, skip);
+    }
+}
+
+/// Redis lost its data: writes back the claims this daemon won and its
+/// jobs' last ticks (once), then waits until every live peer has written
+/// back too (or its lease is over), looking again every [`PING_EVERY`];
+/// then does what it held back.
+async fn restore(myself: &ActorRef<SchedulerMsg>, state: &mut SchedulerState) {
+    let (Some(cluster), Some(health), Some(restoring)) =
+        (&state.args.cluster, &state.health, &state.restoring)
+    else {
+        return;
+    };
+    let again = |state: &mut SchedulerState| {
+        let timer = myself.send_after(PING_EVERY, || SchedulerMsg::Restore);
+        if let Some(r) = &mut state.restoring {
+            r.timer = Some(AbortOnDrop::from(timer));
+        }
+    };
+    if health.mode != Mode::Online {
+        again(state);
+        return;
+    }
+    let epoch = restoring.epoch.clone();
+    if !restoring.restored {
+        let last_ticks: Vec<(JobId, DateTime<Utc>)> = match state.args.store.snapshot().await {
+            Ok(snapshot) => snapshot.last_ticks.into_iter().collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read this daemon's last ticks to write back; trying again");
+                again(state);
+                return;
+            }
+        };
+        let claims = cluster.won.all();
+        match cluster
+            .redis
+            .restore(&claims, &last_ticks, &cluster.daemon_id, &epoch)
+            .await
+        {
+            Ok(()) => {
+                tracing::info!(
+                    claims = claims.len(),
+                    jobs = last_ticks.len(),
+                    "wrote back this daemon's tick claims and last ticks"
+                );
+                if let Some(r) = &mut state.restoring {
+                    r.restored = true;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot write back this daemon's claims; trying again");
+                again(state);
+                return;
+            }
+        }
+    }
+    let restored = match cluster.redis.restored(&epoch).await {
+        Ok(restored) => restored,
+        Err(_) => {
+            again(state);
+            return;
+        }
+    };
+    let waiting: Vec<&String> = health
+        .peers
+        .iter()
+        .filter(|p| **p != cluster.daemon_id && !restored.contains(*p))
+        .collect();
+    if !waiting.is_empty() {
+        again(state);
+        return;
+    }
+    tracing::info!("every live daemon wrote back what it knew: claiming late ticks again");
+    let Some(restoring) = state.restoring.take() else {
+        return;
+    };
+    if !restoring.taken_over.is_empty() {
+        take_over(state, restoring.taken_over).await;
+    }
+    if state.returning.is_none() {
+        let records = std::mem::take(&mut state.unconfirmed);
+        enqueue(myself, state, records, true).await;
+        record_uncertain_skips(state).await;
+    }
+}
+
+/// The skips decided while uncertain of the lease, now claim-guarded.
+async fn record_uncertain_skips(state: &mut SchedulerState) {
+    let online = state
+        .health
+        .as_ref()
+        .is_some_and(|h| h.mode == Mode::Online);
+    if state.uncertain_skips.is_empty() || !online {
+        return;
+    }
+    let skips = std::mem::take(&mut state.uncertain_skips);
+    state.lease_over_skip.clear();
+    for skip in claim_skips(state, skips).await {
+        record_skip(state, skip);
+    }
 }
 
 type Fire = (Arc<JobSpec>, DateTime<Utc>, Trigger);
@@ -703,8 +1065,10 @@ fn claim_offline(state: &mut SchedulerState, fires: Vec<Fire>) -> Vec<Fire> {
         return fires;
     };
     let daemon = cluster.daemon_id.clone();
+    let won = cluster.won.clone();
     let kept = owned_fires(state, fires);
     for (job, at, _) in &kept {
+        won.push(&job.id, *at, &daemon);
         state
             .args
             .store
@@ -721,14 +1085,28 @@ fn owned_fires(state: &mut SchedulerState, fires: Vec<Fire>) -> Vec<Fire> {
         if owns(state, &fire.0.id) {
             kept.push(fire);
         } else {
+            if let Some(peer) = left_to(state, &fire.0.id) {
+                note_held(state, peer, &fire.0.id, &[fire.1]);
+            } else if lease_ran_out(state) {
+                note_lease_over(state, &fire.0.id, fire.1);
+            }
             state.timetable.not_started(&fire.0.id);
         }
     }
     kept
 }
 
-/// Sets the one timer for the earliest due job, if it changed.
+/// Sets the one timer for the earliest due job, if it changed; and, online,
+/// the one that claims skips whose claim got no answer again.
 fn rearm(myself: &ActorRef<SchedulerMsg>, state: &mut SchedulerState) {
+    let online = state
+        .health
+        .as_ref()
+        .is_some_and(|h| h.mode == Mode::Online);
+    if online && !state.uncertain_skips.is_empty() && state.reenqueue_timer.is_none() {
+        let handle = myself.send_after(REENQUEUE_AFTER, || SchedulerMsg::Reenqueue);
+        state.reenqueue_timer = Some(AbortOnDrop::from(handle));
+    }
     if state.stopped {
         state.timer = None;
         return;
@@ -767,22 +1145,35 @@ async fn execute(
                 scheduled_at,
                 trigger,
             } => fires.push((job, scheduled_at, trigger)),
-            Action::Skip { ref job_id, .. } if !owns(state, job_id) => {}
-            Action::Handled { ref job_id, .. } if !owns(state, job_id) => {}
             Action::Skip {
                 job_id,
                 reason,
                 first,
                 last,
                 count,
-            } => skips.push(SkippedTicks {
-                job_id,
-                reason,
-                first,
-                last,
-                count,
-                recorded_at: Utc::now(),
-            }),
+            } => {
+                let skip = SkippedTicks {
+                    job_id,
+                    reason,
+                    first,
+                    last,
+                    count,
+                    recorded_at: Utc::now(),
+                };
+                if owns(state, &skip.job_id) {
+                    skips.push(skip);
+                } else if let Some(peer) = left_to(state, &skip.job_id) {
+                    let ticks = state
+                        .timetable
+                        .job(&skip.job_id)
+                        .map(|job| skipped_ticks(&job.schedule, first, last, MAX_GUARDED_SKIP))
+                        .unwrap_or_else(|| vec![first]);
+                    note_held(state, peer, &skip.job_id, &ticks);
+                } else if lease_ran_out(state) {
+                    state.uncertain_skips.push(skip);
+                }
+            }
+            Action::Handled { ref job_id, .. } if !owns(state, job_id) => {}
             Action::Handled { job_id, at } => {
                 state.args.store.set_last_tick(job_id, at);
             }
@@ -795,6 +1186,37 @@ async fn execute(
             .is_some_and(|h| h.mode == Mode::Online);
     if online {
         skips = claim_skips(state, skips).await;
+    } else if let Some(before) = uncertain_before(state) {
+        // Ticks a peer may have claimed (at their time: a tick held by
+        // `queue_one` and fired late counts by its own instant): claimed
+        // once Redis is back (run then, or left to the peer that ran
+        // them). The rest run offline.
+        let (uncertain, sure): (Vec<_>, Vec<_>) = skips.into_iter().partition(|s| s.first < before);
+        state.uncertain_skips.extend(uncertain);
+        skips = sure;
+        let (uncertain, sure): (Vec<_>, Vec<_>) =
+            fires.into_iter().partition(|(_, at, _)| *at < before);
+        fires = sure;
+        let records = owned_fires(state, uncertain)
+            .into_iter()
+            .map(|(job, scheduled_at, trigger)| {
+                let mut record = new_run(
+                    &job,
+                    RunId::for_tick(&job.id, scheduled_at),
+                    scheduled_at,
+                    trigger,
+                );
+                record.queued = true;
+                record
+            })
+            .collect::<Vec<_>>();
+        if !records.is_empty() {
+            tracing::info!(
+                runs = records.len(),
+                "offline, ticks a peer may have claimed: runs kept to claim once Redis is back"
+            );
+            keep_unconfirmed(myself, state, records, true);
+        }
     }
     for skip in skips {
         record_skip(state, skip);
@@ -806,7 +1228,8 @@ async fn execute(
         }
         return;
     }
-    if state.returning.is_some() {
+    let holding = state.health.as_ref().is_some_and(|h| !h.stale.is_empty());
+    if state.returning.is_some() || holding {
         fires = owned_fires(state, fires);
     }
     // Online: one script per tick claims it and, if the claim is (or
@@ -849,8 +1272,9 @@ fn record_skip(state: &SchedulerState, skip: SkippedTicks) {
 /// there, and recorded by it). Without this a daemon that lost a tick's
 /// claim would count the winner's run of that very tick as an overlap.
 /// Returns the entries to record, split where ticks were lost. Ticks past
-/// [`MAX_GUARDED_SKIP`] in one entry are recorded unclaimed; so is an
-/// entry whose claims got no answer, by the job's offline owner only.
+/// [`MAX_GUARDED_SKIP`] in one entry are recorded unclaimed. Entries whose
+/// claims got no answer are kept (`uncertain_skips`) and claimed again
+/// once Redis answers.
 async fn claim_skips(state: &mut SchedulerState, skips: Vec<SkippedTicks>) -> Vec<SkippedTicks> {
     let Some(cluster) = state.args.cluster.clone() else {
         return skips;
@@ -872,21 +1296,34 @@ async fn claim_skips(state: &mut SchedulerState, skips: Vec<SkippedTicks>) -> Ve
     }
     let mark = skip_mark(&cluster.daemon_id);
     let started = tokio::time::Instant::now();
-    let claimed = cluster.redis.claim_ticks(&ticks, &mark).await;
+    // Claimed and recorded in one step per entry: the store's write of
+    // the entries below repeats Redis's (same ids, added once) and keeps
+    // them in memory.
+    let per_skip: Vec<Vec<DateTime<Utc>>> = spans
+        .iter()
+        .map(|span| ticks[span.clone()].iter().map(|(_, t)| *t).collect())
+        .collect();
+    let calls: Vec<(&SkippedTicks, &[DateTime<Utc>])> = skips
+        .iter()
+        .zip(&per_skip)
+        .map(|(skip, t)| (skip, t.as_slice()))
+        .collect();
+    let claimed = cluster.redis.claim_and_skip(&calls, &mark).await;
     telemetry::redis_round_trip("claim_skips", started.elapsed(), claimed.is_ok());
     let won = match claimed {
-        Ok(won) => won,
+        Ok(won) => {
+            let won = won.concat();
+            for ((job_id, tick), _) in ticks.iter().zip(&won).filter(|(_, w)| **w) {
+                cluster.won.push(job_id, *tick, &mark);
+            }
+            won
+        }
         Err(e) => {
-            tracing::warn!(error = %e, "cannot claim skipped ticks; recording only those of jobs this daemon owns offline");
-            let peers = state
-                .health
-                .as_ref()
-                .map(|h| h.peers.clone())
-                .unwrap_or_default();
-            return skips
-                .into_iter()
-                .filter(|s| owner(&s.job_id, &peers).is_none_or(|o| o == cluster.daemon_id))
-                .collect();
+            // A peer may have claimed (and run) these ticks meanwhile:
+            // recorded only once claimed, when Redis answers again.
+            tracing::warn!(error = %e, skips = skips.len(), "cannot claim skipped ticks; claiming them again once Redis answers");
+            state.uncertain_skips.extend(skips);
+            return Vec::new();
         }
     };
     let mut out = Vec::new();
@@ -957,11 +1394,15 @@ async fn enqueue(
     }
     let started = tokio::time::Instant::now();
     let enqueued = cluster.redis.enqueue(&records, &cluster.daemon_id).await;
+    let queued_mark = format!("{}:queued", cluster.daemon_id);
     telemetry::redis_round_trip("enqueue", started.elapsed(), enqueued.is_ok());
     match enqueued {
         Ok(queued) => {
             for (record, queued) in records.into_iter().zip(queued) {
                 if queued {
+                    cluster
+                        .won
+                        .push(&record.job_id, record.scheduled_at, &queued_mark);
                     // The script wrote it to Redis; memory learns of it.
                     state.args.store.cache_record(record);
                 } else {

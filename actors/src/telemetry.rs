@@ -51,6 +51,7 @@ pub const QUEUE_RETRIES_WAITING: &str = "herald_queue_retries_waiting";
 /// Counter: queue entries taken over from a daemon that left them
 /// unacknowledged past the visibility timeout.
 pub const QUEUE_RECLAIMED: &str = "herald_queue_reclaimed_total";
+pub const REDIS_DATA_LOST: &str = "herald_redis_data_lost_total";
 /// Counter {channel, outcome}: messages settled, by destination kind
 /// (`dm`, `save`, `webhook`; `dry_run` for Telegram messages logged
 /// without a token) and outcome (`sent`, `failed`, `deactivated`,
@@ -107,8 +108,8 @@ pub const HISTOGRAMS: &[(&str, &[f64])] = &[
 /// supervisor's children, named by [`Child::name`]).
 pub const WORKER_ACTOR: &str = "worker";
 /// Reasons a tick did not run. `offline` is a tick that nobody ran
-/// because the daemon that owned it while Redis was unreachable died, found
-/// when Redis came back and dropped by the misfire policy.
+/// because the daemon that owned it lost Redis: it died (found when Redis
+/// came back, or when its lease ran out) or was cut off past its lease.
 pub const SKIP_REASONS: &[&str] = &[
     "misfire",
     "misfire_limit",
@@ -156,6 +157,10 @@ pub fn describe() {
     describe_counter!(
         QUEUE_RECLAIMED,
         "Run-queue entries taken over from a daemon that left them unacknowledged."
+    );
+    describe_counter!(
+        REDIS_DATA_LOST,
+        "Times this daemon found Redis had lost its data (a new epoch) and wrote back what it knew."
     );
     describe_counter!(
         DELIVERIES,
@@ -215,6 +220,7 @@ pub fn describe() {
     counter!(TELEGRAM_RATE_LIMITED).absolute(0);
     counter!(TELEGRAM_RATE_LIMIT_WAIT).absolute(0);
     counter!(QUEUE_RECLAIMED).absolute(0);
+    counter!(REDIS_DATA_LOST).absolute(0);
     counter!(STORE_DROPPED).absolute(0);
     counter!(OFFLINE_SECONDS).absolute(0);
     gauge!(STORE_BUFFERED).set(0.0);
@@ -382,6 +388,10 @@ pub fn queue_sampled(depth: u64, pending: u64, retries_waiting: u64) {
 
 pub fn reclaimed(entries: usize) {
     counter!(QUEUE_RECLAIMED).increment(entries as u64);
+}
+
+pub fn redis_data_lost() {
+    counter!(REDIS_DATA_LOST).increment(1);
 }
 
 pub fn delivered(channel: &'static str, outcome: &'static str) {

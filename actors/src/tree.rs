@@ -23,7 +23,10 @@ use crate::handler::Registry;
 use crate::handles::{
     DEFAULT_CALL_TIMEOUT, Directory, NotifierHandle, PoolHandle, SchedulerHandle, StoreHandle,
 };
-use crate::health::{Health, Mode, PING_TIMEOUT, watch_redis};
+use crate::health::{
+    Health, LeaseClock, LeaseTiming, Mode, PING_TIMEOUT, PeerLeases, first_beat, release_lease,
+    watch_redis,
+};
 use crate::job::{Definitions, JobId, JobKind, JobSpec};
 use crate::ledger::DeliveryLedger;
 use crate::memory::{MemoryStore, StoreLimits};
@@ -40,6 +43,7 @@ use crate::supervisor::{Child, RootMsg, RootSupervisor, TreeArgs, TreeExit};
 use crate::telemetry;
 use crate::users::UserDirectory;
 use crate::webhook::{WebhookEndpoint, WebhookSender};
+use crate::won_claims::{MAX_WON, WonClaims};
 use crate::worker_pool::{DEFAULT_VISIBILITY_TIMEOUT, DrainReport, PoolArgs, QueueArgs};
 
 /// Default worker count: runs mostly wait on the network (Telegram, HTTP
@@ -70,9 +74,13 @@ pub struct TreeConfig {
     /// This daemon's name among those sharing Redis (default: host, pid and
     /// a random suffix).
     pub daemon_id: Option<String>,
-    /// A run-queue entry held unacknowledged this long is taken over by
-    /// another daemon.
+    /// How often a daemon touches the run-queue entries it runs, and how
+    /// long one of its own entries stays idle before it takes it back
+    /// (one whose run it lost). A dead daemon's entries are taken over
+    /// once its lease is over.
     pub visibility_timeout: Duration,
+    /// Lease TTL and the clock skew allowed between daemons.
+    pub lease: LeaseTiming,
     /// Telegram's limits as kept by the Notifier.
     pub telegram_limits: TelegramLimits,
     /// The owner chat `save` deliveries go to.
@@ -98,6 +106,7 @@ impl Default for TreeConfig {
             redis: None,
             daemon_id: None,
             visibility_timeout: DEFAULT_VISIBILITY_TIMEOUT,
+            lease: LeaseTiming::default(),
             telegram_limits: TelegramLimits::default(),
             save_chat: None,
             webhooks: Vec::new(),
@@ -119,6 +128,15 @@ pub enum TreeError {
     Redis(#[from] crate::redis_backend::connect::RedisSetupError),
 }
 
+/// The Redis watcher's task, and what giving up the lease needs.
+struct Watcher {
+    stop: watch::Sender<bool>,
+    _task: AbortOnDrop,
+    url: String,
+    keys: crate::redis_backend::Keys,
+    lease: Arc<LeaseClock>,
+}
+
 /// The running tree.
 pub struct Herald {
     root: ActorRef<RootMsg>,
@@ -128,7 +146,7 @@ pub struct Herald {
     daemon_id: String,
     health: watch::Receiver<Health>,
     redis: Option<RedisStore>,
-    _watcher: Option<(watch::Sender<bool>, AbortOnDrop)>,
+    watcher: Option<Watcher>,
     /// Samples the gauges nothing else updates (queue, store buffer).
     _sampler: AbortOnDrop,
     pub scheduler: SchedulerHandle,
@@ -177,8 +195,12 @@ pub async fn spawn_tree_on(
     let mut health = Health {
         mode: Mode::Offline,
         peers: BTreeSet::from([daemon_id.clone()]),
+        stale: BTreeSet::new(),
         jobs_version: 0,
+        epoch: None,
     };
+    let lease = LeaseClock::new(config.lease);
+    let mut peer_leases = PeerLeases::default();
     let redis = match &config.redis {
         Some(settings) => {
             let store = RedisStore::new(connect(settings)?, &settings.prefix, config.store_limits);
@@ -239,6 +261,18 @@ pub async fn spawn_tree_on(
                 health.mode = Mode::Online;
                 // What this start-up read: only later writes mean edits.
                 health.jobs_version = store.jobs_version().await.unwrap_or(0);
+                if let Some((peers, stale)) = first_beat(
+                    &settings.url,
+                    store.keys(),
+                    &daemon_id,
+                    &lease,
+                    &mut peer_leases,
+                )
+                .await
+                {
+                    health.peers = peers;
+                    health.stale = stale;
+                }
             }
             Err(e) => {
                 tracing::warn!(url = %redacted_url(&settings.url), error = %e, "redis unreachable at start-up: starting offline from config")
@@ -270,18 +304,23 @@ pub async fn spawn_tree_on(
     let pool = PoolHandle::new(directory.clone(), timeout);
     let scheduler = SchedulerHandle::new(directory.clone(), timeout);
     let (exit_tx, exit) = watch::channel(TreeExit::Running);
+    let won = WonClaims::new(MAX_WON);
     let cluster = redis.as_ref().map(|(_, redis_store)| Cluster {
         redis: redis_store.clone(),
         daemon_id: daemon_id.clone(),
         health: health_rx.clone(),
+        lease: lease.clone(),
+        won: won.clone(),
     });
     let queue = redis.as_ref().map(|(settings, redis_store)| QueueArgs {
         redis: redis_store.clone(),
         url: settings.url.clone(),
         consumer: daemon_id.clone(),
         visibility: config.visibility_timeout,
+        lease: config.lease,
         connect_timeout: settings.connect_timeout,
         health: health_rx.clone(),
+        won: won.clone(),
     });
     let ledger = DeliveryLedger::new(
         redis.as_ref().map(|(_, r)| (r.clone(), health_rx.clone())),
@@ -355,6 +394,7 @@ pub async fn spawn_tree_on(
             settings.url.clone(),
             redis_store.keys().clone(),
             daemon_id.clone(),
+            lease.clone(),
             health,
             health_tx,
             move |h: &Health| {
@@ -362,8 +402,15 @@ pub async fn spawn_tree_on(
                 let _ = scheduler_h.health(h.clone());
             },
             stop_rx,
+            peer_leases,
         ));
-        (stop_tx, AbortOnDrop::from(task))
+        Watcher {
+            stop: stop_tx,
+            _task: AbortOnDrop::from(task),
+            url: settings.url.clone(),
+            keys: redis_store.keys().clone(),
+            lease: lease.clone(),
+        }
     });
     // The jobs are loaded (the scheduler's start).
     crate::allocator::start_up_done();
@@ -375,7 +422,7 @@ pub async fn spawn_tree_on(
         daemon_id,
         health: health_rx,
         redis: redis_store_handle,
-        _watcher: watcher,
+        watcher,
         _sampler: sampler,
         scheduler,
         store,
@@ -613,6 +660,22 @@ impl Herald {
             exit.wait_for(|e| *e != TreeExit::Running),
         )
         .await;
+        // Nothing fires here any more: the peers may take every job over
+        // now rather than after the lease.
+        if let Some(w) = &self.watcher {
+            let _ = w.stop.send(true);
+            w.lease.released();
+            let released = tokio::time::timeout(
+                2 * PING_TIMEOUT,
+                release_lease(&w.url, &w.keys, &self.daemon_id),
+            )
+            .await;
+            if !matches!(released, Ok(Ok(()))) {
+                tracing::warn!(
+                    "could not give the lease up; peers take this daemon's jobs over once it expires"
+                );
+            }
+        }
         report
     }
 

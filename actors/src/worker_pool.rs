@@ -20,13 +20,14 @@ use crate::backoff::retry_delay;
 use crate::delivery::{DeliveryReport, Message};
 use crate::handler::Registry;
 use crate::handles::{NotifierHandle, SchedulerHandle, StoreHandle};
-use crate::health::{Health, Mode};
+use crate::health::{Health, LeaseTiming, Mode};
 use crate::job::JobSpec;
 use crate::precise_timer::PreciseTimer;
-use crate::record::{Counts, ExecutionRecord, RunId, RunStatus};
+use crate::record::{Counts, ExecutionRecord, RunId, RunStatus, Trigger};
 use crate::redis_backend::{QueueEntry, RedisStore, blocking_connection};
 use crate::telemetry;
 use crate::users::UserDirectory;
+use crate::won_claims::WonClaims;
 use crate::worker::{AttemptOutcome, StartGate, Worker, WorkerArgs, WorkerMsg, WorkerRun};
 
 /// How long one blocking read of the run queue waits for entries.
@@ -39,6 +40,8 @@ const WRITE_BACKLOG_MAX: usize = 20_000;
 const BACKLOG_PAUSE: Duration = Duration::from_millis(5);
 /// How often due retries are moved onto the queue.
 const PROMOTE_EVERY: Duration = Duration::from_millis(200);
+/// How often the entries of daemons whose lease is over are looked for.
+const RECLAIM_EVERY: Duration = Duration::from_secs(1);
 /// Default visibility timeout: an entry a daemon holds unacknowledged this
 /// long is presumed lost with its daemon and taken over by another.
 pub const DEFAULT_VISIBILITY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -60,8 +63,14 @@ pub struct QueueArgs {
     pub url: String,
     pub consumer: String,
     pub visibility: Duration,
+    /// A dead daemon's entries are taken over once its lease is over.
+    pub lease: LeaseTiming,
     pub connect_timeout: Duration,
     pub health: watch::Receiver<Health>,
+    /// The scheduled runs this daemon takes from the queue note their
+    /// tick's claim here: written back if Redis loses its data, so the
+    /// daemon whose enqueue of it went unanswered does not queue it again.
+    pub won: WonClaims,
 }
 
 pub enum PoolMsg {
@@ -71,6 +80,10 @@ pub enum PoolMsg {
         entries: Vec<QueueEntry>,
         reclaimed: bool,
     },
+    /// Entries Redis counts as delivered to this daemon (read again after a
+    /// read whose reply may have been lost): those the pool does not hold
+    /// are taken as reclaimed ones.
+    OwnPending(Vec<QueueEntry>),
     /// Refresh the idle time of the queue entries this pool holds.
     Touch,
     Cancel(RunId, RpcReplyPort<bool>),
@@ -534,6 +547,22 @@ impl Actor for WorkerPool {
                 state.reading_ahead = state.held.len() > held_before;
                 // The reader waits for this: entries that went to `held`
                 // leave the free capacity as it was.
+                state.capacity.send_modify(|_| {});
+            }
+            PoolMsg::OwnPending(entries) => {
+                let held: HashSet<String> = state.held_entries().into_iter().collect();
+                let lost: Vec<_> = entries
+                    .into_iter()
+                    .filter(|e| !held.contains(&e.entry_id))
+                    .map(|e| (e, true, Instant::now()))
+                    .collect();
+                if !lost.is_empty() {
+                    tracing::info!(
+                        entries = lost.len(),
+                        "queue entries delivered here but never received (a lost reply): taken now"
+                    );
+                    Box::pin(from_queue(&myself, state, lost)).await;
+                }
                 state.capacity.send_modify(|_| {});
             }
             PoolMsg::Release => state.release_at = None,
@@ -1086,6 +1115,7 @@ fn attempt_done(
                 telemetry::retried(&record.job_id);
                 record.status = RunStatus::Pending;
                 record.attempt = next;
+                record.taken_over_from = None;
                 record.error = Some(error);
                 record.started_at = None;
                 record.finished_at = None;
@@ -1280,16 +1310,23 @@ async fn from_queue(
         .map(|(e, ..)| e.record.job_id.clone())
         .collect();
     let jobs = state.args.store.jobs(&ids);
-    for (i, (entry, reclaimed, read_at)) in entries.into_iter().enumerate() {
+    for (i, (mut entry, reclaimed, read_at)) in entries.into_iter().enumerate() {
         // A reclaimed entry whose run is final (its daemon died before
         // acknowledging), or a retry entry whose run moved on (the retry
         // was promoted twice after a replayed write), is only acknowledged.
         if (reclaimed || entry.record.attempt > 1)
             && let Ok(Some(current)) = state.args.store.record(entry.record.run_id.clone()).await
-            && superseded(&current, &entry.record, reclaimed)
         {
-            state.args.store.ack(entry.entry_id);
-            continue;
+            if superseded(&current, &entry.record, reclaimed) {
+                state.args.store.ack(entry.entry_id);
+                continue;
+            }
+            if reclaimed && current.attempt == entry.record.attempt {
+                // The daemon whose attempt this takes over: its writes for
+                // the attempt are refused from now on (fencing).
+                entry.record.taken_over_from =
+                    current.daemon.filter(|d| *d != state.args.daemon_id);
+            }
         }
         if state.draining.is_some() {
             // Read by a last read under way when the drain began.
@@ -1311,6 +1348,15 @@ fn accept(state: &mut PoolState, entry: QueueEntry, job: Arc<JobSpec>, reclaimed
         tracing::warn!(run = %entry.record.run_id, "took over a run its daemon left unfinished");
     }
     if state.known.insert(entry.record.run_id.clone()) {
+        if let Some(q) = &state.args.queue
+            && entry.record.trigger != Trigger::Manual
+        {
+            q.won.push(
+                &entry.record.job_id,
+                entry.record.scheduled_at,
+                &format!("{}:queued", q.consumer),
+            );
+        }
         take_in(
             state,
             RunRequest {
@@ -1441,8 +1487,8 @@ fn superseded(current: &ExecutionRecord, entry: &ExecutionRecord, reclaimed: boo
 }
 
 /// Reads the run queue for the pool while Redis is online: new entries up
-/// to the pool's free capacity, entries of dead daemons after the
-/// visibility timeout, and due retries moved onto the queue.
+/// to the pool's free capacity, entries of daemons whose lease is over,
+/// and due retries moved onto the queue.
 async fn read_queue(
     pool: ActorRef<PoolMsg>,
     q: QueueArgs,
@@ -1453,18 +1499,42 @@ async fn read_queue(
     let mut group_ready = false;
     let mut last_reclaim = Instant::now();
     let mut last_promote = Instant::now();
-    // When Redis was last seen coming back (or this reader started): every
-    // entry looks idle after an outage, so nothing is reclaimed until the
-    // daemons holding entries have had a visibility timeout to touch them.
+    // A daemon whose lease is over (by this daemon's reading, so past the
+    // margin too) fires nothing more: its entries are taken over once
+    // they are idle for a lease (a live daemon renews its lease every
+    // heartbeat, so one it holds is never that idle without its lease
+    // over). Its own entries wait for the visibility timeout: the pool
+    // touches those it runs only that often.
+    let dead_idle = q.visibility.min(q.lease.ttl);
+    // When Redis was last seen coming back (or this reader started): the
+    // leases lapsed in the outage, so nothing is reclaimed until every
+    // daemon holding entries has had a lease's time to renew its own.
+    let settle = q.lease.ttl + q.lease.margin();
     let mut online_since = Instant::now();
     let mut was_online = true;
+    // A read may have been answered with entries that never arrived here
+    // (its reply lost): Redis then counts them this daemon's. Looked for
+    // after every failed read and every return.
+    let mut check_own = false;
     loop {
         if q.health.borrow().mode != Mode::Online {
             conn = None;
             group_ready = false;
             was_online = false;
+            check_own = true;
             tokio::time::sleep(PROMOTE_EVERY).await;
             continue;
+        }
+        if check_own && group_ready {
+            match q.redis.own_pending(&q.consumer, 1_000).await {
+                Ok(entries) => {
+                    check_own = false;
+                    if !entries.is_empty() && pool.cast(PoolMsg::OwnPending(entries)).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "cannot read this daemon's pending entries"),
+            }
         }
         if !was_online {
             was_online = true;
@@ -1490,9 +1560,14 @@ async fn read_queue(
             let _ = tokio::time::timeout(PROMOTE_EVERY, capacity.changed()).await;
             continue;
         }
-        if last_reclaim.elapsed() >= q.visibility / 2 && online_since.elapsed() >= q.visibility {
+        if last_reclaim.elapsed() >= RECLAIM_EVERY && online_since.elapsed() >= settle {
             last_reclaim = Instant::now();
-            match q.redis.reclaim(&q.consumer, q.visibility, free).await {
+            let alive = q.health.borrow().peers.clone();
+            match q
+                .redis
+                .reclaim(&q.consumer, q.visibility, dead_idle, free, &alive)
+                .await
+            {
                 Ok(entries) if !entries.is_empty() => {
                     telemetry::reclaimed(entries.len());
                     if pool
@@ -1538,6 +1613,7 @@ async fn read_queue(
                 tracing::debug!(error = %e, "run queue read failed");
                 conn = None;
                 group_ready = false;
+                check_own = true;
                 tokio::time::sleep(PROMOTE_EVERY).await;
             }
         }

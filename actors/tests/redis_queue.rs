@@ -1,5 +1,6 @@
 //! The run queue's Redis side against a real redis-server.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
@@ -28,6 +29,7 @@ fn run(n: i64) -> ExecutionRecord {
 }
 
 const BLOCK: Duration = Duration::from_millis(200);
+const HOUR: Duration = Duration::from_secs(3_600);
 
 #[tokio::test]
 async fn runs_are_read_in_batches_and_gone_once_acknowledged() {
@@ -113,8 +115,9 @@ async fn a_dead_consumers_entries_are_reclaimed_unless_it_keeps_touching_them() 
         .unwrap();
     let held = s.read_runs(&mut conn, "dead", 10, BLOCK).await.unwrap();
     assert_eq!(held.len(), 2);
+    let alive: BTreeSet<String> = ["alive".to_string()].into();
     assert!(
-        s.reclaim("alive", Duration::from_millis(300), 10)
+        s.reclaim("alive", HOUR, Duration::from_millis(300), 10, &alive)
             .await
             .unwrap()
             .is_empty(),
@@ -124,13 +127,43 @@ async fn a_dead_consumers_entries_are_reclaimed_unless_it_keeps_touching_them() 
     // the holder is still working on the first entry
     s.touch("dead", &[held[0].entry_id.clone()]).await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
+    // While the holder's lease may be alive, nothing of its is taken (it
+    // may be running them cut off from Redis).
+    let holder_alive: BTreeSet<String> = ["alive".to_string(), "dead".to_string()].into();
+    assert!(
+        s.reclaim("alive", HOUR, Duration::from_millis(300), 10, &holder_alive)
+            .await
+            .unwrap()
+            .is_empty(),
+        "taken from a daemon whose lease may be alive"
+    );
     let taken = s
-        .reclaim("alive", Duration::from_millis(300), 10)
+        .reclaim("alive", HOUR, Duration::from_millis(300), 10, &alive)
         .await
         .unwrap();
     assert_eq!(taken.len(), 1);
     assert_eq!(taken[0].entry_id, held[1].entry_id);
     assert_eq!(taken[0].record, held[1].record);
+    // Its own entries (it runs them, touching them) wait for the own
+    // timeout, however short the dead one's.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(
+        s.reclaim("alive", HOUR, Duration::from_millis(300), 10, &alive)
+            .await
+            .unwrap()
+            .iter()
+            .all(|e| e.entry_id != held[1].entry_id),
+        "its own entry taken at the dead one's timeout"
+    );
+    let own = s
+        .reclaim("alive", Duration::from_millis(300), HOUR, 10, &alive)
+        .await
+        .unwrap();
+    assert_eq!(
+        own.iter().map(|e| &e.entry_id).collect::<Vec<_>>(),
+        vec![&held[1].entry_id],
+        "its own idle entry, and not the dead one's (not idle for an hour)"
+    );
 }
 
 #[tokio::test]

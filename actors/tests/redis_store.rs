@@ -479,3 +479,63 @@ async fn a_delivery_claimed_and_never_reported_is_in_doubt_even_for_its_own_daem
         vec![DeliveryClaim::Sent]
     );
 }
+
+/// A skip claims its ticks and records the stretches it won in one
+/// script: a tick a peer holds splits the entry, and what Redis holds
+/// reads back as the entries a daemon would have written.
+#[tokio::test]
+async fn a_skip_claims_its_ticks_and_records_what_it_won_at_once() {
+    let server = RedisServer::start();
+    let s = store(&server, StoreLimits::default());
+    let first = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+    let ticks: Vec<DateTime<Utc>> = (0..5).map(|i| first + TimeDelta::seconds(i)).collect();
+    // A peer ran the third tick.
+    assert_eq!(
+        s.claim_ticks(&[("a".into(), ticks[2])], "peer:queued")
+            .await
+            .unwrap(),
+        vec![true]
+    );
+    let skip = SkippedTicks {
+        job_id: "a".into(),
+        reason: SkipReason::Overlap,
+        first: ticks[0],
+        last: ticks[4],
+        count: 5,
+        recorded_at: first + TimeDelta::milliseconds(5_500),
+    };
+    let won = s
+        .claim_and_skip(&[(&skip, ticks.as_slice())], "me:skipped")
+        .await
+        .unwrap();
+    assert_eq!(won, vec![vec![true, true, false, true, true]]);
+    // Again (a replayed call): the same claims are still this daemon's,
+    // and nothing is added twice.
+    let again = s
+        .claim_and_skip(&[(&skip, ticks.as_slice())], "me:skipped")
+        .await
+        .unwrap();
+    assert_eq!(again, won);
+    let mut entries = s.skipped(Some("a"), 10).await.unwrap();
+    entries.sort_by_key(|e| e.first);
+    let stretches: Vec<_> = entries.iter().map(|e| (e.first, e.last, e.count)).collect();
+    assert_eq!(
+        stretches,
+        vec![(ticks[0], ticks[1], 2), (ticks[3], ticks[4], 2)]
+    );
+    assert!(
+        entries
+            .iter()
+            .all(|e| e.reason == SkipReason::Overlap && e.recorded_at == skip.recorded_at)
+    );
+    // The store's own write of a won stretch (as the scheduler makes it)
+    // is the same entry.
+    s.put_skipped(&[SkippedTicks {
+        last: ticks[1],
+        count: 2,
+        ..skip.clone()
+    }])
+    .await
+    .unwrap();
+    assert_eq!(s.skipped(Some("a"), 10).await.unwrap().len(), 2);
+}

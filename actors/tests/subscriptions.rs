@@ -177,7 +177,9 @@ async fn an_answer_at_once_is_not_polled_in_a_tight_loop() {
     let (_status, health) = tokio::sync::watch::channel(Health {
         mode: Mode::Online,
         peers: Default::default(),
+        stale: Default::default(),
         jobs_version: 0,
+        epoch: None,
     });
     let poller = Subscriptions {
         bot: TelegramTransport::new("1:T", Some(&fake.api_url()))

@@ -9,6 +9,7 @@
 //!   completions API, for the food reminder.
 
 pub mod food;
+pub mod relay;
 pub mod telegram;
 pub mod webhook;
 
@@ -217,6 +218,16 @@ impl RedisServer {
         if self.child.is_none() {
             self.spawn();
         }
+    }
+
+    /// Kills the server and starts it again on the same port with no data
+    /// at all (its append-only file deleted): a Redis that lost its disk,
+    /// or a replica promoted empty.
+    pub fn restart_empty(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = std::fs::create_dir_all(&self.dir);
+        self.spawn();
     }
 
     /// Starts it again on the same port.

@@ -49,7 +49,10 @@ impl Daemon {
         let mut cmd = herald_testkit::herald_command(env!("CARGO_BIN_EXE_herald"));
         cmd.args(["run", "--config"])
             .arg(&self.config)
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("HERALD_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
@@ -215,4 +218,67 @@ pub fn ceil_second(t: DateTime<Utc>) -> DateTime<Utc> {
     } else {
         floor + TimeDelta::seconds(1)
     }
+}
+
+/// What a checker found wrong with a stretch of every-second ticks.
+#[derive(Debug, Default)]
+pub struct Verdict {
+    /// Ticks checked.
+    pub ticks: usize,
+    /// Ticks that ran (a message reached the job's chat).
+    pub ran: usize,
+    /// Ticks recorded skipped (and not run).
+    pub skipped: usize,
+    /// Ticks whose message arrived more than once.
+    pub twice: Vec<String>,
+    /// Ticks that ran and were also recorded skipped.
+    pub ran_and_skipped: Vec<String>,
+    /// Ticks neither run nor recorded skipped.
+    pub lost: Vec<String>,
+}
+
+impl Verdict {
+    pub fn is_clean(&self) -> bool {
+        self.twice.is_empty() && self.ran_and_skipped.is_empty() && self.lost.is_empty()
+    }
+}
+
+/// Judges every-second message jobs over `[from, to]` by what an operator
+/// sees: `sent(job, tick)` is how often the tick's message reached the
+/// job's chat, `skips` the skipped-tick entries in Redis. Every tick must
+/// have run once or been recorded skipped, never both, never twice.
+pub fn judge(
+    jobs: &[String],
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    sent: impl Fn(&str, DateTime<Utc>) -> usize,
+    skips: &[herald_actors::record::SkippedTicks],
+) -> Verdict {
+    let mut verdict = Verdict::default();
+    for job in jobs {
+        let mut at = ceil_second(from);
+        while at <= to {
+            let name = format!("{job}@{}", at.format("%H:%M:%S"));
+            let n = sent(job, at);
+            let skipped = skips
+                .iter()
+                .any(|s| s.job_id == *job && s.first <= at && at <= s.last);
+            verdict.ticks += 1;
+            match (n, skipped) {
+                (0, false) => verdict.lost.push(name),
+                (0, true) => verdict.skipped += 1,
+                (n, skipped) => {
+                    verdict.ran += 1;
+                    if n > 1 {
+                        verdict.twice.push(format!("{name} x{n}"));
+                    }
+                    if skipped {
+                        verdict.ran_and_skipped.push(name);
+                    }
+                }
+            }
+            at += TimeDelta::seconds(1);
+        }
+    }
+    verdict
 }

@@ -83,6 +83,24 @@ impl Keys {
         format!("{}:daemons", self.prefix)
     }
 
+    /// A daemon's lease: a key with a TTL, renewed by its heartbeat.
+    pub fn daemon_lease(&self, daemon_id: &str) -> String {
+        format!("{}:daemon_lease:{daemon_id}", self.prefix)
+    }
+
+    /// A token set once per Redis data set (`SET NX` by the first
+    /// heartbeat that finds it missing): when it changes, Redis lost its
+    /// data (restarted without persistence, flushed). No TTL.
+    pub fn epoch(&self) -> String {
+        format!("{}:epoch", self.prefix)
+    }
+
+    /// The daemons that wrote back what they knew after Redis lost its
+    /// data, in the epoch named (set). TTL: a day.
+    pub fn restored(&self, epoch: &str) -> String {
+        format!("{}:restored:{epoch}", self.prefix)
+    }
+
     /// The run queue: a stream read by one consumer group shared by every
     /// daemon. Entries are deleted once acknowledged.
     pub fn runs(&self) -> String {

@@ -17,7 +17,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use deadpool_redis::redis::aio::MultiplexedConnection;
 use deadpool_redis::redis::streams::{
-    StreamAutoClaimOptions, StreamAutoClaimReply, StreamId, StreamReadOptions, StreamReadReply,
+    StreamClaimReply, StreamId, StreamReadOptions, StreamReadReply,
 };
 use deadpool_redis::redis::{self, AsyncCommands, AsyncConnectionConfig};
 
@@ -137,26 +137,76 @@ impl RedisStore {
         self.entries(ids)
     }
 
-    /// Takes over entries another consumer has held unacknowledged for at
-    /// least `min_idle` (it died), up to `count`.
+    /// Entries delivered to `consumer` and not acknowledged, up to `count`:
+    /// after a read whose reply was lost (a timeout, a link that failed
+    /// mid-reply), Redis counts them this consumer's, and no one else
+    /// would take them for a visibility timeout.
+    pub async fn own_pending(
+        &self,
+        consumer: &str,
+        count: usize,
+    ) -> Result<Vec<QueueEntry>, BackendError> {
+        let options = StreamReadOptions::default()
+            .group(GROUP, consumer)
+            .count(count.max(1));
+        let mut c = self.conn().await?;
+        let reply: Option<StreamReadReply> = c
+            .xread_options(&[self.keys.runs()], &["0"], &options)
+            .await?;
+        let ids = reply
+            .map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect())
+            .unwrap_or_default();
+        self.entries(ids)
+    }
+
+    /// Takes over, up to `count`, entries held unacknowledged by a
+    /// consumer that is not `alive` for at least `dead_idle`: one whose
+    /// lease is over (it died, or is cut off past its lease and fires
+    /// nothing); and this consumer's own entries idle for at least
+    /// `own_idle` (ones it no longer holds: it touches those it runs). A
+    /// consumer whose lease may still be alive may be running its entries
+    /// cut off from Redis: taking them would run them twice.
     pub async fn reclaim(
         &self,
         consumer: &str,
-        min_idle: Duration,
+        own_idle: Duration,
+        dead_idle: Duration,
         count: usize,
+        alive: &std::collections::BTreeSet<String>,
     ) -> Result<Vec<QueueEntry>, BackendError> {
         let mut c = self.conn().await?;
-        let reply: StreamAutoClaimReply = c
-            .xautoclaim_options(
-                self.keys.runs(),
-                GROUP,
-                consumer,
-                min_idle.as_millis() as u64,
-                "0-0",
-                StreamAutoClaimOptions::default().count(count.max(1)),
-            )
+        let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let (own_ms, dead_ms) = (millis(own_idle), millis(dead_idle));
+        let idle_ms = own_ms.min(dead_ms);
+        let pending: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
+            .arg(self.keys.runs())
+            .arg(GROUP)
+            .arg("IDLE")
+            .arg(idle_ms)
+            .arg("-")
+            .arg("+")
+            .arg(count.max(1) * 4)
+            .query_async(&mut c)
             .await?;
-        self.entries(reply.claimed)
+        let ids: Vec<String> = pending
+            .into_iter()
+            .filter(|(_, holder, idle, _)| {
+                if holder == consumer {
+                    *idle >= own_ms
+                } else {
+                    !alive.contains(holder) && *idle >= dead_ms
+                }
+            })
+            .map(|(id, ..)| id)
+            .take(count.max(1))
+            .collect();
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let reply: StreamClaimReply = c
+            .xclaim(self.keys.runs(), GROUP, consumer, idle_ms, &ids)
+            .await?;
+        self.entries(reply.ids)
     }
 
     /// Resets the idle time of entries this consumer is still running, so

@@ -14,7 +14,12 @@ use super::store::{BackendError, RedisStore};
 /// Writes a record only if it moves the run forward: (attempt, phase) with
 /// PENDING < RUNNING < final, as `ExecutionRecord::progress` and the
 /// in-memory store do. A PENDING flushed after another daemon's RUNNING,
-/// or a RUNNING after the final record, is dropped. A new record also joins
+/// or a RUNNING after the final record, is dropped. Fencing: within one
+/// attempt, once a daemon has run it (RUNNING or final), another daemon's write
+/// is dropped unless it takes the run over from that very daemon (its
+/// `taken_over_from` names it). So a daemon that was paused past the
+/// visibility timeout, whose run another daemon took over meanwhile,
+/// cannot finish (or overwrite) that run when it wakes. A new record also joins
 /// the job's history (capped, TTL) and the recent index; updates do not
 /// touch the indexes.
 const PUT_RECORD_FN: &str = r#"
@@ -40,7 +45,15 @@ local function progress_of(current)
   return tonumber(attempt) or 0, phase
 end
 
-local function put_record(rkey, hkey, recent, json, ttl, attempt, phase, id, score, cap)
+-- The daemon that wrote a record (its "daemon" key, the first of its
+-- name for the reason above), or nil.
+local function daemon_of(current)
+  local d = string.find(current, '"daemon":"', 1, true)
+  if not d then return nil end
+  return string.match(current, '^[^"]*', d + 10)
+end
+
+local function put_record(rkey, hkey, recent, json, ttl, attempt, phase, id, score, cap, daemon, from)
   local current = redis.call('GET', rkey)
   if current then
     local old_attempt, old_phase = progress_of(current)
@@ -48,6 +61,12 @@ local function put_record(rkey, hkey, recent, json, ttl, attempt, phase, id, sco
       local a, p = tonumber(attempt), tonumber(phase)
       if a < old_attempt or (a == old_attempt and p < old_phase) then
         return 0
+      end
+      if a == old_attempt and old_phase > 0 and daemon ~= '' then
+        local holder = daemon_of(current)
+        if holder and holder ~= daemon and holder ~= from then
+          return 0
+        end
       end
     end
   end
@@ -66,16 +85,17 @@ end
 /// Redis to parse instead of one per record), each only if it moves
 /// its run forward (see `PUT_RECORD_FN`).
 /// KEYS: recent, then per record its record and history keys. ARGV: ttl,
-/// history cap, then per record json, attempt, phase, run id, score.
+/// history cap, then per record json, attempt, phase, run id, score,
+/// writing daemon (or ''), daemon it takes the run over from (or '').
 /// Returns how many were written (the rest were behind what Redis had).
 pub(super) static PUT_RECORDS: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "{PUT_RECORD_FN}
 local written = 0
 for i = 0, (#KEYS - 1) / 2 - 1 do
-  local a = 3 + i * 5
+  local a = 3 + i * 7
   written = written + put_record(KEYS[2 + 2 * i], KEYS[3 + 2 * i], KEYS[1], ARGV[a], ARGV[1],
-    ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[2])
+    ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[2], ARGV[a + 5], ARGV[a + 6])
 end
 return written"
     ))
@@ -97,7 +117,7 @@ pub(super) static ENQUEUE: LazyLock<Script> = LazyLock::new(|| {
 local claim = redis.call('GET', KEYS[1])
 if claim == ARGV[1] .. ':queued' then return 0 end
 if claim and claim ~= ARGV[1] then return -1 end
-put_record(KEYS[2], KEYS[3], KEYS[4], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8])
+put_record(KEYS[2], KEYS[3], KEYS[4], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], '', '')
 redis.call('SADD', KEYS[5], ARGV[6])
 redis.call('EXPIRE', KEYS[5], ARGV[9])
 redis.call('XADD', KEYS[6], '*', 'record', ARGV[2])
@@ -131,6 +151,85 @@ if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
 end
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return 1
+end
+return 0",
+    )
+});
+
+/// Claims the ticks of one skipped-tick entry and records the stretches
+/// won, in one step: a daemon killed between a skip's claims and its
+/// record would otherwise leave ticks claimed `{daemon}:skipped` that no
+/// entry records (lost to every checker). Each tick is claimed like a run
+/// (`SET NX`, or already this mark); each run of consecutive ticks won
+/// becomes an entry (id `job|reason|first|last`, as `SkippedTicks::dedup_id`;
+/// added once), then the index is trimmed to the cap. Returns 1/0 per tick.
+/// KEYS: skips index, skips data, then each tick's claim key. ARGV: mark,
+/// claim TTL (s), cap, score (ms), job id (JSON string), job id, reason,
+/// recorded at (RFC 3339), then per tick its unix seconds and RFC 3339.
+pub(super) static CLAIM_AND_SKIP: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local mark, ttl = ARGV[1], ARGV[2]
+local won = {}
+for i = 3, #KEYS do
+  local ok = redis.call('SET', KEYS[i], mark, 'NX', 'EX', ttl)
+  if ok or redis.call('GET', KEYS[i]) == mark then
+    won[#won + 1] = 1
+  else
+    won[#won + 1] = 0
+  end
+end
+local function record(first, last, count)
+  local ts1, at1 = ARGV[9 + 2 * (first - 1)], ARGV[10 + 2 * (first - 1)]
+  local ts2, at2 = ARGV[9 + 2 * (last - 1)], ARGV[10 + 2 * (last - 1)]
+  local id = ARGV[6] .. '|' .. ARGV[7] .. '|' .. ts1 .. '|' .. ts2
+  if redis.call('ZADD', KEYS[1], 'NX', ARGV[4], id) == 1 then
+    redis.call('HSET', KEYS[2], id, '{"job_id":' .. ARGV[5] .. ',"reason":"' .. ARGV[7]
+      .. '","first":"' .. at1 .. '","last":"' .. at2 .. '","count":' .. count
+      .. ',"recorded_at":"' .. ARGV[8] .. '"}')
+  end
+end
+local start = nil
+for i = 1, #won + 1 do
+  if won[i] == 1 then
+    if not start then start = i end
+  elseif start then
+    record(start, i - 1, i - start)
+    start = nil
+  end
+end
+local over = redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[3])
+if over > 0 then
+  for _, old in ipairs(redis.call('ZRANGE', KEYS[1], 0, over - 1)) do
+    redis.call('HDEL', KEYS[2], old)
+  end
+  redis.call('ZREMRANGEBYRANK', KEYS[1], 0, over - 1)
+end
+return won"#,
+    )
+});
+
+/// Claims a tick this daemon ran offline, written on its return. Free, or
+/// already its own: claimed. Held by a peer's skip (`{daemon}:skipped`):
+/// the peer took this daemon's jobs over when its lease ran out and
+/// recorded the tick skipped, not knowing it ran; the claim becomes this
+/// daemon's and that one-tick skip entry is withdrawn (returns 2). Held
+/// by a run elsewhere: 0, nothing changed.
+/// KEYS: claim, skips index, skips data. ARGV: daemon, claim TTL (s), the
+/// one-tick `offline` skip entry's id.
+pub(super) static CLAIM_RAN_OFFLINE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local v = redis.call('GET', KEYS[1])
+if not v or v == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+  return 1
+end
+if string.sub(v, -8) == ':skipped' then
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+  redis.call('ZREM', KEYS[2], ARGV[3])
+  redis.call('HDEL', KEYS[3], ARGV[3])
+  return 2
 end
 return 0",
     )
@@ -282,7 +381,7 @@ return window",
     )
 });
 
-fn all() -> [&'static Script; 11] {
+fn all() -> [&'static Script; 13] {
     [
         &CLAIM_DIGEST_WINDOW,
         &HOLD_LEASE,
@@ -292,6 +391,8 @@ fn all() -> [&'static Script; 11] {
         &RAISE_LAST_RUN,
         &CLAIM,
         &PUT_SKIPPED,
+        &CLAIM_RAN_OFFLINE,
+        &CLAIM_AND_SKIP,
         &PROMOTE_RETRIES,
         &INFLIGHT_COUNTS,
         &REQUEUE,

@@ -5,7 +5,7 @@
 //! reads are one or two round trips. Every method returns an error rather
 //! than waiting: the pool's timeouts bound each call.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -15,12 +15,14 @@ use deadpool_redis::Pool;
 use deadpool_redis::redis::{self, AsyncCommands, Pipeline};
 
 use super::keys::Keys;
-use super::scripts::{CLAIM, PUT_RECORDS, PUT_SKIPPED, RAISE_LAST_RUN};
+use super::scripts::{
+    CLAIM, CLAIM_AND_SKIP, CLAIM_RAN_OFFLINE, PUT_RECORDS, PUT_SKIPPED, RAISE_LAST_RUN,
+};
 use super::shared::{Conn, SharedConnection};
 use super::stored::StoredJob;
 use crate::job::JobId;
 use crate::memory::{RecordQuery, StoreLimits};
-use crate::record::{ExecutionRecord, RunId, SkippedTicks};
+use crate::record::{ExecutionRecord, RunId, SkipReason, SkippedTicks};
 
 /// How many ids one page of a filtered query reads.
 const QUERY_PAGE: isize = 256;
@@ -64,6 +66,10 @@ impl From<redis::RedisError> for BackendError {
 /// How long a tick claim is kept: long enough that no daemon still
 /// considers the tick due, short enough that claims do not pile up.
 pub const CLAIM_TTL: Duration = Duration::from_secs(86_400);
+/// Claims (or last ticks) written back per round trip after a data loss.
+const RESTORE_BATCH: usize = 1_000;
+/// How long the set of daemons restored in an epoch is kept.
+const RESTORED_TTL_SECONDS: i64 = 86_400;
 
 /// One write waiting to reach Redis, in the order it was made.
 #[derive(Debug, Clone, PartialEq)]
@@ -236,6 +242,62 @@ impl RedisStore {
         Ok(jobs)
     }
 
+    // --- after a data loss ------------------------------------------------
+
+    /// After Redis lost its data: writes back the tick claims this daemon
+    /// won (`job`, unix seconds, claim value), each only where its key is
+    /// free, and raises the jobs' last ticks to this daemon's; then marks
+    /// this daemon restored in `epoch`. Safe to repeat.
+    pub async fn restore(
+        &self,
+        claims: &[(String, i64, String)],
+        last_ticks: &[(JobId, DateTime<Utc>)],
+        daemon_id: &str,
+        epoch: &str,
+    ) -> Result<(), BackendError> {
+        let mut c = self.conn().await?;
+        for chunk in claims.chunks(RESTORE_BATCH) {
+            let mut p = redis::pipe();
+            for (job_id, at, value) in chunk {
+                p.cmd("SET")
+                    .arg(self.keys.tick_claim(job_id, *at))
+                    .arg(value)
+                    .arg("NX")
+                    .arg("EX")
+                    .arg(CLAIM_TTL.as_secs())
+                    .ignore();
+            }
+            p.query_async::<()>(&mut c).await?;
+        }
+        for chunk in last_ticks.chunks(RESTORE_BATCH) {
+            let mut p = redis::pipe();
+            for (job_id, at) in chunk {
+                p.invoke_script(
+                    RAISE_LAST_RUN
+                        .key(self.keys.last_run(job_id))
+                        .arg(at.timestamp()),
+                )
+                .ignore();
+            }
+            p.query_async::<()>(&mut c).await?;
+        }
+        let key = self.keys.restored(epoch);
+        redis::pipe()
+            .sadd(&key, daemon_id)
+            .ignore()
+            .expire(&key, RESTORED_TTL_SECONDS)
+            .ignore()
+            .query_async::<()>(&mut c)
+            .await?;
+        Ok(())
+    }
+
+    /// The daemons that restored what they knew in `epoch`.
+    pub async fn restored(&self, epoch: &str) -> Result<BTreeSet<String>, BackendError> {
+        let mut c = self.conn().await?;
+        Ok(c.smembers(self.keys.restored(epoch)).await?)
+    }
+
     // --- last ticks -----------------------------------------------------
 
     pub async fn raise_last_tick(
@@ -391,13 +453,24 @@ impl RedisStore {
                     settled.entry(job_id.as_str()).or_default().push(run_id);
                 }
                 PendingWrite::Claim { job_id, at, daemon } => {
-                    p.cmd("SET")
-                        .arg(self.keys.tick_claim(job_id, at.timestamp()))
-                        .arg(daemon)
-                        .arg("NX")
-                        .arg("EX")
-                        .arg(CLAIM_TTL.as_secs())
-                        .ignore();
+                    let withdrawn = SkippedTicks {
+                        job_id: job_id.clone(),
+                        reason: SkipReason::Offline,
+                        first: *at,
+                        last: *at,
+                        count: 1,
+                        recorded_at: *at,
+                    };
+                    p.invoke_script(
+                        CLAIM_RAN_OFFLINE
+                            .key(self.keys.tick_claim(job_id, at.timestamp()))
+                            .key(self.keys.skipped())
+                            .key(self.keys.skipped_data())
+                            .arg(daemon)
+                            .arg(CLAIM_TTL.as_secs())
+                            .arg(withdrawn.dedup_id()),
+                    )
+                    .ignore();
                 }
             }
         }
@@ -451,7 +524,9 @@ impl RedisStore {
                 .arg(attempt)
                 .arg(phase)
                 .arg(r.run_id.0.as_str())
-                .arg(r.created_at.timestamp_millis());
+                .arg(r.created_at.timestamp_millis())
+                .arg(r.daemon.as_deref().unwrap_or(""))
+                .arg(r.taken_over_from.as_deref().unwrap_or(""));
         }
         p.invoke_script(&call).ignore();
         Ok(())
@@ -480,6 +555,47 @@ impl RedisStore {
         let mut c = self.conn().await?;
         let won: Vec<i64> = self.query_scripted(&mut c, &p).await?;
         Ok(won.into_iter().map(|w| w == 1).collect())
+    }
+
+    /// Claims each skip's ticks (`mark`, as [`Self::claim_ticks`]) and
+    /// records the stretches won, atomically per skip (see
+    /// [`CLAIM_AND_SKIP`]); one pipeline. Returns, per skip, which of its
+    /// ticks were won.
+    pub async fn claim_and_skip(
+        &self,
+        skips: &[(&SkippedTicks, &[DateTime<Utc>])],
+        mark: &str,
+    ) -> Result<Vec<Vec<bool>>, BackendError> {
+        if skips.is_empty() {
+            return Ok(Vec::new());
+        }
+        let cap = self.limits.max_skipped.max(1);
+        let mut p = redis::pipe();
+        for (skip, ticks) in skips {
+            let mut call = CLAIM_AND_SKIP.key(self.keys.skipped());
+            call.key(self.keys.skipped_data());
+            for at in ticks.iter() {
+                call.key(self.keys.tick_claim(&skip.job_id, at.timestamp()));
+            }
+            call.arg(mark)
+                .arg(CLAIM_TTL.as_secs())
+                .arg(cap)
+                .arg(skip.recorded_at.timestamp_millis())
+                .arg(to_json(&skip.job_id)?)
+                .arg(&skip.job_id)
+                .arg(skip.reason.as_str())
+                .arg(rfc3339(skip.recorded_at));
+            for at in ticks.iter() {
+                call.arg(at.timestamp()).arg(rfc3339(*at));
+            }
+            p.invoke_script(&call);
+        }
+        let mut c = self.conn().await?;
+        let won: Vec<Vec<i64>> = self.query_scripted(&mut c, &p).await?;
+        Ok(won
+            .into_iter()
+            .map(|w| w.into_iter().map(|x| x == 1).collect())
+            .collect())
     }
 
     pub async fn record(&self, run_id: &RunId) -> Result<Option<ExecutionRecord>, BackendError> {
@@ -612,4 +728,9 @@ pub(super) fn from_json<T: serde::de::DeserializeOwned>(
         key: key.to_string(),
         message: e.to_string(),
     })
+}
+
+/// A time as serde writes it in records (RFC 3339, UTC, `Z`).
+fn rfc3339(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
 }

@@ -1,0 +1,674 @@
+//! A Jepsen-style test: three real `herald run` daemons on one
+//! `redis-server`, each reaching Redis through a TCP relay of its own, under
+//! a nemesis that injects one fault after another, while a workload of
+//! every-second jobs runs and jobs are created, edited and disabled
+//! through the admin API. A checker then reads every message the fake Bot
+//! API received, every skipped-tick entry (polled from Redis all along, so
+//! a Redis that loses its data does not hide what was recorded before)
+//! and every record.
+//!
+//! Faults (seeded; the seed is printed, `HERALD_JEPSEN_SEED` replays one):
+//! a daemon's link black-holed, cut, delayed or flapping; Redis
+//! black-holed from every daemon; a daemon paused (SIGSTOP, at times
+//! past its lease) and resumed; a daemon SIGKILLed and started again;
+//! Redis restarted with its data, and without it.
+//!
+//! The checker asserts, over each job's checked window: no tick ran twice
+//! (no recipient got its message twice); every tick ran or was recorded
+//! skipped (the misfire policy's `skip`, a dead or cut-off owner's
+//! `offline`, an overlap); no tick both ran and was recorded skipped.
+//! Ticks a Redis restarted without data can lose are exempt from "lost"
+//! only: runs queued in it and not yet read (±3 s around the restart), and
+//! runs a daemon killed up to 40 s before held (ticks from 5 s before the
+//! kill to 2 s after), waiting on the queue for its lease.
+//!
+//! Both runs are ignored by the suite for now: they still find
+//! violations (figures in BENCHMARKS.md). The short one (70 s) is
+//! `cargo test --test jepsen -- --ignored jepsen_short`; the full one (10
+//! minutes, at least 50 faults) is `bash scripts/chaos`.
+
+mod support;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, TimeDelta, Utc};
+use herald_actors::memory::StoreLimits;
+use herald_actors::record::SkippedTicks;
+use herald_actors::redis_backend::{RedisSettings, RedisStore, connect};
+use herald_testkit::relay::{Link, Relay};
+use herald_testkit::telegram::FakeTelegram;
+use herald_testkit::{RedisServer, free_port, log_tail};
+use support::{Daemon, judge};
+
+const TOKEN: &str = "jepsen-admin-token";
+
+struct Plan {
+    run_for: Duration,
+    min_faults: usize,
+    /// Longest single fault.
+    longest: u64,
+}
+
+const SHORT: Plan = Plan {
+    run_for: Duration::from_secs(70),
+    min_faults: 8,
+    longest: 8,
+};
+
+const FULL: Plan = Plan {
+    run_for: Duration::from_secs(600),
+    min_faults: 50,
+    longest: 16,
+};
+
+/// The config jobs: (id, overlap, recipients).
+const JOBS: &[(&str, &str, i64)] = &[
+    ("skip-1", "skip", 1),
+    ("skip-3", "skip", 3),
+    ("allow-1", "allow", 1),
+    ("allow-3", "allow", 3),
+    ("queue-1", "queue_one", 1),
+    ("queue-3", "queue_one", 3),
+];
+
+/// The chats a job messages: its own, so a message names one tick.
+fn chats(job_index: usize, recipients: i64) -> Vec<i64> {
+    (0..recipients)
+        .map(|r| 20_000 + 100 * job_index as i64 + r)
+        .collect()
+}
+
+fn config(redis: &str, telegram: &str, http: u16) -> String {
+    let mut text = format!(
+        r#"[scheduler]
+shutdown_grace = "5s"
+
+[http]
+listen = "127.0.0.1:{http}"
+admin_token = "{TOKEN}"
+
+[redis]
+url = "{redis}"
+visibility_timeout = "3s"
+
+[telegram]
+token = "123456:JEPSEN"
+api_url = "{telegram}"
+"#
+    );
+    for (i, (id, overlap, n)) in JOBS.iter().enumerate() {
+        let include = chats(i, *n)
+            .iter()
+            .map(i64::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
+        text.push_str(&format!(
+            r#"
+[[jobs]]
+id = "{id}"
+schedule = "* * * * * *"
+template = "tick {{{{ run_id }}}}"
+overlap = "{overlap}"
+include = [{include}]
+"#
+        ));
+    }
+    text
+}
+
+/// xorshift64*: a seeded sequence, no dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+
+    fn secs(&mut self, from: u64, to: u64) -> Duration {
+        Duration::from_millis(from * 1000 + self.below((to - from) * 1000 + 1))
+    }
+}
+
+/// A job created at run time, and the window in which it is surely
+/// defined and enabled on every daemon.
+struct CustomJob {
+    id: String,
+    chats: Vec<i64>,
+    checked_from: DateTime<Utc>,
+    checked_to: Option<DateTime<Utc>>,
+    /// The create call failed or timed out: the job may or may not exist.
+    unsure: bool,
+}
+
+struct World {
+    redis: RedisServer,
+    relays: Vec<Relay>,
+    daemons: Vec<Daemon>,
+    fake: FakeTelegram,
+    client: reqwest::Client,
+    /// Skip entries seen, by epoch (a restart without data starts one):
+    /// the latest read of each epoch.
+    skips_by_epoch: Vec<BTreeMap<String, SkippedTicks>>,
+    /// Restarts without data: ticks near them may be lost.
+    wipes: Vec<DateTime<Utc>>,
+    /// SIGKILLs: the runs a killed daemon held wait on the queue for its
+    /// lease, and go if Redis loses its data meanwhile.
+    kills: Vec<DateTime<Utc>>,
+    faults: BTreeMap<&'static str, usize>,
+    /// Each fault or job operation, with when it began and which daemon.
+    timeline: Vec<String>,
+    paused: Option<usize>,
+    down: Option<usize>,
+    custom: Vec<CustomJob>,
+    _dir: tempfile::TempDir,
+}
+
+impl World {
+    fn store(&self) -> RedisStore {
+        RedisStore::new(
+            connect(&RedisSettings::new(self.redis.url(), "herald")).expect("a Redis pool"),
+            "herald",
+            StoreLimits::default(),
+        )
+    }
+
+    /// Reads the skip entries now held in Redis into the current epoch.
+    async fn poll_skips(&mut self) {
+        let read = tokio::time::timeout(
+            Duration::from_secs(2),
+            self.store().skipped(None, 1_000_000),
+        )
+        .await;
+        if let Ok(Ok(skips)) = read {
+            let epoch: BTreeMap<String, SkippedTicks> =
+                skips.into_iter().map(|s| (s.dedup_id(), s)).collect();
+            if let Some(last) = self.skips_by_epoch.last_mut() {
+                *last = epoch;
+            }
+        }
+    }
+
+    /// Sleeps `d`, reading skip entries every second meanwhile.
+    async fn wait(&mut self, d: Duration) {
+        let until = Instant::now() + d;
+        while Instant::now() < until {
+            let left = until.saturating_duration_since(Instant::now());
+            tokio::time::sleep(left.min(Duration::from_secs(1))).await;
+            self.poll_skips().await;
+        }
+    }
+
+    fn note(&mut self, fault: &'static str) {
+        *self.faults.entry(fault).or_default() += 1;
+        self.timeline
+            .push(format!("{} {fault}", Utc::now().format("%H:%M:%S%.3f")));
+    }
+
+    /// A daemon that answers its API now.
+    fn live_daemon(&mut self, rng: &mut Rng) -> usize {
+        loop {
+            let i = rng.below(3) as usize;
+            if Some(i) != self.paused && Some(i) != self.down {
+                return i;
+            }
+        }
+    }
+
+    async fn api(
+        &self,
+        daemon: usize,
+        method: reqwest::Method,
+        path: &str,
+        body: serde_json::Value,
+    ) -> bool {
+        let url = format!("http://127.0.0.1:{}/api{path}", self.daemons[daemon].http);
+        matches!(
+            self.client
+                .request(method, &url)
+                .bearer_auth(TOKEN)
+                .json(&body)
+                .send()
+                .await,
+            Ok(r) if r.status().is_success()
+        )
+    }
+
+    /// One job operation: create a job, edit one (its overlap policy), or
+    /// disable one, through a daemon that is up (maybe cut off).
+    async fn job_op(&mut self, rng: &mut Rng) {
+        let daemon = self.live_daemon(rng);
+        let open: Vec<usize> = (0..self.custom.len())
+            .filter(|i| self.custom[*i].checked_to.is_none())
+            .collect();
+        let op = if open.is_empty() || (open.len() < 4 && rng.below(2) == 0) {
+            0
+        } else {
+            1 + rng.below(2)
+        };
+        let overlaps = ["skip", "allow", "queue_one"];
+        match op {
+            0 => {
+                let n = self.custom.len();
+                let id = format!("custom-{n}");
+                let chats: Vec<i64> = (0..1 + rng.below(3) as i64)
+                    .map(|r| 40_000 + 100 * n as i64 + r)
+                    .collect();
+                let overlap = overlaps[rng.below(3) as usize];
+                let ok = self
+                    .api(
+                        daemon,
+                        reqwest::Method::POST,
+                        "/jobs",
+                        serde_json::json!({
+                            "id": id,
+                            "schedule": "* * * * * *",
+                            "template": "tick {{ run_id }}",
+                            "include": chats,
+                            "overlap": overlap,
+                        }),
+                    )
+                    .await;
+                self.note("job created");
+                self.custom.push(CustomJob {
+                    id,
+                    chats,
+                    // A daemon cut off learns of it only once back: up to
+                    // a fault's length, plus a resync.
+                    checked_from: Utc::now() + TimeDelta::seconds(30),
+                    checked_to: None,
+                    unsure: !ok,
+                });
+            }
+            1 => {
+                let j = open[rng.below(open.len() as u64) as usize];
+                let overlap = overlaps[rng.below(3) as usize];
+                let path = format!("/jobs/{}", self.custom[j].id);
+                let ok = self
+                    .api(
+                        daemon,
+                        reqwest::Method::PATCH,
+                        &path,
+                        serde_json::json!({ "overlap": overlap }),
+                    )
+                    .await;
+                self.note("job edited");
+                if !ok {
+                    self.custom[j].unsure = true;
+                }
+            }
+            _ => {
+                let j = open[rng.below(open.len() as u64) as usize];
+                let path = format!("/jobs/{}", self.custom[j].id);
+                // Checked until just before the disable: after it, a
+                // daemon cut off may still run it until it is back.
+                self.custom[j].checked_to = Some(Utc::now() - TimeDelta::seconds(1));
+                let _ = self
+                    .api(
+                        daemon,
+                        reqwest::Method::PATCH,
+                        &path,
+                        serde_json::json!({ "enabled": false }),
+                    )
+                    .await;
+                self.note("job disabled");
+            }
+        }
+    }
+
+    /// One fault, held for a while, then healed.
+    async fn fault(&mut self, rng: &mut Rng, longest: u64) {
+        let d = rng.below(3) as usize;
+        let hold = rng.secs(2, longest);
+        let kind = rng.below(10);
+        self.timeline
+            .push(format!("  (daemon {}, {hold:?})", self.daemons[d].name));
+        match kind {
+            0 | 1 => {
+                self.note("link black-holed");
+                self.relays[d].set(Link::BlackHole);
+                self.wait(hold).await;
+                self.relays[d].set(Link::Open);
+            }
+            2 => {
+                self.note("link cut");
+                self.relays[d].set(Link::Cut);
+                self.wait(hold).await;
+                self.relays[d].set(Link::Open);
+            }
+            3 => {
+                self.note("link delayed");
+                let delay = Duration::from_millis(100 + rng.below(600));
+                self.relays[d].set(Link::Delay(delay));
+                self.wait(hold).await;
+                self.relays[d].set(Link::Open);
+            }
+            4 => {
+                self.note("link flapping");
+                let until = Instant::now() + hold;
+                while Instant::now() < until {
+                    let cut = rng.secs(0, 1);
+                    self.relays[d].set(Link::Cut);
+                    tokio::time::sleep(cut).await;
+                    self.relays[d].set(Link::Open);
+                    tokio::time::sleep(rng.secs(0, 2)).await;
+                }
+                self.relays[d].set(Link::Open);
+                self.poll_skips().await;
+            }
+            5 => {
+                self.note("redis cut from all");
+                for r in &self.relays {
+                    r.set(Link::BlackHole);
+                }
+                self.wait(hold).await;
+                for r in &self.relays {
+                    r.set(Link::Open);
+                }
+            }
+            6 => {
+                self.note("daemon paused");
+                self.paused = Some(d);
+                self.daemons[d].pause();
+                tokio::time::sleep(hold.max(Duration::from_secs(4))).await;
+                self.daemons[d].resume();
+                self.paused = None;
+                self.poll_skips().await;
+            }
+            7 => {
+                self.note("daemon killed");
+                self.down = Some(d);
+                self.daemons[d].kill();
+                self.kills.push(Utc::now());
+                self.wait(rng.secs(0, 3)).await;
+                self.daemons[d].spawn();
+                let client = self.client.clone();
+                self.daemons[d]
+                    .wait_for_mode(&client, "online", Duration::from_secs(30))
+                    .await;
+                self.down = None;
+            }
+            8 => {
+                self.note("redis restarted");
+                self.poll_skips().await;
+                self.redis.shut_down();
+                self.wait(rng.secs(1, longest.min(8))).await;
+                self.redis.start_again();
+            }
+            _ => {
+                self.note("redis restarted empty");
+                self.poll_skips().await;
+                self.redis.restart_empty();
+                self.wipes.push(Utc::now());
+                self.skips_by_epoch.push(BTreeMap::new());
+            }
+        }
+    }
+
+    /// Every recipient's count of each run's message: (job, unix s) ->
+    /// per chat.
+    fn messages(&self) -> HashMap<(String, i64), HashMap<i64, usize>> {
+        let mut out: HashMap<(String, i64), HashMap<i64, usize>> = HashMap::new();
+        for r in self.fake.sent() {
+            let (Some(chat), Some(text)) = (r.chat_id, r.text) else {
+                continue;
+            };
+            let Some(run) = text.split_whitespace().nth(1) else {
+                continue;
+            };
+            let Some((job, at)) = run.split_once('@') else {
+                continue;
+            };
+            let Ok(at) = at.parse::<i64>() else {
+                continue;
+            };
+            *out.entry((job.to_string(), at))
+                .or_default()
+                .entry(chat)
+                .or_default() += 1;
+        }
+        out
+    }
+
+    fn logs(&self) -> String {
+        self.daemons
+            .iter()
+            .map(|d| format!("--- {} ---\n{}", d.name, log_tail(&d.log())))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+/// A job checked over a window: id, chats, from, to.
+type Window = (String, Vec<i64>, DateTime<Utc>, DateTime<Utc>);
+
+async fn jepsen(plan: &Plan) {
+    let started = Instant::now();
+    let seed = std::env::var("HERALD_JEPSEN_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1)
+                | 1
+        });
+    println!("jepsen: seed {seed} (HERALD_JEPSEN_SEED={seed} replays it)");
+    let mut rng = Rng(seed);
+    let redis = RedisServer::start_persistent();
+    let fake = FakeTelegram::start().await;
+    let mut dir = tempfile::tempdir().expect("a temp dir");
+    if std::env::var_os("HERALD_JEPSEN_KEEP").is_some() {
+        dir.disable_cleanup(true);
+    }
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(3))
+        .build()
+        .expect("an http client");
+    let mut relays = Vec::new();
+    let mut daemons = Vec::new();
+    for name in ["A", "B", "C"] {
+        let relay = Relay::start(redis.port()).await;
+        let http = free_port();
+        daemons.push(Daemon::new(
+            name,
+            dir.path(),
+            &config(&relay.redis_url(), &fake.api_url(), http),
+            http,
+        ));
+        relays.push(relay);
+    }
+    for d in &mut daemons {
+        d.spawn();
+    }
+    for d in &mut daemons {
+        d.wait_for_mode(&client, "online", Duration::from_secs(20))
+            .await;
+        d.wait_for_peers(&client, 3, Duration::from_secs(10)).await;
+    }
+    if std::env::var_os("HERALD_JEPSEN_KEEP").is_some() {
+        println!("jepsen: logs kept in {}", dir.path().display());
+    }
+    let mut world = World {
+        redis,
+        relays,
+        daemons,
+        fake,
+        client,
+        skips_by_epoch: vec![BTreeMap::new()],
+        wipes: Vec::new(),
+        kills: Vec::new(),
+        faults: BTreeMap::new(),
+        timeline: Vec::new(),
+        paused: None,
+        down: None,
+        custom: Vec::new(),
+        _dir: dir,
+    };
+    let from = Utc::now() + TimeDelta::seconds(2);
+    world.wait(Duration::from_secs(3)).await;
+    let mut faults = 0;
+    while started.elapsed() < plan.run_for || faults < plan.min_faults {
+        if rng.below(3) == 0 {
+            world.job_op(&mut rng).await;
+        }
+        world.fault(&mut rng, plan.longest).await;
+        faults += 1;
+        let calm = rng.secs(1, 4);
+        world.wait(calm).await;
+    }
+    // Heal and settle: every daemon back, leases run out, returns done.
+    for r in &world.relays {
+        r.set(Link::Open);
+    }
+    let client = world.client.clone();
+    for d in &mut world.daemons {
+        d.wait_for_mode(&client, "online", Duration::from_secs(30))
+            .await;
+    }
+    let to = Utc::now() - TimeDelta::seconds(1);
+    world.wait(Duration::from_secs(20)).await;
+
+    // The checker.
+    let skips: Vec<SkippedTicks> = world
+        .skips_by_epoch
+        .iter()
+        .flat_map(|e| e.values().cloned())
+        .collect();
+    let messages = world.messages();
+    // Lost with Redis's data: runs queued and not yet read (within 3 s of
+    // the restart), and runs a killed daemon held (its ticks within a few
+    // seconds of the kill, queued ahead or going) that wait on the queue
+    // for its lease and any outage after it (up to 40 s).
+    let near_wipe = |at: DateTime<Utc>| {
+        world.wipes.iter().any(|w| {
+            (at - *w).num_seconds().abs() <= 3
+                || world.kills.iter().any(|k| {
+                    let held = (at - *k).num_seconds();
+                    (-5..=2).contains(&held) && *k <= *w && (*w - *k).num_seconds() <= 40
+                })
+        })
+    };
+    let mut windows: Vec<Window> = JOBS
+        .iter()
+        .enumerate()
+        .map(|(i, (id, _, n))| (id.to_string(), chats(i, *n), from, to))
+        .collect();
+    for c in &world.custom {
+        let end = c.checked_to.unwrap_or(to).min(to);
+        if !c.unsure && c.checked_from < end {
+            windows.push((c.id.clone(), c.chats.clone(), c.checked_from, end));
+        }
+    }
+    let mut verdict = support::Verdict::default();
+    let mut exempt = 0;
+    let mut partial = Vec::new();
+    for (job, chats, from, to) in &windows {
+        let v = judge(
+            std::slice::from_ref(job),
+            *from,
+            *to,
+            |job, at| {
+                messages
+                    .get(&(job.to_string(), at.timestamp()))
+                    .map(|per_chat| per_chat.values().copied().max().unwrap_or(0))
+                    .unwrap_or(0)
+            },
+            &skips,
+        );
+        verdict.ticks += v.ticks;
+        verdict.ran += v.ran;
+        verdict.skipped += v.skipped;
+        verdict.twice.extend(v.twice);
+        verdict.ran_and_skipped.extend(v.ran_and_skipped);
+        for lost in v.lost {
+            let at = lost
+                .rsplit_once('@')
+                .and_then(|(_, t)| chrono::NaiveTime::parse_from_str(t, "%H:%M:%S").ok());
+            let wiped = at.is_some_and(|t| {
+                let day = from.date_naive();
+                near_wipe(day.and_time(t).and_utc())
+            });
+            if wiped {
+                exempt += 1;
+            } else {
+                verdict.lost.push(lost);
+            }
+        }
+        // A tick that ran reached every recipient (a message of unknown
+        // outcome is counted skipped on its record; reported, not failed:
+        // records a wipe took cannot be read).
+        for ((j, at), per_chat) in &messages {
+            if j == job && *at >= from.timestamp() && *at <= to.timestamp() {
+                let missing = chats.iter().filter(|c| !per_chat.contains_key(c)).count();
+                if missing > 0 {
+                    partial.push(format!("{j}@{at}: {missing} of {}", chats.len()));
+                }
+            }
+        }
+    }
+    // Messages twice outside the checked windows too.
+    let twice_anywhere: Vec<String> = messages
+        .iter()
+        .filter(|(_, per_chat)| per_chat.values().any(|n| *n > 1))
+        .map(|((j, at), _)| format!("{j}@{at}"))
+        .collect();
+    let distinct: HashSet<&str> = skips.iter().map(|s| s.reason.as_str()).collect();
+    println!(
+        "jepsen: {faults} faults {:?}; {} jobs checked ({} created at run time); \
+         {} ticks: {} ran, {} skipped (reasons {:?}), {} twice, {} ran and skipped, {} lost, \
+         {} exempt near {} restarts without data, {} ran short of recipients; \
+         {} messages, {} twice anywhere; {:.0} s",
+        world.faults,
+        windows.len(),
+        world.custom.len(),
+        verdict.ticks,
+        verdict.ran,
+        verdict.skipped,
+        distinct,
+        verdict.twice.len(),
+        verdict.ran_and_skipped.len(),
+        verdict.lost.len(),
+        exempt,
+        world.wipes.len(),
+        partial.len(),
+        world.fake.sent().len(),
+        twice_anywhere.len(),
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        verdict.is_clean() && twice_anywhere.is_empty(),
+        "seed {seed}: {verdict:?}\ntwice anywhere: {twice_anywhere:?}\ntimeline:\n{}\n{}",
+        world.timeline.join("\n"),
+        world.logs()
+    );
+    assert!(verdict.ran > 0, "nothing ran");
+    for d in &mut world.daemons {
+        let code = d.terminate().await;
+        assert_eq!(code, Some(0), "{} exit on SIGTERM", d.name);
+    }
+}
+
+/// Not in the suite yet: the harness still finds violations (see
+/// BENCHMARKS.md), so it would fail CI at random. `cargo test --test
+/// jepsen -- --ignored jepsen_short`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "still finds violations: cargo test --test jepsen -- --ignored jepsen_short"]
+async fn jepsen_short() {
+    jepsen(&SHORT).await;
+}
+
+/// The full run: `bash scripts/chaos`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "the full Jepsen-style run (about 11 minutes): bash scripts/chaos"]
+async fn jepsen_full() {
+    jepsen(&FULL).await;
+}
