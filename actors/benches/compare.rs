@@ -558,7 +558,7 @@ impl Producer {
                     Utc::now(),
                 );
                 let id = record.run_id.0.clone();
-                match store.enqueue(&[record], "bench-producer").await {
+                match store.enqueue(&[record], "bench-producer", None).await {
                     Ok(q) if q.first() == Some(&true) => Ok(id),
                     Ok(_) => Err("refused by the queue".into()),
                     Err(e) => Err(e.to_string()),

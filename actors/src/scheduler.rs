@@ -186,6 +186,18 @@ struct Returning {
     /// Jobs added, or enabled from disabled, here meanwhile: their owner,
     /// still offline, does not know they run, so they fire here.
     local: HashSet<String>,
+    /// Of `local`, those added while Redis was away again and not written
+    /// since: only these fire here offline. One written (Redis seen since)
+    /// may be known to its owner, which fires it offline itself; firing it
+    /// here too would run its ticks twice.
+    unwritten: HashSet<String>,
+}
+
+impl Returning {
+    /// Does this job fire here whoever owns it (see `local`)?
+    fn fires_here(&self, job_id: &str, mode: Mode) -> bool {
+        self.local.contains(job_id) && (mode == Mode::Online || self.unwritten.contains(job_id))
+    }
 }
 
 impl Actor for Scheduler {
@@ -395,6 +407,8 @@ async fn handle_other(
                     Some(returning) => {
                         returning.since = since;
                         returning.first_beats = None;
+                        // Written now (the store flushes on return).
+                        returning.unwritten.clear();
                     }
                     None => {
                         state.returning = state.health.as_ref().map(|h| Returning {
@@ -403,6 +417,7 @@ async fn handle_other(
                             first_beats: None,
                             presumed_dead: BTreeSet::new(),
                             local: HashSet::new(),
+                            unwritten: HashSet::new(),
                         });
                     }
                 }
@@ -581,8 +596,15 @@ async fn count_local_runs(state: &mut SchedulerState) {
 /// here until the resync: its owner, offline, does not know it runs.
 /// (An edit of a job that runs stays with its owner.)
 fn fire_here_until_resync(state: &mut SchedulerState, job_id: &str) {
+    let offline = state
+        .health
+        .as_ref()
+        .is_some_and(|h| h.mode == Mode::Offline);
     if let Some(returning) = &mut state.returning {
         returning.local.insert(job_id.to_string());
+        if offline {
+            returning.unwritten.insert(job_id.to_string());
+        }
     }
 }
 
@@ -780,7 +802,7 @@ fn owns(state: &SchedulerState, job_id: &str) -> bool {
             || cluster.lease.standing() != Standing::Expired
     };
     match (&state.returning, health.mode) {
-        (Some(returning), _) if returning.local.contains(job_id) => leased(&returning.peers),
+        (Some(returning), mode) if returning.fires_here(job_id, mode) => leased(&returning.peers),
         (Some(returning), _) => {
             let peers = still_leased(&returning.peers, health, me);
             owner(job_id, &peers).is_none_or(|o| o == me) && leased(&peers)
@@ -837,7 +859,7 @@ fn left_to(state: &SchedulerState, job_id: &str) -> Option<String> {
     let me = cluster.daemon_id.as_str();
     if health.mode == Mode::Offline {
         let peers = match &state.returning {
-            Some(returning) if returning.local.contains(job_id) => return None,
+            Some(returning) if returning.fires_here(job_id, Mode::Offline) => return None,
             Some(returning) => &still_leased(&returning.peers, health, me),
             None => &health.peers,
         };
@@ -1197,19 +1219,7 @@ async fn execute(
         let (uncertain, sure): (Vec<_>, Vec<_>) =
             fires.into_iter().partition(|(_, at, _)| *at < before);
         fires = sure;
-        let records = owned_fires(state, uncertain)
-            .into_iter()
-            .map(|(job, scheduled_at, trigger)| {
-                let mut record = new_run(
-                    &job,
-                    RunId::for_tick(&job.id, scheduled_at),
-                    scheduled_at,
-                    trigger,
-                );
-                record.queued = true;
-                record
-            })
-            .collect::<Vec<_>>();
+        let records = queued_runs(owned_fires(state, uncertain));
         if !records.is_empty() {
             tracing::info!(
                 runs = records.len(),
@@ -1237,19 +1247,7 @@ async fn execute(
     // run, all at once; one pipeline for all ticks due. Claim and enqueue
     // in one step: a daemon killed between the two would otherwise hold a
     // claim no run ever follows, and the tick would be lost.
-    let records: Vec<ExecutionRecord> = fires
-        .into_iter()
-        .map(|(job, scheduled_at, trigger)| {
-            let mut record = new_run(
-                &job,
-                RunId::for_tick(&job.id, scheduled_at),
-                scheduled_at,
-                trigger,
-            );
-            record.queued = true;
-            record
-        })
-        .collect();
+    let records = queued_runs(fires);
     enqueue(myself, state, records, false).await;
 }
 
@@ -1282,6 +1280,12 @@ async fn claim_skips(state: &mut SchedulerState, skips: Vec<SkippedTicks>) -> Ve
     if skips.is_empty() {
         return skips;
     }
+    if state.restoring.is_some() {
+        // Redis lost its data: a peer's claims from before are gone until
+        // it writes them back. Claimed once every live daemon has.
+        state.uncertain_skips.extend(skips);
+        return Vec::new();
+    }
     let mut ticks: Vec<(String, DateTime<Utc>)> = Vec::new();
     let mut spans = Vec::with_capacity(skips.len());
     for skip in &skips {
@@ -1308,7 +1312,10 @@ async fn claim_skips(state: &mut SchedulerState, skips: Vec<SkippedTicks>) -> Ve
         .zip(&per_skip)
         .map(|(skip, t)| (skip, t.as_slice()))
         .collect();
-    let claimed = cluster.redis.claim_and_skip(&calls, &mark).await;
+    let claimed = cluster
+        .redis
+        .claim_and_skip(&calls, &mark, state.epoch.as_deref())
+        .await;
     telemetry::redis_round_trip("claim_skips", started.elapsed(), claimed.is_ok());
     let won = match claimed {
         Ok(won) => {
@@ -1317,6 +1324,14 @@ async fn claim_skips(state: &mut SchedulerState, skips: Vec<SkippedTicks>) -> Ve
                 cluster.won.push(job_id, *tick, &mark);
             }
             won
+        }
+        Err(BackendError::EpochChanged) => {
+            tracing::info!(
+                skips = skips.len(),
+                "Redis lost its data since the last heartbeat: claiming skipped ticks once every live daemon wrote back what it knew"
+            );
+            state.uncertain_skips.extend(skips);
+            return Vec::new();
         }
         Err(e) => {
             // A peer may have claimed (and run) these ticks meanwhile:
@@ -1362,6 +1377,23 @@ async fn claim_skips(state: &mut SchedulerState, skips: Vec<SkippedTicks>) -> Ve
     out
 }
 
+/// The first records of fires bound for the shared queue.
+fn queued_runs(fires: Vec<Fire>) -> Vec<ExecutionRecord> {
+    fires
+        .into_iter()
+        .map(|(job, scheduled_at, trigger)| {
+            let mut record = new_run(
+                &job,
+                RunId::for_tick(&job.id, scheduled_at),
+                scheduled_at,
+                trigger,
+            );
+            record.queued = true;
+            record
+        })
+        .collect()
+}
+
 /// The claim value of a tick this daemon decided to skip.
 pub fn skip_mark(daemon_id: &str) -> String {
     format!("{daemon_id}:skipped")
@@ -1387,13 +1419,17 @@ async fn enqueue(
         .health
         .as_ref()
         .is_some_and(|h| h.mode == Mode::Online);
-    if !online {
-        // Sent again once Redis is back.
+    if !online || state.restoring.is_some() {
+        // Sent again once Redis is back; after it lost its data, once every
+        // live daemon wrote back the claims it knew of.
         keep_unconfirmed(myself, state, records, !again);
         return;
     }
     let started = tokio::time::Instant::now();
-    let enqueued = cluster.redis.enqueue(&records, &cluster.daemon_id).await;
+    let enqueued = cluster
+        .redis
+        .enqueue(&records, &cluster.daemon_id, state.epoch.as_deref())
+        .await;
     let queued_mark = format!("{}:queued", cluster.daemon_id);
     telemetry::redis_round_trip("enqueue", started.elapsed(), enqueued.is_ok());
     match enqueued {
@@ -1413,6 +1449,13 @@ async fn enqueue(
                     }
                 }
             }
+        }
+        Err(BackendError::EpochChanged) => {
+            tracing::info!(
+                runs = records.len(),
+                "Redis lost its data since the last heartbeat: enqueueing once every live daemon wrote back what it knew"
+            );
+            keep_unconfirmed(myself, state, records, !again);
         }
         Err(e) => {
             tracing::warn!(error = %e, runs = records.len(), "enqueue not confirmed; sending it again");

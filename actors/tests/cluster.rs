@@ -812,7 +812,7 @@ async fn long_queued_runs_spread_over_daemons() {
             )
         })
         .collect();
-    store.enqueue(&records, "test").await.unwrap();
+    store.enqueue(&records, "test", None).await.unwrap();
     let finished = wait_for("all 10 runs", Duration::from_secs(20), || async {
         let mut done = Vec::new();
         for r in &records {

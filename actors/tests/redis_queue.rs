@@ -40,7 +40,7 @@ async fn runs_are_read_in_batches_and_gone_once_acknowledged() {
         .await
         .expect("creating the group twice is fine");
     let records: Vec<_> = (0..5).map(run).collect();
-    s.enqueue(&records, "test").await.unwrap();
+    s.enqueue(&records, "test", None).await.unwrap();
     let mut conn = blocking_connection(&server.url(), BLOCK, Duration::from_secs(1))
         .await
         .unwrap();
@@ -87,12 +87,12 @@ async fn an_enqueue_sent_again_queues_nothing_twice_and_respects_other_claims() 
         vec![true]
     );
     assert_eq!(
-        s.enqueue(&records, "me").await.unwrap(),
+        s.enqueue(&records, "me", None).await.unwrap(),
         vec![true, true, false]
     );
     // the reply was lost: the same call again
     assert_eq!(
-        s.enqueue(&records, "me").await.unwrap(),
+        s.enqueue(&records, "me", None).await.unwrap(),
         vec![true, true, false]
     );
     assert_eq!(
@@ -109,7 +109,7 @@ async fn a_dead_consumers_entries_are_reclaimed_unless_it_keeps_touching_them() 
     let server = RedisServer::start();
     let s = store(&server);
     s.ensure_queue().await.unwrap();
-    s.enqueue(&[run(0), run(1)], "test").await.unwrap();
+    s.enqueue(&[run(0), run(1)], "test", None).await.unwrap();
     let mut conn = blocking_connection(&server.url(), BLOCK, Duration::from_secs(1))
         .await
         .unwrap();

@@ -505,14 +505,14 @@ async fn a_skip_claims_its_ticks_and_records_what_it_won_at_once() {
         recorded_at: first + TimeDelta::milliseconds(5_500),
     };
     let won = s
-        .claim_and_skip(&[(&skip, ticks.as_slice())], "me:skipped")
+        .claim_and_skip(&[(&skip, ticks.as_slice())], "me:skipped", None)
         .await
         .unwrap();
     assert_eq!(won, vec![vec![true, true, false, true, true]]);
     // Again (a replayed call): the same claims are still this daemon's,
     // and nothing is added twice.
     let again = s
-        .claim_and_skip(&[(&skip, ticks.as_slice())], "me:skipped")
+        .claim_and_skip(&[(&skip, ticks.as_slice())], "me:skipped", None)
         .await
         .unwrap();
     assert_eq!(again, won);
@@ -538,4 +538,84 @@ async fn a_skip_claims_its_ticks_and_records_what_it_won_at_once() {
     .await
     .unwrap();
     assert_eq!(s.skipped(Some("a"), 10).await.unwrap().len(), 2);
+}
+
+/// After Redis lost its data, a daemon that has not seen the new epoch
+/// yet cannot claim: a peer's claims from before the loss are gone, and
+/// claiming now could run a tick twice. Enqueues and skips (several ticks
+/// each) are refused while Redis holds another epoch or none, claim
+/// nothing, and go through once the daemon names the epoch Redis holds.
+#[tokio::test]
+async fn claims_are_refused_after_redis_lost_its_data_until_the_new_epoch_is_known() {
+    let server = RedisServer::start();
+    let s = store(&server, StoreLimits::default());
+    let mut conn = deadpool_redis::redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let first = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+    let ticks: Vec<DateTime<Utc>> = (0..3).map(|i| first + TimeDelta::seconds(i)).collect();
+    let skip = SkippedTicks {
+        job_id: "a".into(),
+        reason: SkipReason::Overlap,
+        first: ticks[0],
+        last: ticks[2],
+        count: 3,
+        recorded_at: first + TimeDelta::seconds(3),
+    };
+    let runs = [
+        record("b", 0, RunStatus::Pending),
+        record("b", 1, RunStatus::Pending),
+    ];
+    let claims = |job: &str, at: &[DateTime<Utc>]| -> Vec<String> {
+        at.iter()
+            .map(|t| format!("herald:tick:{job}:{}", t.timestamp()))
+            .collect()
+    };
+    let run_claims = claims("b", &[runs[0].scheduled_at, runs[1].scheduled_at]);
+    let skip_claims = claims("a", &ticks);
+    // Redis holds no epoch (it restarted empty), then another one.
+    for held in [None, Some("e2")] {
+        if let Some(e) = held {
+            let _: () = conn.set("herald:epoch", e).await.unwrap();
+        }
+        assert!(matches!(
+            s.enqueue(&runs, "me", Some("e1")).await,
+            Err(BackendError::EpochChanged)
+        ));
+        assert!(matches!(
+            s.claim_and_skip(&[(&skip, ticks.as_slice())], "me:skipped", Some("e1"))
+                .await,
+            Err(BackendError::EpochChanged)
+        ));
+        for key in run_claims.iter().chain(&skip_claims) {
+            let v: Option<String> = conn.get(key).await.unwrap();
+            assert_eq!(v, None, "{key} claimed though the epoch changed");
+        }
+        assert!(s.skipped(Some("a"), 10).await.unwrap().is_empty());
+        let queued: usize = conn.xlen("herald:runs").await.unwrap();
+        assert_eq!(queued, 0, "a refused enqueue queued a run");
+        assert!(s.record(&runs[0].run_id).await.unwrap().is_none());
+    }
+    // The daemon learned the epoch Redis holds: both go through.
+    assert_eq!(
+        s.enqueue(&runs, "me", Some("e2")).await.unwrap(),
+        vec![true, true]
+    );
+    let won = s
+        .claim_and_skip(&[(&skip, ticks.as_slice())], "me:skipped", Some("e2"))
+        .await
+        .unwrap();
+    assert_eq!(won, vec![vec![true, true, true]]);
+    let entries = s.skipped(Some("a"), 10).await.unwrap();
+    assert_eq!(entries.len(), 1);
+    assert_eq!(
+        (entries[0].first, entries[0].last, entries[0].count),
+        (ticks[0], ticks[2], 3)
+    );
+    for key in &skip_claims {
+        let v: Option<String> = conn.get(key).await.unwrap();
+        assert_eq!(v.as_deref(), Some("me:skipped"));
+    }
 }

@@ -52,7 +52,7 @@ pub async fn preload_noop_runs(
             })
             .collect();
         refused += store
-            .enqueue(&records, "bench-loader")
+            .enqueue(&records, "bench-loader", None)
             .await?
             .iter()
             .filter(|q| !**q)

@@ -74,11 +74,14 @@ impl RedisStore {
     /// claim as queued. A run already marked is not queued again, so after
     /// an error (the reply lost, the writes perhaps applied) the same call
     /// can simply be repeated. Returns, per run, whether it is on the queue
-    /// (false: another daemon holds the tick).
+    /// (false: another daemon holds the tick). Fenced by `epoch` (the one
+    /// this daemon last saw; see [`BackendError::EpochChanged`]): `None`
+    /// claims unfenced.
     pub async fn enqueue(
         &self,
         records: &[ExecutionRecord],
         daemon: &str,
+        epoch: Option<&str>,
     ) -> Result<Vec<bool>, BackendError> {
         if records.is_empty() {
             return Ok(Vec::new());
@@ -97,6 +100,7 @@ impl RedisStore {
                     .key(self.keys.recent())
                     .key(self.keys.inflight(&r.job_id))
                     .key(self.keys.runs())
+                    .key(self.keys.epoch())
                     .arg(daemon)
                     .arg(&json)
                     .arg(ttl)
@@ -106,7 +110,8 @@ impl RedisStore {
                     .arg(r.created_at.timestamp_millis())
                     .arg(history_cap)
                     .arg(INFLIGHT_TTL_SECONDS)
-                    .arg(CLAIM_TTL.as_secs()),
+                    .arg(CLAIM_TTL.as_secs())
+                    .arg(epoch.unwrap_or("")),
             );
         }
         let mut c = self.conn().await?;

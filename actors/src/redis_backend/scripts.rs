@@ -81,6 +81,23 @@ local function put_record(rkey, hkey, recent, json, ttl, attempt, phase, id, sco
 end
 "#;
 
+/// The claim fence: a claim script refuses, with the error code
+/// `HERALDEPOCH`, when Redis holds another epoch than the daemon last saw
+/// (or none). Redis that lost its data may still hold a claim a peer wrote
+/// after the loss, but not the claims from before it: a daemon that has not
+/// seen the new epoch yet (up to a heartbeat) would take a tick again that a
+/// peer claimed, and perhaps ran, before the loss. Refused, it keeps the
+/// runs and claims them once it has seen the new epoch and written back what
+/// it knew. An empty expected epoch (tools, benchmarks) claims unfenced.
+const EPOCH_FENCE_FN: &str = r"
+local function fence(key, expected)
+  if expected ~= '' and redis.call('GET', key) ~= expected then
+    return redis.error_reply('HERALDEPOCH redis holds another epoch than this daemon last saw')
+  end
+  return nil
+end
+";
+
 /// Many record writes in one call (one script start and one command for
 /// Redis to parse instead of one per record), each only if it moves
 /// its run forward (see `PUT_RECORD_FN`).
@@ -107,13 +124,16 @@ return written"
 /// the mark and does nothing, so an enqueue can be retried until it is
 /// known to have happened. A claim gone (Redis lost its data) is taken
 /// again; a claim another daemon holds means that daemon runs the tick.
-/// KEYS: claim, record, history, recent, in-flight set, run stream.
+/// Fenced by epoch (see `EPOCH_FENCE_FN`).
+/// KEYS: claim, record, history, recent, in-flight set, run stream, epoch.
 /// ARGV: daemon, json, ttl, attempt, phase, run id, score, history cap,
-/// in-flight ttl, claim ttl. Returns 1 queued, 0 already queued, -1 the
-/// tick is another daemon's.
+/// in-flight ttl, claim ttl, expected epoch (or ''). Returns 1 queued, 0
+/// already queued, -1 the tick is another daemon's.
 pub(super) static ENQUEUE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
-        "{PUT_RECORD_FN}
+        "{PUT_RECORD_FN}{EPOCH_FENCE_FN}
+local fenced = fence(KEYS[7], ARGV[11])
+if fenced then return fenced end
 local claim = redis.call('GET', KEYS[1])
 if claim == ARGV[1] .. ':queued' then return 0 end
 if claim and claim ~= ARGV[1] then return -1 end
@@ -163,15 +183,21 @@ return 0",
 /// (`SET NX`, or already this mark); each run of consecutive ticks won
 /// becomes an entry (id `job|reason|first|last`, as `SkippedTicks::dedup_id`;
 /// added once), then the index is trimmed to the cap. Returns 1/0 per tick.
-/// KEYS: skips index, skips data, then each tick's claim key. ARGV: mark,
-/// claim TTL (s), cap, score (ms), job id (JSON string), job id, reason,
-/// recorded at (RFC 3339), then per tick its unix seconds and RFC 3339.
+/// Fenced by epoch (see `EPOCH_FENCE_FN`).
+/// KEYS: skips index, skips data, epoch, then each tick's claim key. ARGV:
+/// mark, claim TTL (s), cap, score (ms), job id (JSON string), job id,
+/// reason, recorded at (RFC 3339), expected epoch (or ''), then per tick
+/// its unix seconds and RFC 3339.
 pub(super) static CLAIM_AND_SKIP: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
-        r#"
+        &[
+            EPOCH_FENCE_FN,
+            r#"
+local fenced = fence(KEYS[3], ARGV[9])
+if fenced then return fenced end
 local mark, ttl = ARGV[1], ARGV[2]
 local won = {}
-for i = 3, #KEYS do
+for i = 4, #KEYS do
   local ok = redis.call('SET', KEYS[i], mark, 'NX', 'EX', ttl)
   if ok or redis.call('GET', KEYS[i]) == mark then
     won[#won + 1] = 1
@@ -180,8 +206,8 @@ for i = 3, #KEYS do
   end
 end
 local function record(first, last, count)
-  local ts1, at1 = ARGV[9 + 2 * (first - 1)], ARGV[10 + 2 * (first - 1)]
-  local ts2, at2 = ARGV[9 + 2 * (last - 1)], ARGV[10 + 2 * (last - 1)]
+  local ts1, at1 = ARGV[10 + 2 * (first - 1)], ARGV[11 + 2 * (first - 1)]
+  local ts2, at2 = ARGV[10 + 2 * (last - 1)], ARGV[11 + 2 * (last - 1)]
   local id = ARGV[6] .. '|' .. ARGV[7] .. '|' .. ts1 .. '|' .. ts2
   if redis.call('ZADD', KEYS[1], 'NX', ARGV[4], id) == 1 then
     redis.call('HSET', KEYS[2], id, '{"job_id":' .. ARGV[5] .. ',"reason":"' .. ARGV[7]
@@ -206,6 +232,8 @@ if over > 0 then
   redis.call('ZREMRANGEBYRANK', KEYS[1], 0, over - 1)
 end
 return won"#,
+        ]
+        .concat(),
     )
 });
 
@@ -398,6 +426,18 @@ fn all() -> [&'static Script; 13] {
         &REQUEUE,
     ]
 }
+
+/// Whether a reply (or any reply of a pipeline) is the claim fence's
+/// refusal (see `EPOCH_FENCE_FN`).
+pub(super) fn is_fenced(e: &redis::RedisError) -> bool {
+    e.code() == Some(FENCE_CODE)
+        || e.clone()
+            .into_server_errors()
+            .is_some_and(|errors| errors.iter().any(|(_, s)| s.code() == FENCE_CODE))
+}
+
+/// The error code the claim fence replies with.
+const FENCE_CODE: &str = "HERALDEPOCH";
 
 fn is_noscript(e: &redis::RedisError) -> bool {
     e.kind() == ErrorKind::Server(ServerErrorKind::NoScript)

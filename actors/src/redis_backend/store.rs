@@ -41,6 +41,11 @@ pub enum BackendError {
     Command(String),
     #[error("redis holds a value herald cannot read at {key}: {message}")]
     Corrupt { key: String, message: String },
+    /// A claim was refused: Redis holds another epoch than this daemon last
+    /// saw (it lost its data). Nothing was claimed; claim again once the
+    /// new epoch is known.
+    #[error("redis holds another epoch than this daemon last saw; claim refused")]
+    EpochChanged,
 }
 
 impl From<deadpool_redis::PoolError> for BackendError {
@@ -51,7 +56,9 @@ impl From<deadpool_redis::PoolError> for BackendError {
 
 impl From<redis::RedisError> for BackendError {
     fn from(e: redis::RedisError) -> Self {
-        if e.is_io_error()
+        if super::scripts::is_fenced(&e) {
+            BackendError::EpochChanged
+        } else if e.is_io_error()
             || e.is_timeout()
             || e.is_connection_dropped()
             || e.is_connection_refusal()
@@ -560,11 +567,13 @@ impl RedisStore {
     /// Claims each skip's ticks (`mark`, as [`Self::claim_ticks`]) and
     /// records the stretches won, atomically per skip (see
     /// [`CLAIM_AND_SKIP`]); one pipeline. Returns, per skip, which of its
-    /// ticks were won.
+    /// ticks were won. Fenced by `epoch` (the one this daemon last saw; see
+    /// [`BackendError::EpochChanged`]); `None` claims unfenced.
     pub async fn claim_and_skip(
         &self,
         skips: &[(&SkippedTicks, &[DateTime<Utc>])],
         mark: &str,
+        epoch: Option<&str>,
     ) -> Result<Vec<Vec<bool>>, BackendError> {
         if skips.is_empty() {
             return Ok(Vec::new());
@@ -573,7 +582,7 @@ impl RedisStore {
         let mut p = redis::pipe();
         for (skip, ticks) in skips {
             let mut call = CLAIM_AND_SKIP.key(self.keys.skipped());
-            call.key(self.keys.skipped_data());
+            call.key(self.keys.skipped_data()).key(self.keys.epoch());
             for at in ticks.iter() {
                 call.key(self.keys.tick_claim(&skip.job_id, at.timestamp()));
             }
@@ -584,7 +593,8 @@ impl RedisStore {
                 .arg(to_json(&skip.job_id)?)
                 .arg(&skip.job_id)
                 .arg(skip.reason.as_str())
-                .arg(rfc3339(skip.recorded_at));
+                .arg(rfc3339(skip.recorded_at))
+                .arg(epoch.unwrap_or(""));
             for at in ticks.iter() {
                 call.arg(at.timestamp()).arg(rfc3339(*at));
             }
