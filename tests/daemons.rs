@@ -17,7 +17,7 @@ use herald_actors::record::{ExecutionRecord, RunId, RunStatus, SkippedTicks, Tri
 use herald_actors::redis_backend::{RedisSettings, RedisStore, connect};
 use herald_testkit::telegram::{FakeTelegram, Fault};
 use herald_testkit::{RedisServer, free_port, log_tail};
-use support::{Daemon, ceil_second};
+use support::{Daemon, DaemonConfig, ceil_second};
 
 const TOKEN: &str = "daemons-test-admin-token";
 /// The first of the every-second jobs; job `tick-{j}` messages chat
@@ -29,37 +29,11 @@ fn job_id(j: usize) -> String {
     format!("tick-{j}")
 }
 
-fn config(redis: &str, telegram: &str, http: u16, jobs: usize) -> String {
-    let mut text = format!(
-        r#"[scheduler]
-shutdown_grace = "5s"
-
-[http]
-listen = "127.0.0.1:{http}"
-admin_token = "{TOKEN}"
-
-[redis]
-url = "{redis}"
-
-[telegram]
-token = "123456:DAEMONS"
-api_url = "{telegram}"
-"#
-    );
-    for j in 0..jobs {
-        text.push_str(&format!(
-            r#"
-[[jobs]]
-id = "{id}"
-schedule = "* * * * * *"
-template = "tick {{{{ run_id }}}}"
-include = [{chat}]
-"#,
-            id = job_id(j),
-            chat = CHAT + j as i64
-        ));
-    }
-    text
+fn config(redis: &str, telegram: &str, http: u16, jobs: usize) -> DaemonConfig {
+    (0..jobs).fold(
+        DaemonConfig::new(redis, telegram, http, "DAEMONS").admin_token(TOKEN),
+        |c, j| c.every_second_job(&job_id(j), &[CHAT + j as i64], &[]),
+    )
 }
 
 /// Two daemons, A and B, on one Redis, both online and seeing each other.
@@ -85,7 +59,7 @@ impl Two {
             .into_iter()
             .map(|name| {
                 let http = free_port();
-                let text = config(&redis.url(), &fake.api_url(), http, jobs);
+                let text = config(&redis.url(), &fake.api_url(), http, jobs).text();
                 Daemon::new(name, dir.path(), &text, http)
             })
             .collect();
@@ -406,29 +380,29 @@ async fn a_paused_daemon_does_not_finish_a_run_taken_over_while_it_slept() {
         .build()
         .expect("an http client");
     let tick = ceil_second(Utc::now() + TimeDelta::seconds(12));
-    let include: Vec<String> = (0..RECIPIENTS).map(|i| (7000 + i).to_string()).collect();
+    let include: Vec<i64> = (0..RECIPIENTS).map(|i| 7000 + i).collect();
     let mut daemons: Vec<Daemon> = ["A", "B"]
         .into_iter()
         .map(|name| {
             let http = free_port();
-            let mut text = config(&redis.url(), &fake.api_url(), http, 0);
-            text = text.replace("[redis]\n", "[redis]\nvisibility_timeout = \"3s\"\n");
-            text.push_str(&format!(
-                r#"
-[[jobs]]
-id = "slow"
-schedule = "{} {} {} {} {} *"
-template = "slow {{{{ run_id }}}}"
-include = [{}]
-timeout = "60s"
-"#,
+            let schedule = format!(
+                "{} {} {} {} {} *",
                 tick.second(),
                 tick.minute(),
                 tick.hour(),
                 tick.day(),
-                tick.month(),
-                include.join(", ")
-            ));
+                tick.month()
+            );
+            let text = config(&redis.url(), &fake.api_url(), http, 0)
+                .redis("visibility_timeout = \"3s\"")
+                .job(
+                    "slow",
+                    &schedule,
+                    "slow {{ run_id }}",
+                    &include,
+                    &["timeout = \"60s\""],
+                )
+                .text();
             Daemon::new(name, dir.path(), &text, http)
         })
         .collect();

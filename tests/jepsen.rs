@@ -39,7 +39,7 @@ use herald_actors::redis_backend::{RedisSettings, RedisStore, connect};
 use herald_testkit::relay::{Link, Relay};
 use herald_testkit::telegram::FakeTelegram;
 use herald_testkit::{RedisServer, free_port, log_tail};
-use support::{Daemon, judge};
+use support::{Daemon, DaemonConfig, judge};
 
 const TOKEN: &str = "jepsen-admin-token";
 
@@ -80,41 +80,15 @@ fn chats(job_index: usize, recipients: i64) -> Vec<i64> {
 }
 
 fn config(redis: &str, telegram: &str, http: u16) -> String {
-    let mut text = format!(
-        r#"[scheduler]
-shutdown_grace = "5s"
-
-[http]
-listen = "127.0.0.1:{http}"
-admin_token = "{TOKEN}"
-
-[redis]
-url = "{redis}"
-visibility_timeout = "3s"
-
-[telegram]
-token = "123456:JEPSEN"
-api_url = "{telegram}"
-"#
-    );
-    for (i, (id, overlap, n)) in JOBS.iter().enumerate() {
-        let include = chats(i, *n)
-            .iter()
-            .map(i64::to_string)
-            .collect::<Vec<_>>()
-            .join(", ");
-        text.push_str(&format!(
-            r#"
-[[jobs]]
-id = "{id}"
-schedule = "* * * * * *"
-template = "tick {{{{ run_id }}}}"
-overlap = "{overlap}"
-include = [{include}]
-"#
-        ));
-    }
-    text
+    let base = DaemonConfig::new(redis, telegram, http, "JEPSEN")
+        .admin_token(TOKEN)
+        .redis("visibility_timeout = \"3s\"");
+    JOBS.iter()
+        .enumerate()
+        .fold(base, |c, (i, (id, overlap, n))| {
+            c.every_second_job(id, &chats(i, *n), &[&format!("overlap = \"{overlap}\"")])
+        })
+        .text()
 }
 
 /// xorshift64*: a seeded sequence, no dependency.

@@ -22,7 +22,7 @@ use herald_actors::redis_backend::{RedisSettings, RedisStore, connect};
 use herald_testkit::relay::{Link, Relay};
 use herald_testkit::telegram::FakeTelegram;
 use herald_testkit::{RedisServer, free_port};
-use support::{Daemon, judge};
+use support::{Daemon, DaemonConfig, judge};
 
 const JOBS: usize = 8;
 
@@ -41,35 +41,12 @@ fn jobs() -> Vec<String> {
 }
 
 fn config(redis: &str, telegram: &str, http: u16) -> String {
-    let mut text = format!(
-        r#"[scheduler]
-shutdown_grace = "5s"
-
-[http]
-listen = "127.0.0.1:{http}"
-
-[redis]
-url = "{redis}"
-
-[telegram]
-token = "123456:LEASES"
-api_url = "{telegram}"
-"#
-    );
-    for j in 0..JOBS {
-        text.push_str(&format!(
-            r#"
-[[jobs]]
-id = "{}"
-schedule = "* * * * * *"
-template = "tick {{{{ run_id }}}}"
-include = [{}]
-"#,
-            job_id(j),
-            CHAT + j as i64
-        ));
-    }
-    text
+    (0..JOBS)
+        .fold(
+            DaemonConfig::new(redis, telegram, http, "LEASES"),
+            |c, j| c.every_second_job(&job_id(j), &[CHAT + j as i64], &[]),
+        )
+        .text()
 }
 
 struct Cluster {
@@ -273,6 +250,26 @@ async fn wait_online(cluster: &mut Cluster, i: usize) {
         .await;
 }
 
+/// Sets every daemon's link to Redis at once (Redis cut from all, or
+/// back for all).
+fn set_links(relays: &[Relay], link: Link) {
+    for r in relays {
+        r.set(link);
+    }
+}
+
+impl Cluster {
+    /// Stops every daemon but `dead` (killed earlier) with SIGTERM; each
+    /// must exit cleanly.
+    async fn terminate_all_but(&mut self, dead: Option<usize>) {
+        for (i, d) in self.daemons.iter_mut().enumerate() {
+            if Some(i) != dead {
+                assert_eq!(d.terminate().await, Some(0), "{} exit on SIGTERM", d.name);
+            }
+        }
+    }
+}
+
 /// A loses Redis (its packets black-holed) for 16 s while B keeps it:
 /// past A's lease (10 s) and the margin. A runs its own jobs' ticks
 /// offline while its lease lasts, B leaves them to it and takes them over
@@ -357,9 +354,7 @@ async fn a_daemon_cut_off_alone_and_its_peer_never_both_run_a_tick() {
         "partition: {} ticks ran, {} skipped ({} offline), {} of A's sent by A offline",
         v.ran, v.skipped, v.offline, by_a_offline
     );
-    for d in &mut cluster.daemons {
-        assert_eq!(d.terminate().await, Some(0), "{} exit on SIGTERM", d.name);
-    }
+    cluster.terminate_all_but(None).await;
 }
 
 /// Redis loses its data (restarted without it) while A is cut off from
@@ -449,9 +444,7 @@ async fn ticks_a_peer_ran_before_redis_lost_its_data_do_not_run_again() {
         verdict.skipped,
         verdict.lost.len()
     );
-    for d in &mut cluster.daemons {
-        assert_eq!(d.terminate().await, Some(0), "{} exit on SIGTERM", d.name);
-    }
+    cluster.terminate_all_but(None).await;
 }
 
 /// A is SIGKILLed mid-run: B leaves A's jobs to it until A's lease is
@@ -631,11 +624,7 @@ async fn ticks_a_cut_off_daemon_left_to_a_dead_owner_are_recorded() {
         "{job} ran between its owner's lease end and the return of its heir\n{}",
         cluster.logs()
     );
-    for (i, d) in cluster.daemons.iter_mut().enumerate() {
-        if i != k {
-            assert_eq!(d.terminate().await, Some(0), "{} exit on SIGTERM", d.name);
-        }
-    }
+    cluster.terminate_all_but(Some(k)).await;
 }
 
 /// As above, K dies and X, cut off while K's lease lasted, comes back
@@ -669,13 +658,9 @@ async fn a_daemon_back_from_an_outage_leaves_no_job_to_a_peer_whose_lease_is_ove
     relays[x].set(Link::Open);
     // K's lease is over for everyone 12.6 s after the kill.
     tokio::time::sleep(at(13_500)).await;
-    for r in &relays {
-        r.set(Link::BlackHole);
-    }
+    set_links(&relays, Link::BlackHole);
     tokio::time::sleep(at(16_000)).await;
-    for r in &relays {
-        r.set(Link::Open);
-    }
+    set_links(&relays, Link::Open);
     let healed_at = Utc::now();
     for i in (0..3).filter(|i| *i != k) {
         wait_online(&mut cluster, i).await;
@@ -692,11 +677,7 @@ async fn a_daemon_back_from_an_outage_leaves_no_job_to_a_peer_whose_lease_is_ove
         "{job} did not run after the return\n{}",
         cluster.logs()
     );
-    for (i, d) in cluster.daemons.iter_mut().enumerate() {
-        if i != k {
-            assert_eq!(d.terminate().await, Some(0), "{} exit on SIGTERM", d.name);
-        }
-    }
+    cluster.terminate_all_but(Some(k)).await;
 }
 
 /// Redis cut from both daemons (black-holed) for 14 s, past their leases
@@ -716,13 +697,9 @@ async fn ticks_past_every_lease_in_an_outage_are_recorded_skipped() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let from = Utc::now() + TimeDelta::seconds(1);
     let cut_at = Utc::now();
-    for r in &relays {
-        r.set(Link::BlackHole);
-    }
+    set_links(&relays, Link::BlackHole);
     tokio::time::sleep(Duration::from_secs(14)).await;
-    for r in &relays {
-        r.set(Link::Open);
-    }
+    set_links(&relays, Link::Open);
     let healed_at = Utc::now();
     for i in 0..2 {
         wait_online(&mut cluster, i).await;
@@ -737,7 +714,116 @@ async fn ticks_past_every_lease_in_an_outage_are_recorded_skipped() {
         "a tick ran past every lease\n{}",
         cluster.logs()
     );
-    for d in &mut cluster.daemons {
-        assert_eq!(d.terminate().await, Some(0), "{} exit on SIGTERM", d.name);
+    cluster.terminate_all_but(None).await;
+}
+
+/// A job added on A while Redis was away from it a second time (back
+/// from a first outage, before its resync) fires on A offline: B, its
+/// owner, online all along, does not know it. Once A is back the job is
+/// written and B learns it and runs it; Redis then goes from A again,
+/// before A's resync after the outage. The job is B's, known there: A
+/// must not fire it offline too (it did, and the Jepsen run found the
+/// tick sent twice). Every tick of the job ran once or is recorded
+/// skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_added_while_redis_was_away_again_is_left_to_its_owner_once_written() {
+    let _serial = SERIAL.lock().await;
+    let redis = RedisServer::start_persistent();
+    let relay = Relay::start(redis.port()).await;
+    let mut cluster = Cluster::start(redis, Some(&relay)).await;
+    let client = cluster.client.clone();
+    let a = cluster.daemons[0].id(&client).await;
+    let b = cluster.daemons[1].id(&client).await;
+    let both = BTreeSet::from([a, b.clone()]);
+    // A job B owns, messaging its own chat (as the config jobs do).
+    let j = (JOBS..JOBS + 64)
+        .find(|j| owner(&job_id(*j), &both) == Some(b.as_str()))
+        .expect("a job id B owns");
+    let job = job_id(j);
+    // Redis away from A and back: A is back from an outage, its resync
+    // due a second or so later; Redis goes from it again before that.
+    relay.set(Link::BlackHole);
+    cluster.daemons[0]
+        .wait_for_mode(&client, "offline", Duration::from_secs(5))
+        .await;
+    relay.set(Link::Open);
+    wait_online(&mut cluster, 0).await;
+    relay.set(Link::BlackHole);
+    cluster.daemons[0]
+        .wait_for_mode(&client, "offline", Duration::from_secs(5))
+        .await;
+    // A adds the job meanwhile: it fires there.
+    let created = client
+        .post(format!(
+            "http://127.0.0.1:{}/api/jobs",
+            cluster.daemons[0].http
+        ))
+        .json(&serde_json::json!({
+            "id": job,
+            "schedule": "* * * * * *",
+            "template": "tick {{ run_id }}",
+            "include": [CHAT + j as i64],
+        }))
+        .send()
+        .await
+        .expect("the API answers");
+    assert!(
+        created.status().is_success(),
+        "job created: {}",
+        created.status()
+    );
+    let from = Utc::now() + TimeDelta::seconds(1);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Back: once B knows the job, Redis goes from A again, before A's
+    // resync after the outage.
+    relay.set(Link::Open);
+    wait_online(&mut cluster, 0).await;
+    let url = format!(
+        "http://127.0.0.1:{}/api/jobs/{job}",
+        cluster.daemons[1].http
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        let known = client
+            .get(&url)
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success());
+        if known {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "B never learned {job}\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // 8 s: past the ticks B may have claimed while it saw A's lease fresh
+    // (A keeps those to claim once back) and within A's lease (10 s),
+    // so A fires offline what it judges its own.
+    relay.set(Link::BlackHole);
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    relay.set(Link::Open);
+    let healed_at = Utc::now();
+    wait_online(&mut cluster, 0).await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let to = healed_at + TimeDelta::seconds(3);
+    let store = cluster.store();
+    let skips = store.skipped(None, 100_000).await.expect("skips read");
+    let sent = cluster.sent();
+    let verdict = judge(
+        std::slice::from_ref(&job),
+        from,
+        to,
+        |job, at| {
+            sent.get(&(job.to_string(), at.timestamp()))
+                .copied()
+                .unwrap_or(0)
+        },
+        &skips,
+    );
+    cluster.dump_logs();
+    assert!(verdict.is_clean(), "{verdict:?}\n{}", cluster.logs());
+    cluster.terminate_all_but(None).await;
 }

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
 use crate::health::{Health, Mode};
-use crate::redis_backend::{DeliveryClaim, RedisStore};
+use crate::redis_backend::{DeliveryClaim, DeliveryMark, RedisStore};
 
 /// Keys remembered in memory at most; the oldest go first.
 const MEMORY_KEYS: usize = 200_000;
@@ -102,11 +102,26 @@ impl DeliveryLedger {
 
     /// Which parts were already sent (no claim taken): lets a reclaimed
     /// fan-out settle what went out before without waiting on rate limits.
+    /// Online, what Redis holds of these parts is copied into memory too:
+    /// should Redis go before they are sent, memory must not take a part
+    /// another daemon sent, or began to send, for free (a run taken over
+    /// from a killed daemon sent its messages twice that way).
     pub async fn already_sent(&self, keys: &[String]) -> Vec<bool> {
         if let Some(store) = self.online()
-            && let Ok(sent) = store.sent_deliveries(keys).await
+            && let Ok(marks) = store.delivery_marks(keys).await
         {
-            return sent;
+            if let Ok(mut m) = self.memory.lock() {
+                for (key, mark) in keys.iter().zip(&marks) {
+                    match mark {
+                        DeliveryMark::Sent => m.insert(key, Mark::Sent),
+                        DeliveryMark::Sending if m.marks.get(key) != Some(&Mark::Sent) => {
+                            m.insert(key, Mark::Sending)
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            return marks.iter().map(|m| *m == DeliveryMark::Sent).collect();
         }
         match self.memory.lock() {
             Ok(m) => keys

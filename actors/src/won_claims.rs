@@ -3,7 +3,7 @@
 //! Without them a peer holding an unconfirmed enqueue of a tick that ran
 //! here would find the claim free and run the tick again.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
@@ -28,6 +28,9 @@ pub struct WonClaims {
 #[derive(Debug)]
 struct Claims {
     claims: VecDeque<WonClaim>,
+    /// The same claims, to keep each once: the scheduler and the pool
+    /// both note a run this daemon queued and took itself.
+    kept: HashSet<WonClaim>,
     cap: usize,
 }
 
@@ -36,6 +39,7 @@ impl WonClaims {
         WonClaims {
             inner: Arc::new(Mutex::new(Claims {
                 claims: VecDeque::new(),
+                kept: HashSet::new(),
                 cap: cap.max(1),
             })),
         }
@@ -47,13 +51,20 @@ impl WonClaims {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Keeps a claim; one already kept is not kept twice.
     pub fn push(&self, job_id: &str, tick: DateTime<Utc>, value: &str) {
+        let claim = (job_id.to_string(), tick.timestamp(), value.to_string());
         let mut c = self.lock();
-        if c.claims.len() >= c.cap {
-            c.claims.pop_front();
+        if c.kept.contains(&claim) {
+            return;
         }
-        c.claims
-            .push_back((job_id.to_string(), tick.timestamp(), value.to_string()));
+        if c.claims.len() >= c.cap
+            && let Some(oldest) = c.claims.pop_front()
+        {
+            c.kept.remove(&oldest);
+        }
+        c.kept.insert(claim.clone());
+        c.claims.push_back(claim);
     }
 
     pub fn len(&self) -> usize {
@@ -88,6 +99,26 @@ mod tests {
             vec![
                 ("b".to_string(), 2, "d:skipped".to_string()),
                 ("c".to_string(), 3, "d".to_string())
+            ]
+        );
+    }
+
+    #[test]
+    fn a_claim_noted_twice_is_kept_once() {
+        let won = WonClaims::new(2);
+        let t = |s| Utc.timestamp_opt(s, 0).single().unwrap_or_default();
+        won.push("a", t(1), "d:queued");
+        won.push("a", t(1), "d:queued");
+        won.push("b", t(2), "d:queued");
+        assert_eq!(won.len(), 2, "the duplicate took no room");
+        // Once dropped past the cap, it can be kept again.
+        won.push("c", t(3), "d");
+        won.push("a", t(1), "d:queued");
+        assert_eq!(
+            won.all(),
+            vec![
+                ("c".to_string(), 3, "d".to_string()),
+                ("a".to_string(), 1, "d:queued".to_string())
             ]
         );
     }

@@ -619,3 +619,47 @@ async fn claims_are_refused_after_redis_lost_its_data_until_the_new_epoch_is_kno
         assert_eq!(v.as_deref(), Some("me:skipped"));
     }
 }
+
+/// A fan-out looks up what Redis holds of its parts before sending; that
+/// knowledge must outlive Redis: a part a killed daemon began to send, or
+/// sent, is not taken for free from memory once Redis is gone (a run
+/// taken over from a killed daemon, whose chats were busy until the
+/// outage began, messaged two users twice in the chaos run).
+#[tokio::test]
+async fn parts_another_daemon_sent_or_began_stay_known_to_the_ledger_offline() {
+    use herald_actors::health::{Health, Mode};
+    use herald_actors::ledger::DeliveryLedger;
+    use herald_actors::redis_backend::DeliveryClaim;
+
+    let server = RedisServer::start();
+    let s = store(&server, StoreLimits::default());
+    let keys: Vec<String> = ["began", "sent", "free"]
+        .iter()
+        .map(|k| format!("run@1:{k}:0:0"))
+        .collect();
+    // The killed daemon's claims: one part going out, one sent.
+    s.claim_deliveries(&keys[..2], "dead").await.unwrap();
+    s.settle_deliveries(&[(keys[1].clone(), true)])
+        .await
+        .unwrap();
+    let health = |mode| Health {
+        mode,
+        peers: Default::default(),
+        stale: Default::default(),
+        jobs_version: 0,
+        epoch: None,
+    };
+    let (tx, rx) = tokio::sync::watch::channel(health(Mode::Online));
+    let ledger = DeliveryLedger::new(Some((s.clone(), rx)), "me".into());
+    assert_eq!(ledger.already_sent(&keys).await, vec![false, true, false]);
+    tx.send(health(Mode::Offline)).unwrap();
+    assert_eq!(
+        ledger.claim(&keys).await,
+        vec![
+            DeliveryClaim::InDoubt,
+            DeliveryClaim::Sent,
+            DeliveryClaim::Mine
+        ],
+        "offline, memory knows what Redis held at the fan-out's start"
+    );
+}

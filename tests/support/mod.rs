@@ -282,3 +282,77 @@ pub fn judge(
     }
     verdict
 }
+
+/// The config of a test daemon: Redis, the fake Bot API, its HTTP port,
+/// and every-second jobs, each messaging its own chats (so a message
+/// names one tick). One builder for every multi-daemon test.
+pub struct DaemonConfig {
+    head: String,
+    redis: Vec<String>,
+    jobs: String,
+}
+
+impl DaemonConfig {
+    /// `bot`: the fake token's secret part, naming the test in its logs.
+    pub fn new(redis_url: &str, telegram_url: &str, http: u16, bot: &str) -> DaemonConfig {
+        DaemonConfig {
+            head: format!(
+                "[scheduler]\nshutdown_grace = \"5s\"\n\n[http]\nlisten = \"127.0.0.1:{http}\"\n"
+            ),
+            redis: vec![format!("url = \"{redis_url}\"")],
+            jobs: format!("\n[telegram]\ntoken = \"123456:{bot}\"\napi_url = \"{telegram_url}\"\n"),
+        }
+    }
+
+    /// Guards the admin API with this bearer token.
+    pub fn admin_token(mut self, token: &str) -> DaemonConfig {
+        self.head.push_str(&format!("admin_token = \"{token}\"\n"));
+        self
+    }
+
+    /// A line of the `[redis]` section, e.g. `visibility_timeout = "3s"`.
+    pub fn redis(mut self, line: &str) -> DaemonConfig {
+        self.redis.push(line.to_string());
+        self
+    }
+
+    /// An every-second job messaging `chats`, its message naming the run;
+    /// `extra`: more lines of its table (policies, timeouts).
+    pub fn every_second_job(self, id: &str, chats: &[i64], extra: &[&str]) -> DaemonConfig {
+        self.job(id, "* * * * * *", "tick {{ run_id }}", chats, extra)
+    }
+
+    /// A job messaging `chats`; `extra`: more lines of its table.
+    pub fn job(
+        mut self,
+        id: &str,
+        schedule: &str,
+        template: &str,
+        chats: &[i64],
+        extra: &[&str],
+    ) -> DaemonConfig {
+        let include = chats
+            .iter()
+            .map(i64::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
+        self.jobs.push_str(&format!(
+            "\n[[jobs]]\nid = \"{id}\"\nschedule = \"{schedule}\"\ntemplate = \"{template}\"\n"
+        ));
+        for line in extra {
+            self.jobs.push_str(line);
+            self.jobs.push('\n');
+        }
+        self.jobs.push_str(&format!("include = [{include}]\n"));
+        self
+    }
+
+    pub fn text(&self) -> String {
+        format!(
+            "{}\n[redis]\n{}\n{}",
+            self.head,
+            self.redis.join("\n"),
+            self.jobs
+        )
+    }
+}

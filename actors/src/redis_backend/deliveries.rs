@@ -19,6 +19,15 @@ pub enum DeliveryClaim {
     Unavailable,
 }
 
+/// What the ledger in Redis holds for one part.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryMark {
+    Free,
+    /// A send started (`sending:<daemon>`) and never reported.
+    Sending,
+    Sent,
+}
+
 impl RedisStore {
     /// Claims message parts for `daemon`, one pipeline.
     pub async fn claim_deliveries(
@@ -52,8 +61,9 @@ impl RedisStore {
             .collect())
     }
 
-    /// Which parts were already sent (without claiming anything).
-    pub async fn sent_deliveries(&self, keys: &[String]) -> Result<Vec<bool>, BackendError> {
+    /// Where each part stands (without claiming anything): sent, a send
+    /// started (by any daemon, outcome unknown), or neither.
+    pub async fn delivery_marks(&self, keys: &[String]) -> Result<Vec<DeliveryMark>, BackendError> {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
@@ -63,7 +73,11 @@ impl RedisStore {
             redis::cmd("MGET").arg(&names).query_async(&mut c).await?;
         Ok(values
             .into_iter()
-            .map(|v| v.as_deref() == Some("sent"))
+            .map(|v| match v.as_deref() {
+                Some("sent") => DeliveryMark::Sent,
+                Some(_) => DeliveryMark::Sending,
+                None => DeliveryMark::Free,
+            })
             .collect())
     }
 

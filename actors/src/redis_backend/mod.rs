@@ -13,7 +13,7 @@ pub mod stored;
 pub mod users;
 
 pub use connect::{RedisSettings, connect};
-pub use deliveries::DeliveryClaim;
+pub use deliveries::{DeliveryClaim, DeliveryMark};
 pub use keys::Keys;
 pub use queue::{GROUP, QueueEntry, blocking_connection};
 pub use store::{BackendError, CLAIM_TTL, PendingWrite, RedisStore};
