@@ -298,6 +298,7 @@ impl NotifierHandle {
         run_id: RunId,
         job_id: String,
         messages: Vec<Message>,
+        shared: bool,
     ) -> Result<(), HandleError> {
         cast(
             self.actor(),
@@ -306,6 +307,7 @@ impl NotifierHandle {
                 run_id,
                 job_id,
                 messages,
+                shared,
             },
         )
     }

@@ -23,6 +23,9 @@ const MEMORY_KEYS: usize = 200_000;
 enum Mark {
     Sending,
     Sent,
+    /// Claimed in Redis without an answer, and not sent: the claim may
+    /// have landed (`sending:<this daemon>`), no send followed it.
+    Unanswered,
 }
 
 #[derive(Default)]
@@ -38,7 +41,7 @@ impl MemoryLedger {
             // A send that started and never reported (its task died with a
             // restarting Notifier): it may have reached the user.
             Some(Mark::Sending) => DeliveryClaim::InDoubt,
-            None => {
+            Some(Mark::Unanswered) | None => {
                 self.insert(key, Mark::Sending);
                 DeliveryClaim::Mine
             }
@@ -81,23 +84,76 @@ impl DeliveryLedger {
             .map(|(store, _)| store)
     }
 
-    /// Claims parts before sending them.
-    pub async fn claim(&self, keys: &[String]) -> Vec<DeliveryClaim> {
+    /// Whether Redis is reachable (held parts may be claimed again).
+    pub fn is_online(&self) -> bool {
+        self.online().is_some()
+    }
+
+    /// Claims parts before sending them. `shared`: the run came from the
+    /// shared queue (a peer may take it over): offline, its parts are
+    /// held rather than claimed in memory.
+    pub async fn claim(&self, keys: &[String], shared: bool) -> Vec<DeliveryClaim> {
         if let Some(store) = self.online() {
             match store.claim_deliveries(keys, &self.daemon_id).await {
-                Ok(claims) => return claims,
+                Ok(claims) => return self.own_claims(keys, claims),
                 Err(e) => {
                     // Memory does not know what other daemons sent: asking
-                    // it could send a part twice. Try again later.
+                    // it could send a part twice. Try again later. The
+                    // claims may have landed: noted, so this daemon's own
+                    // claim found later is known to be unsent.
                     tracing::warn!(error = %e, "delivery keys unavailable in redis; sending later");
+                    if let Ok(mut m) = self.memory.lock() {
+                        for key in keys {
+                            if !m.marks.contains_key(key) {
+                                m.insert(key, Mark::Unanswered);
+                            }
+                        }
+                    }
                     return vec![DeliveryClaim::Unavailable; keys.len()];
                 }
             }
+        }
+        if shared && self.redis.is_some() {
+            return vec![DeliveryClaim::Held; keys.len()];
         }
         match self.memory.lock() {
             Ok(mut m) => keys.iter().map(|k| m.claim(k)).collect(),
             Err(_) => vec![DeliveryClaim::Mine; keys.len()],
         }
+    }
+
+    /// This daemon's own claim found in Redis is free to send only if it
+    /// is one whose answer was lost before any send (else a send of it
+    /// started here and never reported: in doubt).
+    fn own_claims(&self, keys: &[String], claims: Vec<DeliveryClaim>) -> Vec<DeliveryClaim> {
+        let Ok(mut m) = self.memory.lock() else {
+            return claims
+                .into_iter()
+                .map(|c| match c {
+                    DeliveryClaim::Ours => DeliveryClaim::InDoubt,
+                    other => other,
+                })
+                .collect();
+        };
+        keys.iter()
+            .zip(claims)
+            .map(|(key, claim)| {
+                let unanswered = m.marks.get(key) == Some(&Mark::Unanswered);
+                match claim {
+                    DeliveryClaim::Ours if unanswered => {
+                        m.marks.remove(key);
+                        DeliveryClaim::Mine
+                    }
+                    DeliveryClaim::Ours => DeliveryClaim::InDoubt,
+                    other => {
+                        if unanswered {
+                            m.marks.remove(key);
+                        }
+                        other
+                    }
+                }
+            })
+            .collect()
     }
 
     /// Which parts were already sent (no claim taken): lets a reclaimed
@@ -114,7 +170,9 @@ impl DeliveryLedger {
                 for (key, mark) in keys.iter().zip(&marks) {
                     match mark {
                         DeliveryMark::Sent => m.insert(key, Mark::Sent),
-                        DeliveryMark::Sending if m.marks.get(key) != Some(&Mark::Sent) => {
+                        DeliveryMark::Sending
+                            if !matches!(m.marks.get(key), Some(Mark::Sent | Mark::Unanswered)) =>
+                        {
                             m.insert(key, Mark::Sending)
                         }
                         _ => {}

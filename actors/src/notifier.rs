@@ -138,6 +138,8 @@ pub enum NotifierMsg {
         run_id: RunId,
         job_id: String,
         messages: Vec<Message>,
+        /// The run came from the shared queue: a peer may take it over.
+        shared: bool,
     },
     /// Which parts of a new fan-out went out before (reclaimed runs).
     Prechecked {
@@ -172,6 +174,9 @@ pub enum Attempt {
     InDoubt,
     /// A webhook post, after its own retries.
     Webhook(MessageOutcome),
+    /// Offline, a part of a run from the shared queue: held until Redis
+    /// is back (see `DeliveryClaim::Held`).
+    Held,
 }
 
 struct FanOut {
@@ -187,6 +192,8 @@ struct FanOut {
     /// Whether the parts sent before this fan-out began (an earlier
     /// attempt of the run) have been looked up and settled.
     prechecked: bool,
+    /// The run came from the shared queue (see `DeliveryClaim::Held`).
+    shared: bool,
 }
 
 /// One message in a chat's queue.
@@ -214,6 +221,9 @@ pub struct NotifierState {
     busy: HashSet<i64>,
     in_flight: usize,
     webhook_queue: VecDeque<Item>,
+    /// Parts held while Redis is away (chat, or None for a webhook): put
+    /// back first in their queues once it answers.
+    held: Vec<(Option<i64>, Item)>,
     webhooks_in_flight: usize,
     overall: Pacer,
     private: DefaultKeyedRateLimiter<i64>,
@@ -336,6 +346,7 @@ impl Actor for Notifier {
             busy: HashSet::new(),
             in_flight: 0,
             webhook_queue: VecDeque::new(),
+            held: Vec::new(),
             webhooks_in_flight: 0,
             pump_timer: None,
             _progress: AbortOnDrop::from(progress),
@@ -355,7 +366,8 @@ impl Actor for Notifier {
                 run_id,
                 job_id,
                 messages,
-            } => fan_out(&myself, state, run_id, job_id, messages),
+                shared,
+            } => fan_out(&myself, state, run_id, job_id, messages, shared),
             NotifierMsg::Prechecked { run_id, sent } => prechecked(state, run_id, sent),
             NotifierMsg::Pump => {
                 state.pump_timer = None;
@@ -379,6 +391,9 @@ impl Actor for Notifier {
                 }
             }
             NotifierMsg::Progress => {
+                if !state.held.is_empty() && state.args.ledger.is_online() {
+                    release_held(state);
+                }
                 for (run_id, f) in &mut state.fan_outs {
                     if f.changed {
                         f.changed = false;
@@ -403,6 +418,7 @@ impl Actor for Notifier {
                 state
                     .webhook_queue
                     .retain(|item| !gone.contains(&item.run_id));
+                state.held.retain(|(_, item)| !gone.contains(&item.run_id));
             }
             NotifierMsg::Known(run_ids, reply) => {
                 let _ = reply.send(
@@ -414,7 +430,8 @@ impl Actor for Notifier {
             }
             NotifierMsg::Stats(reply) => {
                 let queued = state.chats.values().map(VecDeque::len).sum::<usize>()
-                    + state.webhook_queue.len();
+                    + state.webhook_queue.len()
+                    + state.held.len();
                 let _ = reply.send(NotifierStats {
                     fan_outs: state.fan_outs.len(),
                     queued,
@@ -433,6 +450,7 @@ fn fan_out(
     run_id: RunId,
     job_id: String,
     messages: Vec<Message>,
+    shared: bool,
 ) {
     if state.fan_outs.contains_key(&run_id) {
         tracing::debug!(run = %run_id, "fan-out already going on; ignoring the copy");
@@ -467,6 +485,7 @@ fn fan_out(
             nth,
             changed: true,
             prechecked: false,
+            shared,
         },
     );
     // Parts an earlier attempt of this run sent are settled without
@@ -654,17 +673,18 @@ fn start_telegram_send(
         return;
     };
     let key = delivery_key(&run_id, &f.messages[index], f.nth[index], part);
-    let (silent, text) = (*silent, text.clone());
+    let (silent, text, shared) = (*silent, text.clone(), f.shared);
     state.busy.insert(chat);
     state.in_flight += 1;
     let transport = state.args.transport.clone();
     let ledger = state.args.ledger.clone();
     let me = myself.clone();
     tokio::spawn(async move {
-        let claim = ledger.claim(std::slice::from_ref(&key)).await;
+        let claim = ledger.claim(std::slice::from_ref(&key), shared).await;
         let result = match claim.first().copied().unwrap_or(DeliveryClaim::InDoubt) {
             DeliveryClaim::Sent => Attempt::AlreadySent,
-            DeliveryClaim::InDoubt => Attempt::InDoubt,
+            DeliveryClaim::InDoubt | DeliveryClaim::Ours => Attempt::InDoubt,
+            DeliveryClaim::Held => Attempt::Held,
             DeliveryClaim::Unavailable => Attempt::Telegram(SendResult::Transient(
                 "the delivery ledger in redis did not answer".into(),
             )),
@@ -711,6 +731,7 @@ fn start_webhook(myself: &ActorRef<NotifierMsg>, state: &mut NotifierState, item
         return;
     };
     let key = delivery_key(&item.run_id, &f.messages[item.index], f.nth[item.index], 0);
+    let shared = f.shared;
     let endpoint_name = endpoint.clone();
     let body = body.clone();
     state.webhooks_in_flight += 1;
@@ -724,10 +745,11 @@ fn start_webhook(myself: &ActorRef<NotifierMsg>, state: &mut NotifierState, item
                 "no webhook endpoint named {endpoint_name:?} is configured"
             ))),
             Some(endpoint) => {
-                let claim = ledger.claim(std::slice::from_ref(&key)).await;
+                let claim = ledger.claim(std::slice::from_ref(&key), shared).await;
                 match claim.first().copied().unwrap_or(DeliveryClaim::InDoubt) {
                     DeliveryClaim::Sent => Attempt::AlreadySent,
-                    DeliveryClaim::InDoubt => Attempt::InDoubt,
+                    DeliveryClaim::InDoubt | DeliveryClaim::Ours => Attempt::InDoubt,
+                    DeliveryClaim::Held => Attempt::Held,
                     DeliveryClaim::Unavailable => Attempt::Webhook(MessageOutcome::Failed(
                         "the delivery ledger in redis did not answer".into(),
                     )),
@@ -753,6 +775,62 @@ fn start_webhook(myself: &ActorRef<NotifierMsg>, state: &mut NotifierState, item
     });
 }
 
+/// Sets a held part aside (see [`Attempt::Held`]): the chat's next
+/// messages (this daemon's own offline runs) go on meanwhile.
+fn hold(state: &mut NotifierState, run_id: RunId, index: usize, chat: Option<i64>) {
+    let item = match chat {
+        Some(chat) => {
+            let Some(q) = state.chats.get_mut(&chat) else {
+                return;
+            };
+            if !q
+                .front()
+                .is_some_and(|i| i.run_id == run_id && i.index == index)
+            {
+                return;
+            }
+            let Some(item) = q.pop_front() else {
+                return;
+            };
+            if q.is_empty() {
+                state.chats.remove(&chat);
+            }
+            item
+        }
+        None => Item {
+            run_id,
+            index,
+            part: 0,
+            attempts: 0,
+            chat_permit: false,
+        },
+    };
+    if state.held.is_empty() {
+        tracing::info!(
+            "offline: holding the messages of runs from the shared queue until Redis is back (a peer may take those runs over)"
+        );
+    }
+    state.held.push((chat, item));
+}
+
+/// Redis is back: held parts go first in their queues, oldest first.
+fn release_held(state: &mut NotifierState) {
+    let held = std::mem::take(&mut state.held);
+    tracing::info!(
+        parts = held.len(),
+        "Redis is back: sending the held messages"
+    );
+    for (chat, item) in held.into_iter().rev() {
+        match chat {
+            Some(chat) => {
+                state.chats.entry(chat).or_default().push_front(item);
+                schedule_chat(state, chat);
+            }
+            None => state.webhook_queue.push_front(item),
+        }
+    }
+}
+
 /// Applies one send's result to its message (the slot it held is freed).
 fn attempted(
     state: &mut NotifierState,
@@ -765,6 +843,10 @@ fn attempted(
         // Abandoned meanwhile.
         return;
     };
+    if matches!(result, Attempt::Held) {
+        hold(state, run_id, index, chat);
+        return;
+    }
     let Some(chat) = chat else {
         let outcome = match result {
             Attempt::Webhook(outcome) => outcome,
@@ -772,7 +854,9 @@ fn attempted(
             Attempt::InDoubt => MessageOutcome::Skipped(
                 "outcome unknown: an earlier send of it never reported".into(),
             ),
-            Attempt::Telegram(_) => MessageOutcome::Failed("unexpected result".into()),
+            Attempt::Telegram(_) | Attempt::Held => {
+                MessageOutcome::Failed("unexpected result".into())
+            }
         };
         settle(state, &run_id, index, outcome);
         return;
@@ -831,6 +915,8 @@ fn attempted(
         }
         Attempt::Telegram(SendResult::Rejected(why)) => Some(MessageOutcome::Failed(why)),
         Attempt::Webhook(outcome) => Some(outcome),
+        // Handled above.
+        Attempt::Held => None,
     };
     if let Some(outcome) = outcome {
         if let Some(q) = state.chats.get_mut(&chat) {

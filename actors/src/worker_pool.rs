@@ -706,6 +706,7 @@ impl Actor for WorkerPool {
                                 run_id.clone(),
                                 d.request.record.job_id.clone(),
                                 d.messages.clone(),
+                                d.request.record.queued,
                             );
                         }
                     }
@@ -1070,10 +1071,11 @@ fn attempt_done(
             state.args.store.put_record(record.clone());
             let run_id = record.run_id.clone();
             let job_id = record.job_id.clone();
-            if let Err(e) = state
-                .args
-                .notifier
-                .fan_out(run_id.clone(), job_id, messages.clone())
+            if let Err(e) =
+                state
+                    .args
+                    .notifier
+                    .fan_out(run_id.clone(), job_id, messages.clone(), record.queued)
             {
                 // Handed over again by the next fan-out check.
                 tracing::warn!(run = %run_id, error = %e, "notifier unavailable; will hand the messages over again");

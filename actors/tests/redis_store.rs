@@ -454,10 +454,11 @@ async fn a_delivery_claimed_and_never_reported_is_in_doubt_even_for_its_own_daem
         s.claim_deliveries(&keys, "d1").await.unwrap(),
         vec![DeliveryClaim::Mine]
     );
-    // a send task that outlived its Notifier still holds it
+    // its own claim: a send task that outlived its Notifier still holds
+    // it, or the claim's answer was lost (the ledger knows which)
     assert_eq!(
         s.claim_deliveries(&keys, "d1").await.unwrap(),
-        vec![DeliveryClaim::InDoubt]
+        vec![DeliveryClaim::Ours]
     );
     assert_eq!(
         s.claim_deliveries(&keys, "d2").await.unwrap(),
@@ -653,13 +654,81 @@ async fn parts_another_daemon_sent_or_began_stay_known_to_the_ledger_offline() {
     let ledger = DeliveryLedger::new(Some((s.clone(), rx)), "me".into());
     assert_eq!(ledger.already_sent(&keys).await, vec![false, true, false]);
     tx.send(health(Mode::Offline)).unwrap();
+    // A run from the shared queue is held offline: once this daemon's
+    // lease is over a peer takes it over, seeing in Redis only what was
+    // sent before the outage.
     assert_eq!(
-        ledger.claim(&keys).await,
+        ledger.claim(&keys, true).await,
+        vec![DeliveryClaim::Held; 3],
+        "offline, a shared run's parts wait for Redis"
+    );
+    assert_eq!(
+        ledger.claim(&keys, false).await,
         vec![
             DeliveryClaim::InDoubt,
             DeliveryClaim::Sent,
             DeliveryClaim::Mine
         ],
         "offline, memory knows what Redis held at the fan-out's start"
+    );
+    tx.send(health(Mode::Online)).unwrap();
+    assert_eq!(
+        ledger.claim(&keys[2..], true).await,
+        vec![DeliveryClaim::Mine],
+        "back online, the claim is Redis's again"
+    );
+    // That claim's send never started: a Notifier restarted meanwhile
+    // finds this daemon's own claim in doubt.
+    assert_eq!(
+        ledger.claim(&keys[2..], true).await,
+        vec![DeliveryClaim::InDoubt]
+    );
+}
+
+/// A claim whose answer was lost (Redis cut just after it landed) leaves
+/// this daemon's own `sending:` mark and no send: asked again, the part
+/// is this daemon's to send, not in doubt (the Jepsen run lost messages
+/// that way, each recorded "outcome unknown" though never sent).
+#[tokio::test]
+async fn a_delivery_claim_whose_answer_was_lost_is_sent_when_asked_again() {
+    use herald_actors::health::{Health, Mode};
+    use herald_actors::ledger::DeliveryLedger;
+    use herald_actors::redis_backend::DeliveryClaim;
+    use herald_testkit::relay::{Link, Relay};
+
+    let server = RedisServer::start();
+    let relay = Relay::start(server.port()).await;
+    let pool = connect(&RedisSettings::new(relay.redis_url(), "herald")).expect("pool");
+    let through_relay = RedisStore::new(pool, "herald", StoreLimits::default());
+    let direct = store(&server, StoreLimits::default());
+    let health = Health {
+        mode: Mode::Online,
+        peers: Default::default(),
+        stale: Default::default(),
+        jobs_version: 0,
+        epoch: None,
+    };
+    let (_tx, rx) = tokio::sync::watch::channel(health);
+    let ledger = DeliveryLedger::new(Some((through_relay, rx)), "me".into());
+    let keys = vec!["run@1:9:0:0".to_string()];
+    // The claim lands; its answer does not come back.
+    relay.set(Link::BlackHole);
+    direct.claim_deliveries(&keys, "me").await.unwrap();
+    assert_eq!(
+        ledger.claim(&keys, true).await,
+        vec![DeliveryClaim::Unavailable]
+    );
+    relay.set(Link::Open);
+    assert_eq!(
+        ledger.claim(&keys, true).await,
+        vec![DeliveryClaim::Mine],
+        "its own unanswered claim, never sent"
+    );
+    // Another daemon's claim stays in doubt.
+    let other = vec!["run@1:10:0:0".to_string()];
+    direct.claim_deliveries(&other, "peer").await.unwrap();
+    assert_eq!(
+        ledger.claim(&other, true).await,
+        vec![DeliveryClaim::InDoubt]
     );
 }

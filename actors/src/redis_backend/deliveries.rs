@@ -14,9 +14,18 @@ pub enum DeliveryClaim {
     Sent,
     /// Another send of it started and never reported: not sent again.
     InDoubt,
+    /// This daemon's own claim holds it: a send of it started here and
+    /// never reported (in doubt), or a claim whose answer was lost before
+    /// any send (free to send); the ledger knows which.
+    Ours,
     /// The ledger could not be asked (Redis failed while online): send
     /// nothing now, ask again later.
     Unavailable,
+    /// Offline, a part of a run from the shared queue: held until Redis
+    /// is back. Memory knows only this daemon's sends, and once this
+    /// daemon's lease is over a peer takes the run over and sends what
+    /// Redis does not show as sent: sent here meanwhile, it would go twice.
+    Held,
 }
 
 /// What the ledger in Redis holds for one part.
@@ -56,6 +65,7 @@ impl RedisStore {
             .map(|s| match s {
                 1 => DeliveryClaim::Mine,
                 2 => DeliveryClaim::Sent,
+                3 => DeliveryClaim::Ours,
                 _ => DeliveryClaim::InDoubt,
             })
             .collect())

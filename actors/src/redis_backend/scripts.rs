@@ -350,10 +350,10 @@ return out",
 
 /// Claims the right to send one message part, once per (run, recipient,
 /// part): 1 this daemon may send it (the key was free), 2 already sent,
-/// 0 another send of it is (or was) in progress, even one of this daemon
-/// (a send task that outlived a restarted Notifier): its outcome is
-/// unknown, so it is not sent again. A retry after a definite failure
-/// finds the key free: the failure released it.
+/// 0 another daemon's send of it is (or was) in progress, 3 this daemon's
+/// own claim holds it (a send task that outlived a restarted Notifier, or
+/// a claim whose answer was lost: only the daemon knows which). A retry
+/// after a definite failure finds the key free: the failure released it.
 /// KEYS: the delivery key. ARGV: owner mark (`sending:<daemon>`), ttl.
 pub(super) static CLAIM_DELIVERY: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
@@ -361,7 +361,9 @@ pub(super) static CLAIM_DELIVERY: LazyLock<Script> = LazyLock::new(|| {
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
   return 1
 end
-if redis.call('GET', KEYS[1]) == 'sent' then return 2 end
+local v = redis.call('GET', KEYS[1])
+if v == 'sent' then return 2 end
+if v == ARGV[1] then return 3 end
 return 0",
     )
 });
