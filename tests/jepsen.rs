@@ -19,8 +19,10 @@
 //! `offline`, an overlap); no tick both ran and was recorded skipped.
 //! Ticks a Redis restarted without data can lose are exempt from "lost"
 //! only: runs queued in it and not yet read (±3 s around the restart), and
-//! runs a daemon killed up to 40 s before held (ticks from 5 s before the
-//! kill to 2 s after), waiting on the queue for its lease.
+//! runs a daemon killed up to 40 s before held, waiting on the queue for
+//! its lease: those read off the queue at the kill (XPENDING, so late
+//! claims after an outage count too), and ticks from 5 s before the kill
+//! to 2 s after (queued ahead, not yet read).
 //!
 //! The short run (70 s, at least 8 faults) is part of the suite
 //! (`scripts/test`); the full one (10 minutes, at least 50 faults) is
@@ -41,6 +43,9 @@ use herald_testkit::{RedisServer, free_port, log_tail};
 use support::{Daemon, DaemonConfig, judge};
 
 const TOKEN: &str = "jepsen-admin-token";
+
+/// A run on the queue: its job and tick (unix seconds).
+type HeldRun = (String, i64);
 
 struct Plan {
     run_for: Duration,
@@ -135,6 +140,9 @@ struct World {
     /// SIGKILLs: the runs a killed daemon held wait on the queue for its
     /// lease, and go if Redis loses its data meanwhile.
     kills: Vec<DateTime<Utc>>,
+    /// Per SIGKILL, the runs the killed daemon held on the queue (read,
+    /// not acknowledged): (job, tick in unix seconds).
+    held_at_kill: Vec<(DateTime<Utc>, HashSet<HeldRun>)>,
     faults: BTreeMap<&'static str, usize>,
     /// Each fault or job operation, with when it began and which daemon.
     timeline: Vec<String>,
@@ -151,6 +159,53 @@ impl World {
             "herald",
             StoreLimits::default(),
         )
+    }
+
+    /// The runs `consumer` holds on the queue (read, not acknowledged),
+    /// read without touching them (XPENDING, XRANGE): (job, unix s).
+    async fn held_by(&self, consumer: &str) -> HashSet<HeldRun> {
+        use deadpool_redis::redis;
+        let read = async {
+            let client = redis::Client::open(self.redis.url()).ok()?;
+            let mut c = client.get_multiplexed_async_connection().await.ok()?;
+            let pending: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
+                .arg("herald:runs")
+                .arg("herald")
+                .arg("-")
+                .arg("+")
+                .arg(10_000)
+                .arg(consumer)
+                .query_async(&mut c)
+                .await
+                .ok()?;
+            let mut held = HashSet::new();
+            for (entry, ..) in pending {
+                let fields: Vec<(String, HashMap<String, String>)> = redis::cmd("XRANGE")
+                    .arg("herald:runs")
+                    .arg(&entry)
+                    .arg(&entry)
+                    .query_async(&mut c)
+                    .await
+                    .ok()?;
+                for (_, f) in fields {
+                    let run = f
+                        .get("record")
+                        .and_then(|r| serde_json::from_str::<serde_json::Value>(r).ok())
+                        .and_then(|r| r["run_id"].as_str().map(str::to_string));
+                    if let Some((job, at)) = run.as_deref().and_then(|r| r.rsplit_once('@'))
+                        && let Ok(at) = at.parse::<i64>()
+                    {
+                        held.insert((job.to_string(), at));
+                    }
+                }
+            }
+            Some(held)
+        };
+        tokio::time::timeout(Duration::from_secs(2), read)
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_default()
     }
 
     /// Reads the skip entries now held in Redis into the current epoch.
@@ -358,8 +413,17 @@ impl World {
             7 => {
                 self.note("daemon killed");
                 self.down = Some(d);
+                let id = self.daemons[d]
+                    .ready(&self.client)
+                    .await
+                    .and_then(|r| r["daemon"].as_str().map(str::to_string));
                 self.daemons[d].kill();
-                self.kills.push(Utc::now());
+                let killed_at = Utc::now();
+                self.kills.push(killed_at);
+                if let Some(id) = id {
+                    let held = self.held_by(&id).await;
+                    self.held_at_kill.push((killed_at, held));
+                }
                 self.wait(rng.secs(0, 3)).await;
                 self.daemons[d].spawn();
                 let client = self.client.clone();
@@ -479,6 +543,7 @@ async fn jepsen(plan: &Plan) {
         skips_by_epoch: vec![BTreeMap::new()],
         wipes: Vec::new(),
         kills: Vec::new(),
+        held_at_kill: Vec::new(),
         faults: BTreeMap::new(),
         timeline: Vec::new(),
         paused: None,
@@ -521,12 +586,18 @@ async fn jepsen(plan: &Plan) {
     // the restart), and runs a killed daemon held (its ticks within a few
     // seconds of the kill, queued ahead or going) that wait on the queue
     // for its lease and any outage after it (up to 40 s).
-    let near_wipe = |at: DateTime<Utc>| {
+    // The runs a killed daemon held are read off the queue at the kill
+    // (its late claims after an outage hold ticks older than the kill).
+    let near_wipe = |job: &str, at: DateTime<Utc>| {
         world.wipes.iter().any(|w| {
+            let wiped_after = |k: &DateTime<Utc>| *k <= *w && (*w - *k).num_seconds() <= 40;
             (at - *w).num_seconds().abs() <= 3
                 || world.kills.iter().any(|k| {
                     let held = (at - *k).num_seconds();
-                    (-5..=2).contains(&held) && *k <= *w && (*w - *k).num_seconds() <= 40
+                    (-5..=2).contains(&held) && wiped_after(k)
+                })
+                || world.held_at_kill.iter().any(|(k, held)| {
+                    wiped_after(k) && held.contains(&(job.to_string(), at.timestamp()))
                 })
         })
     };
@@ -568,7 +639,7 @@ async fn jepsen(plan: &Plan) {
                 .and_then(|(_, t)| chrono::NaiveTime::parse_from_str(t, "%H:%M:%S").ok());
             let wiped = at.is_some_and(|t| {
                 let day = from.date_naive();
-                near_wipe(day.and_time(t).and_utc())
+                near_wipe(job, day.and_time(t).and_utc())
             });
             if wiped {
                 exempt += 1;
