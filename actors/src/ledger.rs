@@ -84,6 +84,20 @@ impl DeliveryLedger {
             .map(|(store, _)| store)
     }
 
+    /// The parts this daemon knows were sent (it sent them, or read them
+    /// so): written back if Redis loses its data.
+    pub fn sent_keys(&self) -> Vec<String> {
+        match self.memory.lock() {
+            Ok(m) => m
+                .order
+                .iter()
+                .filter(|k| m.marks.get(*k) == Some(&Mark::Sent))
+                .cloned()
+                .collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
     /// Whether Redis is reachable (held parts may be claimed again).
     pub fn is_online(&self) -> bool {
         self.online().is_some()

@@ -19,6 +19,7 @@ use crate::AbortOnDrop;
 use crate::handles::{PoolHandle, StoreHandle};
 use crate::health::{Health, LeaseClock, Mode, PEER_TTL, PING_EVERY, Standing, owner};
 use crate::job::{JobId, JobSpec};
+use crate::ledger::DeliveryLedger;
 use crate::record::{ExecutionRecord, RunId, SkipReason, SkippedTicks, Trigger};
 use crate::redis_backend::{BackendError, RedisStore};
 use crate::telemetry;
@@ -101,6 +102,10 @@ pub struct Cluster {
     /// The tick claims this daemon won (and the ticks it ran), written
     /// back if Redis loses them.
     pub won: WonClaims,
+    /// The message parts this daemon knows were sent, written back too:
+    /// without them a run a peer took over and sent would be sent again
+    /// by a daemon that held it through the loss.
+    pub ledger: DeliveryLedger,
 }
 
 #[derive(Clone)]
@@ -1009,15 +1014,17 @@ async fn restore(myself: &ActorRef<SchedulerMsg>, state: &mut SchedulerState) {
             }
         };
         let claims = cluster.won.all();
+        let sent = cluster.ledger.sent_keys();
         match cluster
             .redis
-            .restore(&claims, &last_ticks, &cluster.daemon_id, &epoch)
+            .restore(&claims, &last_ticks, &sent, &cluster.daemon_id, &epoch)
             .await
         {
             Ok(()) => {
                 tracing::info!(
                     claims = claims.len(),
                     jobs = last_ticks.len(),
+                    sent = sent.len(),
                     "wrote back this daemon's tick claims and last ticks"
                 );
                 if let Some(r) = &mut state.restoring {

@@ -305,12 +305,17 @@ pub async fn spawn_tree_on(
     let scheduler = SchedulerHandle::new(directory.clone(), timeout);
     let (exit_tx, exit) = watch::channel(TreeExit::Running);
     let won = WonClaims::new(MAX_WON);
+    let ledger = DeliveryLedger::new(
+        redis.as_ref().map(|(_, r)| (r.clone(), health_rx.clone())),
+        daemon_id.clone(),
+    );
     let cluster = redis.as_ref().map(|(_, redis_store)| Cluster {
         redis: redis_store.clone(),
         daemon_id: daemon_id.clone(),
         health: health_rx.clone(),
         lease: lease.clone(),
         won: won.clone(),
+        ledger: ledger.clone(),
     });
     let queue = redis.as_ref().map(|(settings, redis_store)| QueueArgs {
         redis: redis_store.clone(),
@@ -322,10 +327,6 @@ pub async fn spawn_tree_on(
         health: health_rx.clone(),
         won: won.clone(),
     });
-    let ledger = DeliveryLedger::new(
-        redis.as_ref().map(|(_, r)| (r.clone(), health_rx.clone())),
-        daemon_id.clone(),
-    );
     let webhooks = Webhooks {
         sender: WebhookSender::new(),
         endpoints: config

@@ -732,3 +732,56 @@ async fn a_delivery_claim_whose_answer_was_lost_is_sent_when_asked_again() {
         vec![DeliveryClaim::InDoubt]
     );
 }
+
+/// After Redis lost its data, a daemon writes back the message parts it
+/// knows were sent: a run a peer took over and sent is then not sent
+/// again by a daemon that held it through the loss (the Jepsen run sent
+/// three messages twice between two restarts without data).
+#[tokio::test]
+async fn the_parts_a_daemon_sent_are_written_back_after_redis_lost_its_data() {
+    use herald_actors::health::{Health, Mode};
+    use herald_actors::ledger::DeliveryLedger;
+    use herald_actors::redis_backend::DeliveryClaim;
+
+    let server = RedisServer::start();
+    let s = store(&server, StoreLimits::default());
+    let health = Health {
+        mode: Mode::Online,
+        peers: Default::default(),
+        stale: Default::default(),
+        jobs_version: 0,
+        epoch: None,
+    };
+    let (_tx, rx) = tokio::sync::watch::channel(health);
+    let ledger = DeliveryLedger::new(Some((s.clone(), rx)), "me".into());
+    let keys: Vec<String> = (0..3).map(|i| format!("run@1:{i}:0:0")).collect();
+    assert_eq!(
+        ledger.claim(&keys, true).await,
+        vec![DeliveryClaim::Mine; 3]
+    );
+    ledger.settle(keys[0].clone(), true).await;
+    ledger.settle(keys[1].clone(), true).await;
+    // The third went out and failed for sure: released, not sent.
+    ledger.settle(keys[2].clone(), false).await;
+    assert_eq!(ledger.sent_keys(), keys[..2].to_vec());
+    let mut conn = deadpool_redis::redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = deadpool_redis::redis::cmd("FLUSHALL")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    s.restore(&[], &[], &ledger.sent_keys(), "me", "e2")
+        .await
+        .unwrap();
+    assert_eq!(
+        s.claim_deliveries(&keys, "peer").await.unwrap(),
+        vec![
+            DeliveryClaim::Sent,
+            DeliveryClaim::Sent,
+            DeliveryClaim::Mine
+        ]
+    );
+}

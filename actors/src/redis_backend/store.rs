@@ -253,16 +253,27 @@ impl RedisStore {
 
     /// After Redis lost its data: writes back the tick claims this daemon
     /// won (`job`, unix seconds, claim value), each only where its key is
-    /// free, and raises the jobs' last ticks to this daemon's; then marks
-    /// this daemon restored in `epoch`. Safe to repeat.
+    /// free, raises the jobs' last ticks to this daemon's, and marks the
+    /// message parts it knows were sent (delivery keys) `sent`; then
+    /// marks this daemon restored in `epoch`. Safe to repeat.
     pub async fn restore(
         &self,
         claims: &[(String, i64, String)],
         last_ticks: &[(JobId, DateTime<Utc>)],
+        sent: &[String],
         daemon_id: &str,
         epoch: &str,
     ) -> Result<(), BackendError> {
         let mut c = self.conn().await?;
+        let delivery_ttl = self.limits.record_ttl.as_secs().max(1);
+        for chunk in sent.chunks(RESTORE_BATCH) {
+            let mut p = redis::pipe();
+            for key in chunk {
+                p.set_ex(self.keys.delivery(key), "sent", delivery_ttl)
+                    .ignore();
+            }
+            p.query_async::<()>(&mut c).await?;
+        }
         for chunk in claims.chunks(RESTORE_BATCH) {
             let mut p = redis::pipe();
             for (job_id, at, value) in chunk {
