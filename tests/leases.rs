@@ -162,11 +162,22 @@ impl Cluster {
 
     /// Judges `[from, to]`; panics with the logs on any fault.
     async fn assert_every_tick_once(&self, from: DateTime<Utc>, to: DateTime<Utc>) -> Verdicts {
+        self.assert_ticks_once(&jobs(), from, to).await
+    }
+
+    /// Judges these jobs over `[from, to]`; panics with the logs on any
+    /// fault.
+    async fn assert_ticks_once(
+        &self,
+        jobs: &[String],
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Verdicts {
         let store = self.store();
         let skips = store.skipped(None, 100_000).await.expect("skips read");
         let sent = self.sent();
         let verdict = judge(
-            &jobs(),
+            jobs,
             from,
             to,
             |job, at| {
@@ -809,21 +820,8 @@ async fn a_job_added_while_redis_was_away_again_is_left_to_its_owner_once_writte
     wait_online(&mut cluster, 0).await;
     tokio::time::sleep(Duration::from_secs(6)).await;
     let to = healed_at + TimeDelta::seconds(3);
-    let store = cluster.store();
-    let skips = store.skipped(None, 100_000).await.expect("skips read");
-    let sent = cluster.sent();
-    let verdict = judge(
-        std::slice::from_ref(&job),
-        from,
-        to,
-        |job, at| {
-            sent.get(&(job.to_string(), at.timestamp()))
-                .copied()
-                .unwrap_or(0)
-        },
-        &skips,
-    );
-    cluster.dump_logs();
-    assert!(verdict.is_clean(), "{verdict:?}\n{}", cluster.logs());
+    cluster
+        .assert_ticks_once(std::slice::from_ref(&job), from, to)
+        .await;
     cluster.terminate_all_but(None).await;
 }

@@ -32,6 +32,17 @@ fn record(job: &str, n: i64, status: RunStatus) -> ExecutionRecord {
     r
 }
 
+/// What the health watcher would report, with no peers.
+fn health(mode: herald_actors::health::Mode) -> herald_actors::health::Health {
+    herald_actors::health::Health {
+        mode,
+        peers: Default::default(),
+        stale: Default::default(),
+        jobs_version: 0,
+        epoch: None,
+    }
+}
+
 fn ids(records: &[ExecutionRecord]) -> Vec<String> {
     records.iter().map(|r| r.run_id.0.clone()).collect()
 }
@@ -628,7 +639,7 @@ async fn claims_are_refused_after_redis_lost_its_data_until_the_new_epoch_is_kno
 /// outage began, messaged two users twice in the chaos run).
 #[tokio::test]
 async fn parts_another_daemon_sent_or_began_stay_known_to_the_ledger_offline() {
-    use herald_actors::health::{Health, Mode};
+    use herald_actors::health::Mode;
     use herald_actors::ledger::DeliveryLedger;
     use herald_actors::redis_backend::DeliveryClaim;
 
@@ -643,13 +654,6 @@ async fn parts_another_daemon_sent_or_began_stay_known_to_the_ledger_offline() {
     s.settle_deliveries(&[(keys[1].clone(), true)])
         .await
         .unwrap();
-    let health = |mode| Health {
-        mode,
-        peers: Default::default(),
-        stale: Default::default(),
-        jobs_version: 0,
-        epoch: None,
-    };
     let (tx, rx) = tokio::sync::watch::channel(health(Mode::Online));
     let ledger = DeliveryLedger::new(Some((s.clone(), rx)), "me".into());
     assert_eq!(ledger.already_sent(&keys).await, vec![false, true, false]);
@@ -691,7 +695,7 @@ async fn parts_another_daemon_sent_or_began_stay_known_to_the_ledger_offline() {
 /// that way, each recorded "outcome unknown" though never sent).
 #[tokio::test]
 async fn a_delivery_claim_whose_answer_was_lost_is_sent_when_asked_again() {
-    use herald_actors::health::{Health, Mode};
+    use herald_actors::health::Mode;
     use herald_actors::ledger::DeliveryLedger;
     use herald_actors::redis_backend::DeliveryClaim;
     use herald_testkit::relay::{Link, Relay};
@@ -701,14 +705,7 @@ async fn a_delivery_claim_whose_answer_was_lost_is_sent_when_asked_again() {
     let pool = connect(&RedisSettings::new(relay.redis_url(), "herald")).expect("pool");
     let through_relay = RedisStore::new(pool, "herald", StoreLimits::default());
     let direct = store(&server, StoreLimits::default());
-    let health = Health {
-        mode: Mode::Online,
-        peers: Default::default(),
-        stale: Default::default(),
-        jobs_version: 0,
-        epoch: None,
-    };
-    let (_tx, rx) = tokio::sync::watch::channel(health);
+    let (_tx, rx) = tokio::sync::watch::channel(health(Mode::Online));
     let ledger = DeliveryLedger::new(Some((through_relay, rx)), "me".into());
     let keys = vec!["run@1:9:0:0".to_string()];
     // The claim lands; its answer does not come back.
@@ -739,20 +736,13 @@ async fn a_delivery_claim_whose_answer_was_lost_is_sent_when_asked_again() {
 /// three messages twice between two restarts without data).
 #[tokio::test]
 async fn the_parts_a_daemon_sent_are_written_back_after_redis_lost_its_data() {
-    use herald_actors::health::{Health, Mode};
+    use herald_actors::health::Mode;
     use herald_actors::ledger::DeliveryLedger;
     use herald_actors::redis_backend::DeliveryClaim;
 
     let server = RedisServer::start();
     let s = store(&server, StoreLimits::default());
-    let health = Health {
-        mode: Mode::Online,
-        peers: Default::default(),
-        stale: Default::default(),
-        jobs_version: 0,
-        epoch: None,
-    };
-    let (_tx, rx) = tokio::sync::watch::channel(health);
+    let (_tx, rx) = tokio::sync::watch::channel(health(Mode::Online));
     let ledger = DeliveryLedger::new(Some((s.clone(), rx)), "me".into());
     let keys: Vec<String> = (0..3).map(|i| format!("run@1:{i}:0:0")).collect();
     assert_eq!(
