@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
 use crate::health::{Health, Mode};
-use crate::redis_backend::{DeliveryClaim, DeliveryMark, RedisStore};
+use crate::redis_backend::{BackendError, DeliveryClaim, DeliveryMark, RedisStore};
 
 /// Keys remembered in memory at most; the oldest go first.
 const MEMORY_KEYS: usize = 200_000;
@@ -61,11 +61,27 @@ impl MemoryLedger {
     }
 }
 
+/// The Redis epoch delivery claims are fenced by, kept by the scheduler
+/// (which writes back what this daemon knows after a data loss).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimEpoch {
+    /// Not seen yet: claims go unfenced.
+    Unknown,
+    /// Claims hold only while Redis holds this epoch: a Redis restarted
+    /// empty refuses them before this daemon even notices the loss.
+    Settled(String),
+    /// Redis lost its data and the daemons are writing back the parts
+    /// they sent: until all have, a free key proves nothing, so every
+    /// part is held.
+    Restoring,
+}
+
 #[derive(Clone)]
 pub struct DeliveryLedger {
     redis: Option<(RedisStore, watch::Receiver<Health>)>,
     daemon_id: String,
     memory: Arc<Mutex<MemoryLedger>>,
+    epoch: Arc<Mutex<ClaimEpoch>>,
 }
 
 impl DeliveryLedger {
@@ -74,6 +90,22 @@ impl DeliveryLedger {
             redis,
             daemon_id,
             memory: Arc::new(Mutex::new(MemoryLedger::default())),
+            epoch: Arc::new(Mutex::new(ClaimEpoch::Unknown)),
+        }
+    }
+
+    /// Sets the epoch claims are fenced by (see [`ClaimEpoch`]).
+    pub fn set_epoch(&self, epoch: ClaimEpoch) {
+        if let Ok(mut e) = self.epoch.lock() {
+            *e = epoch;
+        }
+    }
+
+    fn claim_epoch(&self) -> ClaimEpoch {
+        match self.epoch.lock() {
+            Ok(e) => e.clone(),
+            // Poisoned: no writer finished; claim as if restoring (held).
+            Err(_) => ClaimEpoch::Restoring,
         }
     }
 
@@ -98,9 +130,10 @@ impl DeliveryLedger {
         }
     }
 
-    /// Whether Redis is reachable (held parts may be claimed again).
-    pub fn is_online(&self) -> bool {
-        self.online().is_some()
+    /// Whether parts may be claimed in Redis now (held parts go again):
+    /// it is reachable, and not being restored after a data loss.
+    pub fn can_claim(&self) -> bool {
+        self.online().is_some() && self.claim_epoch() != ClaimEpoch::Restoring
     }
 
     /// Claims parts before sending them. `shared`: the run came from the
@@ -108,8 +141,21 @@ impl DeliveryLedger {
     /// held rather than claimed in memory.
     pub async fn claim(&self, keys: &[String], shared: bool) -> Vec<DeliveryClaim> {
         if let Some(store) = self.online() {
-            match store.claim_deliveries(keys, &self.daemon_id).await {
+            let epoch = match self.claim_epoch() {
+                ClaimEpoch::Restoring => return vec![DeliveryClaim::Held; keys.len()],
+                ClaimEpoch::Settled(epoch) => Some(epoch),
+                ClaimEpoch::Unknown => None,
+            };
+            match store
+                .claim_deliveries(keys, &self.daemon_id, epoch.as_deref())
+                .await
+            {
                 Ok(claims) => return self.own_claims(keys, claims),
+                // Redis lost its data since: nothing was claimed. Held
+                // until the daemons wrote back what they sent.
+                Err(BackendError::EpochChanged) => {
+                    return vec![DeliveryClaim::Held; keys.len()];
+                }
                 Err(e) => {
                     // Memory does not know what other daemons sent: asking
                     // it could send a part twice. Try again later. The

@@ -391,7 +391,7 @@ impl Actor for Notifier {
                 }
             }
             NotifierMsg::Progress => {
-                if !state.held.is_empty() && state.args.ledger.is_online() {
+                if !state.held.is_empty() && state.args.ledger.can_claim() {
                     release_held(state);
                 }
                 for (run_id, f) in &mut state.fan_outs {
@@ -807,7 +807,7 @@ fn hold(state: &mut NotifierState, run_id: RunId, index: usize, chat: Option<i64
     };
     if state.held.is_empty() {
         tracing::info!(
-            "offline: holding the messages of runs from the shared queue until Redis is back (a peer may take those runs over)"
+            "holding messages until Redis can tell what was sent (offline: runs from the shared queue, a peer may take them over; or Redis lost its data and the daemons are writing back what they sent)"
         );
     }
     state.held.push((chat, item));
@@ -818,7 +818,7 @@ fn release_held(state: &mut NotifierState) {
     let held = std::mem::take(&mut state.held);
     tracing::info!(
         parts = held.len(),
-        "Redis is back: sending the held messages"
+        "Redis can tell what was sent again: sending the held messages"
     );
     for (chat, item) in held.into_iter().rev() {
         match chat {

@@ -19,7 +19,7 @@ use crate::AbortOnDrop;
 use crate::handles::{PoolHandle, StoreHandle};
 use crate::health::{Health, LeaseClock, Mode, PEER_TTL, PING_EVERY, Standing, owner};
 use crate::job::{JobId, JobSpec};
-use crate::ledger::DeliveryLedger;
+use crate::ledger::{ClaimEpoch, DeliveryLedger};
 use crate::record::{ExecutionRecord, RunId, SkipReason, SkippedTicks, Trigger};
 use crate::redis_backend::{BackendError, RedisStore};
 use crate::telemetry;
@@ -236,6 +236,9 @@ impl Actor for Scheduler {
         tracing::info!(jobs = timetable.len(), "scheduler started");
         let health = args.cluster.as_ref().map(|c| c.health.borrow().clone());
         let epoch = health.as_ref().and_then(|h| h.epoch.clone());
+        if let (Some(cluster), Some(epoch)) = (&args.cluster, &epoch) {
+            cluster.ledger.set_epoch(ClaimEpoch::Settled(epoch.clone()));
+        }
         let mut state = SchedulerState {
             args,
             timetable,
@@ -445,6 +448,13 @@ async fn handle_other(
             {
                 let lost = state.epoch.is_some();
                 state.epoch = Some(epoch.clone());
+                if let Some(cluster) = &state.args.cluster {
+                    cluster.ledger.set_epoch(if lost {
+                        ClaimEpoch::Restoring
+                    } else {
+                        ClaimEpoch::Settled(epoch.clone())
+                    });
+                }
                 if lost {
                     state.restoring = Some(Restoring {
                         epoch,
@@ -1058,6 +1068,9 @@ async fn restore(myself: &ActorRef<SchedulerMsg>, state: &mut SchedulerState) {
     let Some(restoring) = state.restoring.take() else {
         return;
     };
+    cluster
+        .ledger
+        .set_epoch(ClaimEpoch::Settled(restoring.epoch.clone()));
     if !restoring.taken_over.is_empty() {
         take_over(state, restoring.taken_over).await;
     }

@@ -462,17 +462,17 @@ async fn a_delivery_claimed_and_never_reported_is_in_doubt_even_for_its_own_daem
     let s = store(&server, StoreLimits::default());
     let keys = vec!["run@1:7:0:0".to_string()];
     assert_eq!(
-        s.claim_deliveries(&keys, "d1").await.unwrap(),
+        s.claim_deliveries(&keys, "d1", None).await.unwrap(),
         vec![DeliveryClaim::Mine]
     );
     // its own claim: a send task that outlived its Notifier still holds
     // it, or the claim's answer was lost (the ledger knows which)
     assert_eq!(
-        s.claim_deliveries(&keys, "d1").await.unwrap(),
+        s.claim_deliveries(&keys, "d1", None).await.unwrap(),
         vec![DeliveryClaim::Ours]
     );
     assert_eq!(
-        s.claim_deliveries(&keys, "d2").await.unwrap(),
+        s.claim_deliveries(&keys, "d2", None).await.unwrap(),
         vec![DeliveryClaim::InDoubt]
     );
     // a definite failure releases it; a success makes it sent for everyone
@@ -480,14 +480,14 @@ async fn a_delivery_claimed_and_never_reported_is_in_doubt_even_for_its_own_daem
         .await
         .unwrap();
     assert_eq!(
-        s.claim_deliveries(&keys, "d2").await.unwrap(),
+        s.claim_deliveries(&keys, "d2", None).await.unwrap(),
         vec![DeliveryClaim::Mine]
     );
     s.settle_deliveries(&[(keys[0].clone(), true)])
         .await
         .unwrap();
     assert_eq!(
-        s.claim_deliveries(&keys, "d1").await.unwrap(),
+        s.claim_deliveries(&keys, "d1", None).await.unwrap(),
         vec![DeliveryClaim::Sent]
     );
 }
@@ -650,7 +650,7 @@ async fn parts_another_daemon_sent_or_began_stay_known_to_the_ledger_offline() {
         .map(|k| format!("run@1:{k}:0:0"))
         .collect();
     // The killed daemon's claims: one part going out, one sent.
-    s.claim_deliveries(&keys[..2], "dead").await.unwrap();
+    s.claim_deliveries(&keys[..2], "dead", None).await.unwrap();
     s.settle_deliveries(&[(keys[1].clone(), true)])
         .await
         .unwrap();
@@ -710,7 +710,7 @@ async fn a_delivery_claim_whose_answer_was_lost_is_sent_when_asked_again() {
     let keys = vec!["run@1:9:0:0".to_string()];
     // The claim lands; its answer does not come back.
     relay.set(Link::BlackHole);
-    direct.claim_deliveries(&keys, "me").await.unwrap();
+    direct.claim_deliveries(&keys, "me", None).await.unwrap();
     assert_eq!(
         ledger.claim(&keys, true).await,
         vec![DeliveryClaim::Unavailable]
@@ -723,7 +723,7 @@ async fn a_delivery_claim_whose_answer_was_lost_is_sent_when_asked_again() {
     );
     // Another daemon's claim stays in doubt.
     let other = vec!["run@1:10:0:0".to_string()];
-    direct.claim_deliveries(&other, "peer").await.unwrap();
+    direct.claim_deliveries(&other, "peer", None).await.unwrap();
     assert_eq!(
         ledger.claim(&other, true).await,
         vec![DeliveryClaim::InDoubt]
@@ -767,11 +767,76 @@ async fn the_parts_a_daemon_sent_are_written_back_after_redis_lost_its_data() {
         .await
         .unwrap();
     assert_eq!(
-        s.claim_deliveries(&keys, "peer").await.unwrap(),
+        s.claim_deliveries(&keys, "peer", None).await.unwrap(),
         vec![
             DeliveryClaim::Sent,
             DeliveryClaim::Sent,
             DeliveryClaim::Mine
         ]
     );
+}
+
+/// A Redis restarted empty holds no `sent` marks until every daemon wrote
+/// back what it sent: a delivery claim meanwhile would find a part a peer
+/// sent free. Claims are fenced by the epoch (refused before this daemon
+/// notices the loss) and held while the daemons write back (the Jepsen
+/// run sent a message twice: a held part claimed in the new, empty Redis
+/// a moment before its peer wrote back that it had sent it).
+#[tokio::test]
+async fn a_delivery_claim_after_redis_lost_its_data_waits_for_the_write_back() {
+    use herald_actors::health::Mode;
+    use herald_actors::ledger::{ClaimEpoch, DeliveryLedger};
+    use herald_actors::redis_backend::{BackendError, DeliveryClaim};
+
+    let server = RedisServer::start();
+    let s = store(&server, StoreLimits::default());
+    let mut conn = redis_conn(&server).await;
+    let epoch_conn = conn.clone();
+    let set_epoch = |epoch: &'static str| {
+        let mut conn = epoch_conn.clone();
+        async move {
+            let _: () = deadpool_redis::redis::cmd("SET")
+                .arg("herald:epoch")
+                .arg(epoch)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+        }
+    };
+    set_epoch("e1").await;
+    let (_tx, rx) = tokio::sync::watch::channel(health(Mode::Online));
+    let me = DeliveryLedger::new(Some((s.clone(), rx.clone())), "me".into());
+    let peer = DeliveryLedger::new(Some((s.clone(), rx)), "peer".into());
+    me.set_epoch(ClaimEpoch::Settled("e1".into()));
+    peer.set_epoch(ClaimEpoch::Settled("e1".into()));
+    let keys = vec!["run@1:0:0:0".to_string()];
+    // The peer took the run over and sent it.
+    assert_eq!(peer.claim(&keys, true).await, vec![DeliveryClaim::Mine]);
+    peer.settle(keys[0].clone(), true).await;
+
+    let _: () = deadpool_redis::redis::cmd("FLUSHALL")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    // Before this daemon notices: refused by the epoch, nothing claimed.
+    assert!(matches!(
+        s.claim_deliveries(&keys, "me", Some("e1")).await,
+        Err(BackendError::EpochChanged)
+    ));
+    assert_eq!(me.claim(&keys, true).await, vec![DeliveryClaim::Held]);
+    assert_eq!(me.claim(&keys, false).await, vec![DeliveryClaim::Held]);
+    set_epoch("e2").await;
+    assert_eq!(me.claim(&keys, true).await, vec![DeliveryClaim::Held]);
+    // Noticed: held while the daemons write back.
+    me.set_epoch(ClaimEpoch::Restoring);
+    assert!(!me.can_claim());
+    assert_eq!(me.claim(&keys, true).await, vec![DeliveryClaim::Held]);
+    s.restore(&[], &[], &peer.sent_keys(), "peer", "e2")
+        .await
+        .unwrap();
+    me.set_epoch(ClaimEpoch::Settled("e2".into()));
+    assert!(me.can_claim());
+    assert_eq!(me.claim(&keys, true).await, vec![DeliveryClaim::Sent]);
+    let fresh = vec!["run@1:1:0:0".to_string()];
+    assert_eq!(me.claim(&fresh, true).await, vec![DeliveryClaim::Mine]);
 }

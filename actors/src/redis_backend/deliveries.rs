@@ -25,6 +25,9 @@ pub enum DeliveryClaim {
     /// is back. Memory knows only this daemon's sends, and once this
     /// daemon's lease is over a peer takes the run over and sends what
     /// Redis does not show as sent: sent here meanwhile, it would go twice.
+    /// Also any part while Redis, having lost its data, does not yet hold
+    /// what every daemon sent (the claim was fenced by the epoch, or the
+    /// daemons are writing back).
     Held,
 }
 
@@ -38,11 +41,14 @@ pub enum DeliveryMark {
 }
 
 impl RedisStore {
-    /// Claims message parts for `daemon`, one pipeline.
+    /// Claims message parts for `daemon`, one pipeline. Fenced by `epoch`
+    /// (the one this daemon last saw settled; see
+    /// [`BackendError::EpochChanged`]); `None` claims unfenced.
     pub async fn claim_deliveries(
         &self,
         keys: &[String],
         daemon: &str,
+        epoch: Option<&str>,
     ) -> Result<Vec<DeliveryClaim>, BackendError> {
         if keys.is_empty() {
             return Ok(Vec::new());
@@ -54,8 +60,10 @@ impl RedisStore {
             p.invoke_script(
                 CLAIM_DELIVERY
                     .key(self.keys.delivery(key))
+                    .key(self.keys.epoch())
                     .arg(&mark)
-                    .arg(ttl),
+                    .arg(ttl)
+                    .arg(epoch.unwrap_or("")),
             );
         }
         let mut c = self.conn().await?;

@@ -354,18 +354,23 @@ return out",
 /// own claim holds it (a send task that outlived a restarted Notifier, or
 /// a claim whose answer was lost: only the daemon knows which). A retry
 /// after a definite failure finds the key free: the failure released it.
-/// KEYS: the delivery key. ARGV: owner mark (`sending:<daemon>`), ttl.
+/// Fenced by epoch (see `EPOCH_FENCE_FN`): a Redis that lost its data
+/// holds no `sent` marks until every daemon wrote back what it sent.
+/// KEYS: the delivery key, epoch. ARGV: owner mark (`sending:<daemon>`),
+/// ttl, expected epoch (or '').
 pub(super) static CLAIM_DELIVERY: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
+    Script::new(&format!(
+        "{EPOCH_FENCE_FN}
+local fenced = fence(KEYS[2], ARGV[3])
+if fenced then return fenced end
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
   return 1
 end
 local v = redis.call('GET', KEYS[1])
 if v == 'sent' then return 2 end
 if v == ARGV[1] then return 3 end
-return 0",
-    )
+return 0"
+    ))
 });
 
 /// Holds a lease: 1 if this owner holds it now (taken, or renewed).
