@@ -11,13 +11,16 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::watch;
 
 use crate::AbortOnDrop;
 use crate::handles::{PoolHandle, StoreHandle};
-use crate::health::{Health, LeaseClock, Mode, PEER_TTL, PING_EVERY, Standing, owner};
+use crate::health::{
+    Health, LEASE_FRESH, LeaseClock, LeaseTiming, Mode, NETWORK_DELAY, PEER_TTL, PING_EVERY,
+    Standing, owner,
+};
 use crate::job::{JobId, JobSpec};
 use crate::ledger::{ClaimEpoch, DeliveryLedger};
 use crate::record::{ExecutionRecord, RunId, SkipReason, SkippedTicks, Trigger};
@@ -37,6 +40,8 @@ const RESUBMIT_AFTER: Duration = Duration::from_millis(200);
 /// other daemons have flushed what they did while offline (last ticks,
 /// claims of the ticks they ran) and their ticks are not run again here.
 const RESYNC_SETTLE: Duration = Duration::from_secs(1);
+/// How often ticks held for peers are looked at (see `track_held`).
+const CHECK_HELD_EVERY: Duration = Duration::from_secs(1);
 /// How often a tick held by queue_one checks whether its job is idle.
 const QUEUED_RECHECK: Duration = Duration::from_secs(1);
 /// Pause before sending again an enqueue whose outcome was lost.
@@ -73,6 +78,9 @@ pub enum SchedulerMsg {
     StopFiring(RpcReplyPort<()>),
     /// Redis reachability or the set of live daemons changed.
     Health(Health),
+    /// Ticks are held for peers: forget those the peers have accounted
+    /// for, take over those of peers whose lease is over.
+    CheckHeld,
     /// Re-read jobs from Redis: after an outage every job resumes from
     /// its last tick in Redis (ticks nobody handled meet the misfire
     /// policy); otherwise (a job was written, maybe through another daemon)
@@ -132,6 +140,7 @@ pub struct SchedulerState {
     unconfirmed: Vec<ExecutionRecord>,
     reenqueue_timer: Option<AbortOnDrop>,
     resync_timer: Option<AbortOnDrop>,
+    held_timer: Option<AbortOnDrop>,
     health: Option<Health>,
     stopped: bool,
     /// Skips being executed come from the resync after an outage
@@ -149,6 +158,9 @@ pub struct SchedulerState {
     /// this daemon left to it (job id, tick): recorded skipped if its
     /// lease runs out, forgotten if it renews it.
     held: HashMap<String, Vec<HeldTick>>,
+    /// Per peer with ticks held, since when every heartbeat read has seen
+    /// it renewing its lease (see `track_held`).
+    held_fresh_since: HashMap<String, DateTime<Utc>>,
     /// The Redis epoch last seen (see [`Health::epoch`]).
     epoch: Option<String>,
     /// Redis lost its data and not every live daemon has written back
@@ -248,6 +260,7 @@ impl Actor for Scheduler {
             unconfirmed: Vec::new(),
             reenqueue_timer: None,
             resync_timer: None,
+            held_timer: None,
             health,
             stopped: false,
             skips_after_outage: false,
@@ -255,6 +268,7 @@ impl Actor for Scheduler {
             uncertain_skips: Vec::new(),
             lease_over_skip: HashMap::new(),
             held: HashMap::new(),
+            held_fresh_since: HashMap::new(),
             epoch,
             restoring: None,
         };
@@ -465,11 +479,13 @@ async fn handle_other(
                     restore(&myself, state).await;
                 }
             }
-            if !taken_over.is_empty() {
-                match &mut state.restoring {
-                    Some(restoring) => restoring.taken_over.extend(taken_over),
-                    None => take_over(state, taken_over).await,
-                }
+            hand_over(state, taken_over).await;
+        }
+        SchedulerMsg::CheckHeld => {
+            state.held_timer = None;
+            if let Some(health) = state.health.clone() {
+                let taken_over = track_held(state, &health);
+                hand_over(state, taken_over).await;
             }
         }
         SchedulerMsg::Restore => restore(&myself, state).await,
@@ -862,27 +878,35 @@ fn uncertain_before(state: &SchedulerState) -> Option<DateTime<Utc>> {
 type HeldTick = (String, DateTime<Utc>);
 
 /// The peer a job's tick is left to, if any. Online (not back from an
-/// outage): a job whose owner's lease is not being renewed. Offline: a job
-/// owned by a peer, over the peers this daemon saw last. Peers seen later
+/// outage): a job whose owner's lease is not being renewed. Offline, or
+/// back from an outage: a job owned by a peer, over the peers this daemon
+/// saw last (before the outage, while back from one). Peers seen later
 /// may have left that tick to this daemon (the owner it deferred to died
 /// meanwhile, and this daemon is the owner by their count, silent to
 /// them): back online, this daemon records it if the owner's lease is over.
+/// Back from an outage, the owner may have stopped just then (paused or
+/// killed, its lease still alive): its peers, online all along, still
+/// saw it renew and fire the job themselves; this daemon alone left the
+/// tick to it, and records it once its lease is over.
 fn left_to(state: &SchedulerState, job_id: &str) -> Option<String> {
     let (Some(cluster), Some(health)) = (&state.args.cluster, &state.health) else {
         return None;
     };
     let me = cluster.daemon_id.as_str();
-    if health.mode == Mode::Offline {
-        let peers = match &state.returning {
-            Some(returning) if returning.fires_here(job_id, Mode::Offline) => return None,
-            Some(returning) => &still_leased(&returning.peers, health, me),
-            None => &health.peers,
-        };
-        return owner(job_id, peers)
+    if let Some(returning) = &state.returning {
+        if returning.fires_here(job_id, health.mode) {
+            return None;
+        }
+        return owner(job_id, &still_leased(&returning.peers, health, me))
             .filter(|o| *o != me)
             .map(str::to_string);
     }
-    if state.returning.is_some() || health.stale.is_empty() {
+    if health.mode == Mode::Offline {
+        return owner(job_id, &health.peers)
+            .filter(|o| *o != me)
+            .map(str::to_string);
+    }
+    if health.stale.is_empty() {
         return None;
     }
     owner(job_id, &health.peers)
@@ -950,18 +974,69 @@ fn track_held(state: &mut SchedulerState, health: &Health) -> Vec<(String, Vec<H
     if health.mode != Mode::Online {
         return Vec::new();
     }
+    let Some(cluster) = &state.args.cluster else {
+        return Vec::new();
+    };
+    let now = Utc::now();
+    let handled_before = handled_before(now, cluster.lease.timing());
     let mut over = Vec::new();
     let peers: Vec<String> = state.held.keys().cloned().collect();
     for peer in peers {
         if !health.peers.contains(&peer) {
+            state.held_fresh_since.remove(&peer);
             if let Some(ticks) = state.held.remove(&peer) {
                 over.push((peer, ticks));
             }
-        } else if !health.stale.contains(&peer) {
-            state.held.remove(&peer);
+        } else if health.stale.contains(&peer) {
+            state.held_fresh_since.remove(&peer);
+        } else {
+            let since = *state.held_fresh_since.entry(peer.clone()).or_insert(now);
+            if since > handled_before {
+                continue;
+            }
+            if let Some(ticks) = state.held.get_mut(&peer) {
+                ticks.retain(|(_, tick)| *tick >= handled_before);
+                if ticks.is_empty() {
+                    state.held.remove(&peer);
+                    state.held_fresh_since.remove(&peer);
+                }
+            }
         }
     }
     over
+}
+
+/// How long a peer back from an outage may take to account for the ticks
+/// it kept: its resync (at most [`PEER_TTL`] after its return, then
+/// [`RESYNC_SETTLE`]) claims them, with a little time for the claims to
+/// land.
+const RESYNC_WITHIN: Duration =
+    Duration::from_secs(PEER_TTL.as_secs() + RESYNC_SETTLE.as_secs() + 2);
+
+/// Held ticks before this instant are the peer's own again, if it has
+/// been seen renewing its lease since then without a break: it renewed
+/// after them (fresh means renewed within [`LEASE_FRESH`] of the read;
+/// the renewal may have been sent [`NETWORK_DELAY`] before it landed;
+/// the clocks differ by the skew, twice for the read's own lag), and it
+/// had the time to resync since, which claims the ticks it kept back and
+/// records those it skipped. A peer killed, or stopped, before that
+/// leaves them unaccounted for: they stay held, and are taken over once
+/// its lease is over (claim-guarded: those it did claim stay its own).
+fn handled_before(now: DateTime<Utc>, timing: LeaseTiming) -> DateTime<Utc> {
+    let since = LEASE_FRESH + NETWORK_DELAY + 2 * timing.clock_skew + RESYNC_WITHIN;
+    now - TimeDelta::from_std(since).unwrap_or(TimeDelta::MAX)
+}
+
+/// The ticks held for peers whose lease is now over are taken over
+/// (after the write-back, while Redis is being restored).
+async fn hand_over(state: &mut SchedulerState, taken_over: Vec<(String, Vec<HeldTick>)>) {
+    if taken_over.is_empty() {
+        return;
+    }
+    match &mut state.restoring {
+        Some(restoring) => restoring.taken_over.extend(taken_over),
+        None => take_over(state, taken_over).await,
+    }
 }
 
 /// A peer's lease is over: its jobs are the others' again. The ticks this
@@ -1148,6 +1223,12 @@ fn rearm(myself: &ActorRef<SchedulerMsg>, state: &mut SchedulerState) {
     if online && !state.uncertain_skips.is_empty() && state.reenqueue_timer.is_none() {
         let handle = myself.send_after(REENQUEUE_AFTER, || SchedulerMsg::Reenqueue);
         state.reenqueue_timer = Some(AbortOnDrop::from(handle));
+    }
+    // Health changes alone would leave held ticks unlooked at while the
+    // peers stay the same.
+    if !state.held.is_empty() && state.held_timer.is_none() {
+        let handle = myself.send_after(CHECK_HELD_EVERY, || SchedulerMsg::CheckHeld);
+        state.held_timer = Some(AbortOnDrop::from(handle));
     }
     if state.stopped {
         state.timer = None;

@@ -20,7 +20,7 @@ use crate::backoff::retry_delay;
 use crate::delivery::{DeliveryReport, Message};
 use crate::handler::Registry;
 use crate::handles::{NotifierHandle, SchedulerHandle, StoreHandle};
-use crate::health::{Health, LeaseTiming, Mode};
+use crate::health::{Health, LeaseTiming, Mode, PEER_TTL};
 use crate::job::JobSpec;
 use crate::precise_timer::PreciseTimer;
 use crate::record::{Counts, ExecutionRecord, RunId, RunStatus, Trigger};
@@ -1509,9 +1509,14 @@ async fn read_queue(
     // touches those it runs only that often.
     let dead_idle = q.visibility.min(q.lease.ttl);
     // When Redis was last seen coming back (or this reader started): the
-    // leases lapsed in the outage, so nothing is reclaimed until every
-    // daemon holding entries has had a lease's time to renew its own.
-    let settle = q.lease.ttl + q.lease.margin();
+    // leases may have lapsed in the outage, so nothing is reclaimed until
+    // every daemon holding entries that sees Redis again has had the time
+    // to renew its own (it renews every ping; the heartbeat TTL, as the
+    // resync waits, and the margin). One still away by then is reclaimed
+    // from, as it would be from a daemon alone cut off. Longer, with
+    // faults every few seconds the wait restarted before it ended: a
+    // killed daemon's runs waited 90 s in the Jepsen run.
+    let settle = PEER_TTL + q.lease.margin();
     let mut online_since = Instant::now();
     let mut was_online = true;
     // A read may have been answered with entries that never arrived here
