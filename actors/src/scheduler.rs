@@ -157,10 +157,7 @@ pub struct SchedulerState {
     /// Per peer whose lease is not being renewed, the ticks of its jobs
     /// this daemon left to it (job id, tick): recorded skipped if its
     /// lease runs out, forgotten if it renews it.
-    held: HashMap<String, Vec<HeldTick>>,
-    /// Per peer with ticks held, since when every heartbeat read has seen
-    /// it renewing its lease (see `track_held`).
-    held_fresh_since: HashMap<String, DateTime<Utc>>,
+    held: HashMap<String, HeldFor>,
     /// The Redis epoch last seen (see [`Health::epoch`]).
     epoch: Option<String>,
     /// Redis lost its data and not every live daemon has written back
@@ -248,9 +245,6 @@ impl Actor for Scheduler {
         tracing::info!(jobs = timetable.len(), "scheduler started");
         let health = args.cluster.as_ref().map(|c| c.health.borrow().clone());
         let epoch = health.as_ref().and_then(|h| h.epoch.clone());
-        if let (Some(cluster), Some(epoch)) = (&args.cluster, &epoch) {
-            cluster.ledger.set_epoch(ClaimEpoch::Settled(epoch.clone()));
-        }
         let mut state = SchedulerState {
             args,
             timetable,
@@ -268,10 +262,10 @@ impl Actor for Scheduler {
             uncertain_skips: Vec::new(),
             lease_over_skip: HashMap::new(),
             held: HashMap::new(),
-            held_fresh_since: HashMap::new(),
             epoch,
             restoring: None,
         };
+        publish_claim_epoch(&state);
         // Ticks missed while down are due now.
         fire_due(&myself, &mut state).await;
         rearm(&myself, &mut state);
@@ -462,13 +456,6 @@ async fn handle_other(
             {
                 let lost = state.epoch.is_some();
                 state.epoch = Some(epoch.clone());
-                if let Some(cluster) = &state.args.cluster {
-                    cluster.ledger.set_epoch(if lost {
-                        ClaimEpoch::Restoring
-                    } else {
-                        ClaimEpoch::Settled(epoch.clone())
-                    });
-                }
                 if lost {
                     state.restoring = Some(Restoring {
                         epoch,
@@ -476,6 +463,9 @@ async fn handle_other(
                         taken_over: Vec::new(),
                         timer: None,
                     });
+                }
+                publish_claim_epoch(state);
+                if lost {
                     restore(&myself, state).await;
                 }
             }
@@ -877,6 +867,15 @@ fn uncertain_before(state: &SchedulerState) -> Option<DateTime<Utc>> {
 /// A tick left to a silent peer: job id, tick.
 type HeldTick = (String, DateTime<Utc>);
 
+/// The ticks left to one peer.
+#[derive(Default)]
+struct HeldFor {
+    ticks: Vec<HeldTick>,
+    /// Since when every heartbeat read has seen the peer renewing its
+    /// lease (None while it is stale; see `track_held`).
+    fresh_since: Option<DateTime<Utc>>,
+}
+
 /// The peer a job's tick is left to, if any. Online (not back from an
 /// outage): a job whose owner's lease is not being renewed. Offline, or
 /// back from an outage: a job owned by a peer, over the peers this daemon
@@ -958,7 +957,7 @@ fn note_lease_over(state: &mut SchedulerState, job_id: &str, tick: DateTime<Utc>
 
 /// Notes ticks left to a peer (see `held`), at most [`MAX_HELD`] per peer.
 fn note_held(state: &mut SchedulerState, peer: String, job_id: &str, ticks: &[DateTime<Utc>]) {
-    let held = state.held.entry(peer).or_default();
+    let held = &mut state.held.entry(peer).or_default().ticks;
     for tick in ticks {
         if held.len() >= MAX_HELD {
             return;
@@ -980,29 +979,18 @@ fn track_held(state: &mut SchedulerState, health: &Health) -> Vec<(String, Vec<H
     let now = Utc::now();
     let handled_before = handled_before(now, cluster.lease.timing());
     let mut over = Vec::new();
-    let peers: Vec<String> = state.held.keys().cloned().collect();
-    for peer in peers {
-        if !health.peers.contains(&peer) {
-            state.held_fresh_since.remove(&peer);
-            if let Some(ticks) = state.held.remove(&peer) {
-                over.push((peer, ticks));
-            }
-        } else if health.stale.contains(&peer) {
-            state.held_fresh_since.remove(&peer);
-        } else {
-            let since = *state.held_fresh_since.entry(peer.clone()).or_insert(now);
-            if since > handled_before {
-                continue;
-            }
-            if let Some(ticks) = state.held.get_mut(&peer) {
-                ticks.retain(|(_, tick)| *tick >= handled_before);
-                if ticks.is_empty() {
-                    state.held.remove(&peer);
-                    state.held_fresh_since.remove(&peer);
-                }
-            }
+    state.held.retain(|peer, held| {
+        if !health.peers.contains(peer) {
+            over.push((peer.clone(), std::mem::take(&mut held.ticks)));
+            return false;
         }
-    }
+        if health.stale.contains(peer) {
+            held.fresh_since = None;
+        } else if *held.fresh_since.get_or_insert(now) <= handled_before {
+            held.ticks.retain(|(_, tick)| *tick >= handled_before);
+        }
+        !held.ticks.is_empty()
+    });
     over
 }
 
@@ -1025,6 +1013,22 @@ const RESYNC_WITHIN: Duration =
 fn handled_before(now: DateTime<Utc>, timing: LeaseTiming) -> DateTime<Utc> {
     let since = LEASE_FRESH + NETWORK_DELAY + 2 * timing.clock_skew + RESYNC_WITHIN;
     now - TimeDelta::from_std(since).unwrap_or(TimeDelta::MAX)
+}
+
+/// Tells the delivery ledger the epoch its claims are fenced by: none
+/// while restoring after a data loss (every part is held), else the one
+/// this daemon last saw.
+fn publish_claim_epoch(state: &SchedulerState) {
+    let Some(cluster) = &state.args.cluster else {
+        return;
+    };
+    cluster
+        .ledger
+        .set_epoch(match (&state.restoring, &state.epoch) {
+            (Some(_), _) => ClaimEpoch::Restoring,
+            (None, Some(epoch)) => ClaimEpoch::Settled(epoch.clone()),
+            (None, None) => ClaimEpoch::Unknown,
+        });
 }
 
 /// The ticks held for peers whose lease is now over are taken over
@@ -1143,9 +1147,7 @@ async fn restore(myself: &ActorRef<SchedulerMsg>, state: &mut SchedulerState) {
     let Some(restoring) = state.restoring.take() else {
         return;
     };
-    cluster
-        .ledger
-        .set_epoch(ClaimEpoch::Settled(restoring.epoch.clone()));
+    publish_claim_epoch(state);
     if !restoring.taken_over.is_empty() {
         take_over(state, restoring.taken_over).await;
     }
