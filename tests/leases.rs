@@ -12,7 +12,7 @@
 mod support;
 
 use std::collections::{BTreeSet, HashMap};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeDelta, Utc};
 use herald_actors::health::owner;
@@ -31,6 +31,9 @@ const JOBS: usize = 8;
 /// small machine would blur.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const CHAT: i64 = 5100;
+/// How long the judge waits for ticks not yet sent before calling them
+/// lost.
+const LATE_DELIVERY: Duration = Duration::from_secs(30);
 
 fn job_id(j: usize) -> String {
     format!("lease-{j}")
@@ -174,19 +177,37 @@ impl Cluster {
         to: DateTime<Utc>,
     ) -> Verdicts {
         let store = self.store();
-        let skips = store.skipped(None, 100_000).await.expect("skips read");
-        let sent = self.sent();
-        let verdict = judge(
-            jobs,
-            from,
-            to,
-            |job, at| {
-                sent.get(&(job.to_string(), at.timestamp()))
-                    .copied()
-                    .unwrap_or(0)
-            },
-            &skips,
-        );
+        // A tick is lost only if it never goes: runs taken over from a
+        // killed daemon wait on the queue, and the bot's limit of a
+        // message a second a chat sends a backlog late. Waiting longer
+        // can only add sends, so a tick sent twice is still caught.
+        let drained_by = Instant::now() + LATE_DELIVERY;
+        let mut first_lost = Vec::new();
+        let (skips, sent, verdict) = loop {
+            let skips = store.skipped(None, 100_000).await.expect("skips read");
+            let sent = self.sent();
+            let verdict = judge(
+                jobs,
+                from,
+                to,
+                |job, at| {
+                    sent.get(&(job.to_string(), at.timestamp()))
+                        .copied()
+                        .unwrap_or(0)
+                },
+                &skips,
+            );
+            if verdict.lost.is_empty() || Instant::now() >= drained_by {
+                break (skips, sent, verdict);
+            }
+            if first_lost.is_empty() {
+                first_lost.clone_from(&verdict.lost);
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        };
+        if !first_lost.is_empty() {
+            eprintln!("judge: waited for ticks sent late: {first_lost:?}");
+        }
         self.dump_logs();
         assert!(verdict.is_clean(), "{verdict:?}\n{}", self.logs());
         let offline = skips
@@ -894,7 +915,6 @@ async fn ticks_left_to_an_owner_that_stopped_as_a_daemon_came_back_are_recorded(
 /// once B's lease is over it records them (the Jepsen run lost 11 ticks
 /// of a daemon killed 2 s after such a return).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "flaky: 1-2 ticks of the cut's first seconds lost in about 1 run of 3 (not yet analysed, issue 27); run with --ignored"]
 async fn ticks_a_peer_killed_before_its_resync_kept_back_are_recorded() {
     let _serial = SERIAL.lock().await;
     let redis = RedisServer::start_persistent();
@@ -926,4 +946,92 @@ async fn ticks_a_peer_killed_before_its_resync_kept_back_are_recorded() {
         cluster.logs()
     );
     cluster.terminate_all_but(Some(1)).await;
+}
+
+/// Redis is cut from three daemons; C is killed meanwhile. Back, A and B
+/// wait for C's lease to end before their resync (C may be firing its
+/// jobs offline), and C starts again, a new daemon, which judges
+/// ownership over A, B and itself. Redis is cut from all again before
+/// A's and B's resync: each must count the new C too, or a job the new C
+/// owns runs on it and on its old owner (the Jepsen run sent two jobs'
+/// ticks twice that way).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_started_between_two_outages_shares_the_jobs_with_the_returning_ones() {
+    let _serial = SERIAL.lock().await;
+    let redis = RedisServer::start_persistent();
+    let mut relays = Vec::new();
+    for _ in 0..3 {
+        relays.push(Relay::start(redis.port()).await);
+    }
+    let urls: Vec<String> = relays.iter().map(Relay::redis_url).collect();
+    let mut cluster = Cluster::start_on(redis, &urls).await;
+    let client = cluster.client.clone();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let from = Utc::now() + TimeDelta::seconds(1);
+    let old_c = cluster.daemons[2].id(&client).await;
+    set_links(&relays, Link::BlackHole);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    cluster.daemons[2].kill();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    set_links(&relays, Link::Open);
+    for i in 0..2 {
+        wait_online(&mut cluster, i).await;
+    }
+    let a = cluster.daemons[0].id(&client).await;
+    let b = cluster.daemons[1].id(&client).await;
+    // What A and B judged by before the fix: the peers of before the
+    // outage.
+    let before = BTreeSet::from([a.clone(), b.clone(), old_c]);
+    // The new C, started again until it owns a job that A or B owned
+    // with the old C (each start draws a new daemon id).
+    let mut c = String::new();
+    for attempt in 0.. {
+        cluster.daemons[2].spawn();
+        wait_online(&mut cluster, 2).await;
+        c = cluster.daemons[2].id(&client).await;
+        let mut now = before.clone();
+        now.insert(c.clone());
+        let moved = jobs().iter().any(|j| {
+            owner(j, &now) == Some(c.as_str())
+                && owner(j, &before).is_some_and(|o| o == a || o == b)
+        });
+        if moved || attempt == 5 {
+            break;
+        }
+        cluster.daemons[2].kill();
+    }
+    // A and B see the new C.
+    for i in 0..2 {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let ready = cluster.daemons[i].ready(&client).await;
+            let sees = ready
+                .as_ref()
+                .and_then(|r| r["peers"].as_array())
+                .is_some_and(|p| p.iter().any(|d| d.as_str() == Some(c.as_str())));
+            if sees {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} never saw the new C\n{}",
+                cluster.daemons[i].name,
+                cluster.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    // 9 s: past the ticks a peer may have claimed (5.5 s), within the
+    // leases, so each daemon runs offline the jobs it judges its own.
+    set_links(&relays, Link::BlackHole);
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    set_links(&relays, Link::Open);
+    let healed_at = Utc::now();
+    for i in 0..3 {
+        wait_online(&mut cluster, i).await;
+    }
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    let to = healed_at + TimeDelta::seconds(3);
+    cluster.assert_every_tick_once(from, to).await;
+    cluster.terminate_all_but(None).await;
 }

@@ -809,9 +809,9 @@ fn publish_job(spec: &JobSpec, jobs: usize, now: DateTime<Utc>) {
 /// daemon does (claims decide), except for the jobs of a peer whose lease
 /// is not being renewed: it may be running them offline, until its lease
 /// is over. Offline, and back from an outage until the resync, only the
-/// job's rendezvous owner (over the peers seen before the outage, while
-/// back from one), and offline only while its lease lasts, unless it is
-/// alone.
+/// job's rendezvous owner (over the peers whose lease is alive, while
+/// back from one: `still_leased`), and offline only while its lease
+/// lasts, unless it is alone.
 fn owns(state: &SchedulerState, job_id: &str) -> bool {
     let (Some(cluster), Some(health)) = (&state.args.cluster, &state.health) else {
         return true;
@@ -824,8 +824,8 @@ fn owns(state: &SchedulerState, job_id: &str) -> bool {
     };
     match (&state.returning, health.mode) {
         (Some(returning), mode) if returning.fires_here(job_id, mode) => leased(&returning.peers),
-        (Some(returning), _) => {
-            let peers = still_leased(&returning.peers, health, me);
+        (Some(_), _) => {
+            let peers = still_leased(health, me);
             owner(job_id, &peers).is_none_or(|o| o == me) && leased(&peers)
         }
         (None, Mode::Offline) => {
@@ -837,17 +837,20 @@ fn owns(state: &SchedulerState, job_id: &str) -> bool {
     }
 }
 
-/// The peers seen before an outage whose lease is not over (by the last
-/// heartbeat), and this daemon. A peer still away keeps its jobs while its
+/// The peers a daemon back from an outage judges ownership over: those
+/// whose lease is not over (by the last heartbeat), and this daemon. A
+/// peer seen before the outage and still away keeps its jobs while its
 /// lease lasts (it may be firing them offline); one whose lease is over
-/// fires nothing, and its peers, online all along, have already handed its
-/// jobs on: counting it would leave them to no one.
-fn still_leased(before: &BTreeSet<String>, health: &Health, me: &str) -> BTreeSet<String> {
-    before
-        .iter()
-        .filter(|p| *p == me || health.peers.contains(*p))
-        .cloned()
-        .collect()
+/// fires nothing, and its peers, online all along, have already handed
+/// its jobs on: counting it would leave them to no one. A peer that
+/// joined since counts too: it judges by a set holding this daemon, and
+/// owns some of this daemon's jobs of before; left out, this daemon cut
+/// off again before its resync fired them as well (the Jepsen run sent
+/// two jobs' ticks twice, a daemon started between two outages).
+fn still_leased(health: &Health, me: &str) -> BTreeSet<String> {
+    let mut peers = health.peers.clone();
+    peers.insert(me.to_string());
+    peers
 }
 
 /// Offline with peers: ticks before this instant may have been claimed
@@ -896,7 +899,7 @@ fn left_to(state: &SchedulerState, job_id: &str) -> Option<String> {
         if returning.fires_here(job_id, health.mode) {
             return None;
         }
-        return owner(job_id, &still_leased(&returning.peers, health, me))
+        return owner(job_id, &still_leased(health, me))
             .filter(|o| *o != me)
             .map(str::to_string);
     }
