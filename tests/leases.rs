@@ -290,6 +290,24 @@ fn set_links(relays: &[Relay], link: Link) {
     }
 }
 
+/// Cuts Redis from every daemon for `outage`, then waits for the daemons
+/// `alive` to be online again; returns when the links opened.
+async fn cut_redis_from_all(
+    cluster: &mut Cluster,
+    relays: &[Relay],
+    outage: Duration,
+    alive: impl IntoIterator<Item = usize>,
+) -> DateTime<Utc> {
+    set_links(relays, Link::BlackHole);
+    tokio::time::sleep(outage).await;
+    set_links(relays, Link::Open);
+    let healed_at = Utc::now();
+    for i in alive {
+        wait_online(cluster, i).await;
+    }
+    healed_at
+}
+
 impl Cluster {
     /// Stops every daemon but `dead` (killed earlier) with SIGTERM; each
     /// must exit cleanly.
@@ -690,13 +708,13 @@ async fn a_daemon_back_from_an_outage_leaves_no_job_to_a_peer_whose_lease_is_ove
     relays[x].set(Link::Open);
     // K's lease is over for everyone 12.6 s after the kill.
     tokio::time::sleep(at(13_500)).await;
-    set_links(&relays, Link::BlackHole);
-    tokio::time::sleep(at(16_000)).await;
-    set_links(&relays, Link::Open);
-    let healed_at = Utc::now();
-    for i in (0..3).filter(|i| *i != k) {
-        wait_online(&mut cluster, i).await;
-    }
+    let healed_at = cut_redis_from_all(
+        &mut cluster,
+        &relays,
+        at(16_000),
+        (0..3).filter(|i| *i != k),
+    )
+    .await;
     tokio::time::sleep(Duration::from_secs(15)).await;
     let to = healed_at + TimeDelta::seconds(6);
     let v = cluster.assert_every_tick_once(from, to).await;
@@ -729,13 +747,7 @@ async fn ticks_past_every_lease_in_an_outage_are_recorded_skipped() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let from = Utc::now() + TimeDelta::seconds(1);
     let cut_at = Utc::now();
-    set_links(&relays, Link::BlackHole);
-    tokio::time::sleep(Duration::from_secs(14)).await;
-    set_links(&relays, Link::Open);
-    let healed_at = Utc::now();
-    for i in 0..2 {
-        wait_online(&mut cluster, i).await;
-    }
+    let healed_at = cut_redis_from_all(&mut cluster, &relays, Duration::from_secs(14), 0..2).await;
     tokio::time::sleep(Duration::from_secs(10)).await;
     let to = healed_at + TimeDelta::seconds(4);
     let v = cluster.assert_every_tick_once(from, to).await;
@@ -814,7 +826,7 @@ async fn a_job_added_while_redis_was_away_again_is_left_to_its_owner_once_writte
         "http://127.0.0.1:{}/api/jobs/{job}",
         cluster.daemons[1].http
     );
-    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    let deadline = Instant::now() + Duration::from_secs(3);
     loop {
         let known = client
             .get(&url)
@@ -825,7 +837,7 @@ async fn a_job_added_while_redis_was_away_again_is_left_to_its_owner_once_writte
             break;
         }
         assert!(
-            std::time::Instant::now() < deadline,
+            Instant::now() < deadline,
             "B never learned {job}\n{}",
             cluster.logs()
         );
@@ -1002,7 +1014,7 @@ async fn a_daemon_started_between_two_outages_shares_the_jobs_with_the_returning
     }
     // A and B see the new C.
     for i in 0..2 {
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             let ready = cluster.daemons[i].ready(&client).await;
             let sees = ready
@@ -1013,7 +1025,7 @@ async fn a_daemon_started_between_two_outages_shares_the_jobs_with_the_returning
                 break;
             }
             assert!(
-                std::time::Instant::now() < deadline,
+                Instant::now() < deadline,
                 "{} never saw the new C\n{}",
                 cluster.daemons[i].name,
                 cluster.logs()
@@ -1023,13 +1035,7 @@ async fn a_daemon_started_between_two_outages_shares_the_jobs_with_the_returning
     }
     // 9 s: past the ticks a peer may have claimed (5.5 s), within the
     // leases, so each daemon runs offline the jobs it judges its own.
-    set_links(&relays, Link::BlackHole);
-    tokio::time::sleep(Duration::from_secs(9)).await;
-    set_links(&relays, Link::Open);
-    let healed_at = Utc::now();
-    for i in 0..3 {
-        wait_online(&mut cluster, i).await;
-    }
+    let healed_at = cut_redis_from_all(&mut cluster, &relays, Duration::from_secs(9), 0..3).await;
     tokio::time::sleep(Duration::from_secs(15)).await;
     let to = healed_at + TimeDelta::seconds(3);
     cluster.assert_every_tick_once(from, to).await;
