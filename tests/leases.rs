@@ -796,7 +796,11 @@ async fn a_job_added_while_redis_was_away_again_is_left_to_its_owner_once_writte
     cluster.daemons[0]
         .wait_for_mode(&client, "offline", Duration::from_secs(5))
         .await;
-    // A adds the job meanwhile: it fires there.
+    // A adds the job meanwhile: it fires there. The scheduler may be
+    // inside a Redis call that went out just before the cut, so the
+    // answer can wait out Redis's timeouts (pool wait 1 s, response
+    // 0.5 s, the store's flush as well): more than the client's 2 s on a
+    // loaded machine.
     let created = client
         .post(format!(
             "http://127.0.0.1:{}/api/jobs",
@@ -808,6 +812,7 @@ async fn a_job_added_while_redis_was_away_again_is_left_to_its_owner_once_writte
             "template": "tick {{ run_id }}",
             "include": [CHAT + j as i64],
         }))
+        .timeout(Duration::from_secs(10))
         .send()
         .await
         .expect("the API answers");
